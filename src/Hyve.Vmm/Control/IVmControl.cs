@@ -1,0 +1,75 @@
+// SPDX-License-Identifier: BSD-2-Clause
+using Hyve.X86;
+
+namespace Hyve.Vmm.Control;
+
+/// <summary>How a VM is asked to stop (bhyve's vm_suspend_how); the value order is the hyve exit status minus nothing:
+/// Reset=0, PowerOff=1, Halt=2, TripleFault=3.</summary>
+public enum SuspendHow
+{
+    /// <summary>Reset: restarts in the same process, or exits 0 with exit_on_reboot.</summary>
+    Reset = 0,
+    /// <summary>Power off: exit status 1.</summary>
+    PowerOff = 1,
+    /// <summary>Every vCPU halted with interrupts disabled: exit status 2.</summary>
+    Halt = 2,
+    /// <summary>Triple fault: exit status 3.</summary>
+    TripleFault = 3,
+}
+
+/// <summary>CPU topology as bhyve's -c describes it.</summary>
+public readonly record struct CpuTopology(int Sockets, int Cores, int Threads, int MaxCpus)
+{
+    /// <summary>Number of vCPUs (sockets × cores × threads).</summary>
+    public int Cpus => Sockets * Cores * Threads;
+}
+
+/// <summary>A guest memory segment (bhyve's memseg): sysmem or a named devmem.</summary>
+public readonly record struct MemSegInfo(int Id, ulong Length, bool SysMem, string Name);
+
+/// <summary>A guest-physical mapping (bhyve's mem_map entry).</summary>
+public readonly record struct MemMapInfo(ulong Gpa, ulong Length, int SegId, ulong SegOffset, int Prot);
+
+/// <summary>
+/// What the control socket can do to a running VM. The control server calls it from its own thread;
+/// register access pauses the vCPU briefly and runs on the vCPU's thread.
+/// Methods throw <see cref="ArgumentException"/> for a bad vCPU id or register.
+/// </summary>
+public interface IVmControl
+{
+    /// <summary>The VM's name.</summary>
+    string Name { get; }
+
+    /// <summary>The configured topology.</summary>
+    CpuTopology Topology { get; }
+
+    /// <summary>Number of vCPUs.</summary>
+    int CpuCount { get; }
+
+    /// <summary>vCPUs that have started (the BSP, and APs after SIPI).</summary>
+    IReadOnlyList<int> ActiveCpus();
+
+    /// <summary>vCPUs held by the debug server or a suspend.</summary>
+    IReadOnlyList<int> SuspendedCpus();
+
+    /// <summary>Memory segments.</summary>
+    IReadOnlyList<MemSegInfo> MemSegs();
+
+    /// <summary>Guest-physical mappings.</summary>
+    IReadOnlyList<MemMapInfo> MemMap();
+
+    /// <summary>Reads a register (segment registers give the selector).</summary>
+    ulong GetRegister(int vcpu, Reg reg);
+
+    /// <summary>Writes a register.</summary>
+    void SetRegister(int vcpu, Reg reg, ulong value);
+
+    /// <summary>Reads the hidden part of a segment or descriptor-table register.</summary>
+    SegmentDescriptor GetDescriptor(int vcpu, Reg reg);
+
+    /// <summary>Writes the hidden part of a segment or descriptor-table register.</summary>
+    void SetDescriptor(int vcpu, Reg reg, SegmentDescriptor desc);
+
+    /// <summary>Asks the VM to stop (reset or power off from hyvectl --force-reset / --force-poweroff).</summary>
+    void Suspend(SuspendHow how);
+}
