@@ -1,0 +1,114 @@
+// SPDX-License-Identifier: BSD-2-Clause
+using System.Runtime.InteropServices;
+using Hyve.Vmm;
+using Hyve.Vmm.Native;
+
+namespace Hyve.Kvm;
+
+/// <summary>
+/// One KVM virtual machine for one run of a <see cref="Vm"/>: guest memory slots mirrored from the
+/// guest-physical map, split irqchip (KVM's local APICs, everything else Hyve's), and user-space MSR exits.
+/// A guest reset disposes it and creates a fresh one over the same memory.
+/// </summary>
+public sealed unsafe class KvmBackend : ICpuBackend
+{
+    // Below the 16 MiB a boot ROM may take under 4 GiB, as QEMU places them.
+    private const ulong IdentityMapAddress = 0xfeffc000;
+    private const ulong TssAddress = 0xfeffd000;
+    private const int IoapicRoutes = 24;
+
+    private readonly Dictionary<GuestMapping, uint> _slots = [];
+    private readonly Stack<uint> _freeSlots = new();
+    private uint _nextSlot;
+    private readonly object _gate = new();
+
+    /// <summary>Creates the KVM VM for <paramref name="vm"/> and maps its memory.</summary>
+    public KvmBackend(Vm vm)
+    {
+        Vm = vm;
+        System = KvmSystem.Open();
+        VmFd = Libc.Ioctl(System.Fd, KvmApi.CreateVm, 0);
+        if (VmFd < 0) throw new IOException($"KVM_CREATE_VM: {Libc.ErrnoText(Marshal.GetLastPInvokeError())}");
+        try
+        {
+            ulong idmap = IdentityMapAddress;
+            Libc.Ioctl(VmFd, KvmApi.SetIdentityMapAddr, &idmap);
+            Libc.Ioctl(VmFd, KvmApi.SetTssAddr, unchecked((nint)TssAddress));
+            EnableCap(KvmApi.CapSplitIrqchip, IoapicRoutes, required: true);
+            UserSpaceMsr = EnableCap(KvmApi.CapX86UserSpaceMsr, KvmApi.MsrExitReasonUnknown, required: false);
+            foreach (var m in vm.Memory.Mappings) OnMappingChanged(m, true);
+            vm.Memory.MappingChanged += OnMappingChanged;
+        }
+        catch
+        {
+            Libc.Close(VmFd);
+            throw;
+        }
+    }
+
+    /// <inheritdoc/>
+    public string Name => "kvm";
+
+    /// <summary>The VM this backend runs.</summary>
+    public Vm Vm { get; }
+
+    /// <summary>The KVM system handle.</summary>
+    public KvmSystem System { get; }
+
+    /// <summary>The KVM VM descriptor.</summary>
+    public int VmFd { get; }
+
+    /// <summary>True when unknown MSRs exit to user space (so -w can ignore them).</summary>
+    public bool UserSpaceMsr { get; }
+
+    /// <inheritdoc/>
+    public IVcpuBackend CreateVcpu(int id) => new KvmVcpu(this, id);
+
+    /// <summary>Delivers an MSI through KVM_SIGNAL_MSI (the IOAPIC, HPET and PCI devices end here).</summary>
+    public void SignalMsi(ulong address, ulong data)
+    {
+        var msi = new KvmMsi { AddressLo = (uint)address, AddressHi = (uint)(address >> 32), Data = (uint)data };
+        Libc.Ioctl(VmFd, KvmApi.SignalMsi, &msi);
+    }
+
+    private bool EnableCap(int cap, ulong arg0, bool required)
+    {
+        var ec = new KvmEnableCap { Cap = (uint)cap };
+        ec.Args[0] = arg0;
+        if (Libc.Ioctl(VmFd, KvmApi.EnableCap, &ec) == 0) return true;
+        if (required) throw new IOException($"KVM_ENABLE_CAP({cap}): {Libc.ErrnoText(Marshal.GetLastPInvokeError())}");
+        return false;
+    }
+
+    private void OnMappingChanged(GuestMapping m, bool added)
+    {
+        lock (_gate)
+        {
+            uint slot;
+            if (added)
+            {
+                slot = _freeSlots.Count > 0 ? _freeSlots.Pop() : _nextSlot++;
+                _slots[m] = slot;
+            }
+            else if (!_slots.Remove(m, out slot)) return;
+            var region = new KvmUserspaceMemoryRegion
+            {
+                Slot = slot,
+                Flags = (m.Prot & MemProt.Write) == 0 ? KvmApi.MemReadonly : 0,
+                GuestPhysAddr = m.Gpa,
+                MemorySize = added ? m.Length : 0,
+                UserspaceAddr = (ulong)(m.Segment.Host + m.SegOffset),
+            };
+            if (Libc.Ioctl(VmFd, KvmApi.SetUserMemoryRegion, &region) != 0)
+                throw new IOException($"KVM_SET_USER_MEMORY_REGION for {m.Segment.Name} at 0x{m.Gpa:x}: {Libc.ErrnoText(Marshal.GetLastPInvokeError())}");
+            if (!added) _freeSlots.Push(slot);
+        }
+    }
+
+    /// <summary>Closes the KVM VM (memory stays with <see cref="Vm.Memory"/>).</summary>
+    public void Dispose()
+    {
+        Vm.Memory.MappingChanged -= OnMappingChanged;
+        Libc.Close(VmFd);
+    }
+}

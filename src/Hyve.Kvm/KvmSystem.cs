@@ -1,0 +1,79 @@
+// SPDX-License-Identifier: BSD-2-Clause
+using System.Runtime.InteropServices;
+using Hyve.Vmm.Native;
+
+namespace Hyve.Kvm;
+
+/// <summary>The process's handle on /dev/kvm and what it reports once: API version, kvm_run size, supported CPUID.</summary>
+public sealed unsafe class KvmSystem
+{
+    private static readonly Lazy<KvmSystem> Instance = new(() => new KvmSystem());
+    private readonly KvmCpuidEntry2[] _cpuid;
+
+    private KvmSystem()
+    {
+        Fd = Libc.Open("/dev/kvm", Libc.ORdWr | Libc.OCloexec);
+        if (Fd < 0) throw new IOException($"cannot open /dev/kvm: {Libc.ErrnoText(Marshal.GetLastPInvokeError())}");
+        int version = Libc.Ioctl(Fd, KvmApi.GetApiVersion, 0);
+        if (version != 12) throw new IOException($"/dev/kvm speaks API version {version}, not 12");
+        RunSize = Libc.Ioctl(Fd, KvmApi.GetVcpuMmapSize, 0);
+        if (RunSize <= 0) throw new IOException("KVM_GET_VCPU_MMAP_SIZE failed");
+        _cpuid = QuerySupportedCpuid();
+    }
+
+    /// <summary>The shared instance; throws <see cref="IOException"/> when KVM cannot be used.</summary>
+    public static KvmSystem Open() => Instance.Value;
+
+    /// <summary>True when /dev/kvm opens and answers; never throws.</summary>
+    public static bool IsAvailable(out string reason)
+    {
+        try
+        {
+            Open();
+            reason = "";
+            return true;
+        }
+        catch (IOException e)
+        {
+            reason = e.Message;
+            return false;
+        }
+    }
+
+    /// <summary>The /dev/kvm descriptor.</summary>
+    public int Fd { get; }
+
+    /// <summary>Size of the mmap'd kvm_run area.</summary>
+    public int RunSize { get; }
+
+    /// <summary>True when KVM_CHECK_EXTENSION reports the capability.</summary>
+    public bool Has(int cap) => Libc.Ioctl(Fd, KvmApi.CheckExtension, cap) > 0;
+
+    /// <summary>A copy of KVM_GET_SUPPORTED_CPUID's entries.</summary>
+    internal KvmCpuidEntry2[] SupportedCpuid() => (KvmCpuidEntry2[])_cpuid.Clone();
+
+    private KvmCpuidEntry2[] QuerySupportedCpuid()
+    {
+        for (int n = 64; n <= 4096; n *= 2)
+        {
+            int bytes = 8 + n * sizeof(KvmCpuidEntry2);
+            byte* buf = (byte*)NativeMemory.AllocZeroed((nuint)bytes);
+            try
+            {
+                *(uint*)buf = (uint)n;
+                if (Libc.Ioctl(Fd, KvmApi.GetSupportedCpuid, buf) == 0)
+                {
+                    int count = (int)*(uint*)buf;
+                    return new ReadOnlySpan<KvmCpuidEntry2>(buf + 8, count).ToArray();
+                }
+                if (Marshal.GetLastPInvokeError() != 7 /* E2BIG */)
+                    throw new IOException($"KVM_GET_SUPPORTED_CPUID: {Libc.ErrnoText(Marshal.GetLastPInvokeError())}");
+            }
+            finally
+            {
+                NativeMemory.Free(buf);
+            }
+        }
+        throw new IOException("KVM_GET_SUPPORTED_CPUID: too many entries");
+    }
+}

@@ -1,0 +1,400 @@
+// SPDX-License-Identifier: BSD-2-Clause
+using System.Runtime.InteropServices;
+using System.Text;
+using Hyve.Vmm;
+using Hyve.Vmm.Native;
+using Hyve.X86;
+
+namespace Hyve.Kvm;
+
+/// <summary>
+/// One vCPU on KVM: the mapped kvm_run, the exit loop that dispatches port, MMIO and MSR exits to the VM,
+/// and register access. A kick is a directed signal that stays blocked outside KVM_RUN
+/// (KVM_SET_SIGNAL_MASK unblocks it only inside), so it can never be lost or delivered to a handler.
+/// </summary>
+internal sealed unsafe class KvmVcpu : IVcpuBackend
+{
+    private readonly KvmBackend _vm;
+    private readonly Vm _owner;
+    private readonly int _fd;
+    private readonly byte* _run;
+    private readonly int _runSize;
+    private volatile int _tid;
+    private volatile bool _kickRequested;
+    private long _exits;
+
+    public KvmVcpu(KvmBackend vm, int id)
+    {
+        _vm = vm;
+        _owner = vm.Vm;
+        Id = id;
+        _fd = Libc.Ioctl(vm.VmFd, KvmApi.CreateVcpu, id);
+        if (_fd < 0) throw new IOException($"KVM_CREATE_VCPU {id}: {Libc.ErrnoText(Marshal.GetLastPInvokeError())}");
+        _runSize = vm.System.RunSize;
+        nint p = Libc.Mmap(0, (nuint)_runSize, Libc.ProtRead | Libc.ProtWrite, Libc.MapShared, _fd, 0);
+        if (p == Libc.MapFailed)
+        {
+            Libc.Close(_fd);
+            throw new IOException($"mmap kvm_run for vcpu {id} failed");
+        }
+        _run = (byte*)p;
+        SetCpuid();
+    }
+
+    public int Id { get; }
+
+    public long ExitCount => Volatile.Read(ref _exits);
+
+    public string LastError { get; private set; } = "";
+
+    private void SetCpuid()
+    {
+        var entries = _vm.System.SupportedCpuid();
+        CpuidTopology.Apply(entries, _owner.Topology, Id);
+        int bytes = 8 + entries.Length * sizeof(KvmCpuidEntry2);
+        byte* buf = (byte*)NativeMemory.AllocZeroed((nuint)bytes);
+        try
+        {
+            *(uint*)buf = (uint)entries.Length;
+            entries.AsSpan().CopyTo(new Span<KvmCpuidEntry2>(buf + 8, entries.Length));
+            Check(Libc.Ioctl(_fd, KvmApi.SetCpuid2, buf), "KVM_SET_CPUID2");
+        }
+        finally
+        {
+            NativeMemory.Free(buf);
+        }
+    }
+
+    public void AttachThread()
+    {
+        Libc.SigMask(Libc.SigBlock, Libc.SigKick);
+        // Inside KVM_RUN nothing is blocked, so a pending kick makes KVM_RUN return EINTR.
+        byte* mask = stackalloc byte[16];
+        *(uint*)mask = 8;
+        *(ulong*)(mask + 4) = 0;
+        Check(Libc.Ioctl(_fd, KvmApi.SetSignalMask, mask), "KVM_SET_SIGNAL_MASK");
+        _tid = Libc.Gettid();
+    }
+
+    public void Kick()
+    {
+        _kickRequested = true;
+        int tid = _tid;
+        if (tid != 0) Libc.Tgkill(Libc.Getpid(), tid, Libc.SigKick);
+    }
+
+    public VcpuEvent Run()
+    {
+        while (true)
+        {
+            if (_kickRequested)
+            {
+                _kickRequested = false;
+                Libc.ConsumePendingSignal(Libc.SigKick);
+                return VcpuEvent.Kicked;
+            }
+            if (Libc.Ioctl(_fd, KvmApi.Run, 0) < 0)
+            {
+                int errno = Marshal.GetLastPInvokeError();
+                if (errno == Libc.EIntr || errno == Libc.EAgain)
+                {
+                    _kickRequested = false;
+                    Libc.ConsumePendingSignal(Libc.SigKick);
+                    return VcpuEvent.Kicked;
+                }
+                LastError = $"KVM_RUN: {Libc.ErrnoText(errno)}";
+                return VcpuEvent.Error;
+            }
+            uint reason = *(uint*)(_run + KvmApi.RunExitReason);
+            switch (reason)
+            {
+                case KvmApi.ExitIo:
+                    HandleIo();
+                    break;
+                case KvmApi.ExitMmio:
+                    HandleMmio();
+                    break;
+                case KvmApi.ExitX86Rdmsr:
+                case KvmApi.ExitX86Wrmsr:
+                    HandleMsr(reason == KvmApi.ExitX86Wrmsr);
+                    break;
+                case KvmApi.ExitIoapicEoi:
+                case KvmApi.ExitIrqWindowOpen:
+                    break;
+                case KvmApi.ExitIntr:
+                    return VcpuEvent.Kicked;
+                case KvmApi.ExitHlt:
+                    if ((GetRegs().Rflags & 0x200) == 0) return VcpuEvent.HaltedInterruptsDisabled;
+                    break;
+                case KvmApi.ExitShutdown:
+                    return VcpuEvent.TripleFault;
+                case KvmApi.ExitSystemEvent:
+                    return *(uint*)(_run + KvmApi.RunExitData) switch
+                    {
+                        KvmApi.SystemEventReset => VcpuEvent.Reset,
+                        KvmApi.SystemEventShutdown => VcpuEvent.PowerOff,
+                        _ => Fail("the guest crashed (KVM system event)"),
+                    };
+                case KvmApi.ExitDebug:
+                    return VcpuEvent.Debug;
+                case KvmApi.ExitInternalError:
+                    return Fail(DescribeInternalError());
+                case KvmApi.ExitFailEntry:
+                    return Fail($"VM entry failed (hardware reason 0x{*(ulong*)(_run + KvmApi.RunExitData):x})");
+                default:
+                    return Fail($"unhandled KVM exit reason {reason}");
+            }
+            _exits++;
+        }
+    }
+
+    private VcpuEvent Fail(string message)
+    {
+        LastError = message;
+        return VcpuEvent.Error;
+    }
+
+    private void HandleIo()
+    {
+        byte* e = _run + KvmApi.RunExitData;
+        bool output = e[0] == 1;
+        int size = e[1];
+        ushort port = *(ushort*)(e + 2);
+        uint count = *(uint*)(e + 4);
+        ulong offset = *(ulong*)(e + 8);
+        if (size is not (1 or 2 or 4) || offset + (ulong)size * count > (ulong)_runSize) return;
+        byte* data = _run + offset;
+        var ports = _owner.Ports;
+        for (uint i = 0; i < count; i++, data += size)
+        {
+            if (output)
+            {
+                uint v = size == 1 ? *data : size == 2 ? *(ushort*)data : *(uint*)data;
+                ports.Write(port, size, v);
+            }
+            else
+            {
+                uint v = ports.Read(port, size);
+                if (size == 1) *data = (byte)v;
+                else if (size == 2) *(ushort*)data = (ushort)v;
+                else *(uint*)data = v;
+            }
+        }
+    }
+
+    private void HandleMmio()
+    {
+        byte* e = _run + KvmApi.RunExitData;
+        ulong gpa = *(ulong*)e;
+        byte* data = e + 8;
+        int len = (int)*(uint*)(e + 16);
+        bool write = e[20] != 0;
+        if (len is not (1 or 2 or 4 or 8)) len = Math.Clamp(len, 1, 8);
+        if (write)
+        {
+            ulong v = 0;
+            for (int i = 0; i < len; i++) v |= (ulong)data[i] << (8 * i);
+            // Writes to read-only device memory (the boot ROM) are dropped, as a ROM would.
+            _owner.Mmio.Write(gpa, len, v);
+        }
+        else
+        {
+            ulong v = _owner.Mmio.Read(gpa, len);
+            for (int i = 0; i < len; i++) data[i] = (byte)(v >> (8 * i));
+        }
+    }
+
+    private void HandleMsr(bool write)
+    {
+        byte* e = _run + KvmApi.RunExitData;
+        // Only MSRs KVM does not know reach here: with x86.strictmsr they raise #GP (error = 1), otherwise
+        // reads give 0 and writes are ignored.
+        e[0] = _owner.StrictMsr ? (byte)1 : (byte)0;
+        if (!write) *(ulong*)(e + 16) = 0;
+    }
+
+    private string DescribeInternalError()
+    {
+        byte* e = _run + KvmApi.RunExitData;
+        uint suberror = *(uint*)e;
+        var regs = GetRegs();
+        var sregs = GetSregs();
+        var sb = new StringBuilder();
+        if (suberror == KvmApi.InternalErrorEmulation)
+        {
+            sb.Append($"instruction emulation failed at {sregs.Cs.Selector:x4}:{regs.Rip:x16}");
+            uint ndata = *(uint*)(e + 4);
+            ulong flags = *(ulong*)(e + 8);
+            if (ndata >= 1 && (flags & KvmApi.InternalErrorEmulationFlagInstructionBytes) != 0)
+            {
+                int n = Math.Min((int)e[16], 15);
+                sb.Append(" (instruction bytes");
+                for (int i = 0; i < n; i++) sb.Append($" {e[17 + i]:x2}");
+                sb.Append(')');
+            }
+        }
+        else
+        {
+            sb.Append($"KVM internal error {suberror} at {sregs.Cs.Selector:x4}:{regs.Rip:x16}");
+        }
+        return sb.ToString();
+    }
+
+    public VcpuRunState QueryRunState()
+    {
+        uint mp = 0;
+        if (Libc.Ioctl(_fd, KvmApi.GetMpState, &mp) != 0) return VcpuRunState.Running;
+        return mp switch
+        {
+            KvmApi.MpStateUninitialized or KvmApi.MpStateInitReceived => VcpuRunState.WaitingForStartup,
+            KvmApi.MpStateHalted => (GetRegs().Rflags & 0x200) == 0 ? VcpuRunState.HaltedInterruptsDisabled : VcpuRunState.Halted,
+            _ => VcpuRunState.Running,
+        };
+    }
+
+    private KvmRegs GetRegs()
+    {
+        KvmRegs r;
+        Check(Libc.Ioctl(_fd, KvmApi.GetRegs, &r), "KVM_GET_REGS");
+        return r;
+    }
+
+    private KvmSregs GetSregs()
+    {
+        KvmSregs s;
+        Check(Libc.Ioctl(_fd, KvmApi.GetSregs, &s), "KVM_GET_SREGS");
+        return s;
+    }
+
+    private void Check(int rc, string what)
+    {
+        if (rc < 0) throw new IOException($"{what} (vcpu {Id}): {Libc.ErrnoText(Marshal.GetLastPInvokeError())}");
+    }
+
+    public ulong GetRegister(Reg reg)
+    {
+        if (reg <= Reg.Rflags)
+        {
+            var r = GetRegs();
+            return *GprSlot(&r, reg);
+        }
+        if (reg is >= Reg.Dr0 and <= Reg.Dr7)
+        {
+            var d = GetDebugRegs();
+            return d[DebugIndex(reg)];
+        }
+        var s = GetSregs();
+        return reg switch
+        {
+            Reg.Cr0 => s.Cr0, Reg.Cr2 => s.Cr2, Reg.Cr3 => s.Cr3, Reg.Cr4 => s.Cr4, Reg.Cr8 => s.Cr8, Reg.Efer => s.Efer,
+            Reg.Gdtr or Reg.Idtr => 0,
+            _ => SegmentOf(&s, reg)->Selector,
+        };
+    }
+
+    public void SetRegister(Reg reg, ulong value)
+    {
+        if (reg <= Reg.Rflags)
+        {
+            var r = GetRegs();
+            *GprSlot(&r, reg) = value;
+            Check(Libc.Ioctl(_fd, KvmApi.SetRegs, &r), "KVM_SET_REGS");
+            return;
+        }
+        if (reg is >= Reg.Dr0 and <= Reg.Dr7)
+        {
+            var d = GetDebugRegs();
+            d[DebugIndex(reg)] = value;
+            SetDebugRegs(d);
+            return;
+        }
+        var s = GetSregs();
+        switch (reg)
+        {
+            case Reg.Cr0: s.Cr0 = value; break;
+            case Reg.Cr2: s.Cr2 = value; break;
+            case Reg.Cr3: s.Cr3 = value; break;
+            case Reg.Cr4: s.Cr4 = value; break;
+            case Reg.Cr8: s.Cr8 = value; break;
+            case Reg.Efer: s.Efer = value; break;
+            case Reg.Gdtr or Reg.Idtr: throw new ArgumentException($"{reg} has no selector");
+            default: SegmentOf(&s, reg)->Selector = (ushort)value; break;
+        }
+        Check(Libc.Ioctl(_fd, KvmApi.SetSregs, &s), "KVM_SET_SREGS");
+    }
+
+    public SegmentDescriptor GetDescriptor(Reg reg)
+    {
+        var s = GetSregs();
+        if (reg == Reg.Gdtr) return new SegmentDescriptor(s.Gdt.Base, s.Gdt.Limit, 0);
+        if (reg == Reg.Idtr) return new SegmentDescriptor(s.Idt.Base, s.Idt.Limit, 0);
+        var seg = SegmentOf(&s, reg);
+        uint access = seg->Type | (uint)seg->S << 4 | (uint)seg->Dpl << 5 | (uint)seg->Present << 7 | (uint)seg->Avl << 12
+            | (uint)seg->L << 13 | (uint)seg->Db << 14 | (uint)seg->G << 15 | (uint)seg->Unusable << 16;
+        return new SegmentDescriptor(seg->Base, seg->Limit, access);
+    }
+
+    public void SetDescriptor(Reg reg, SegmentDescriptor d)
+    {
+        var s = GetSregs();
+        if (reg == Reg.Gdtr) { s.Gdt.Base = d.Base; s.Gdt.Limit = (ushort)d.Limit; }
+        else if (reg == Reg.Idtr) { s.Idt.Base = d.Base; s.Idt.Limit = (ushort)d.Limit; }
+        else
+        {
+            var seg = SegmentOf(&s, reg);
+            seg->Base = d.Base;
+            seg->Limit = d.Limit;
+            seg->Type = (byte)(d.Access & 0xf);
+            seg->S = (byte)(d.Access >> 4 & 1);
+            seg->Dpl = (byte)(d.Access >> 5 & 3);
+            seg->Present = (byte)(d.Access >> 7 & 1);
+            seg->Avl = (byte)(d.Access >> 12 & 1);
+            seg->L = (byte)(d.Access >> 13 & 1);
+            seg->Db = (byte)(d.Access >> 14 & 1);
+            seg->G = (byte)(d.Access >> 15 & 1);
+            seg->Unusable = (byte)(d.Access >> 16 & 1);
+        }
+        Check(Libc.Ioctl(_fd, KvmApi.SetSregs, &s), "KVM_SET_SREGS");
+    }
+
+    private static ulong* GprSlot(KvmRegs* r, Reg reg) => reg switch
+    {
+        Reg.Rax => &r->Rax, Reg.Rbx => &r->Rbx, Reg.Rcx => &r->Rcx, Reg.Rdx => &r->Rdx,
+        Reg.Rsi => &r->Rsi, Reg.Rdi => &r->Rdi, Reg.Rsp => &r->Rsp, Reg.Rbp => &r->Rbp,
+        Reg.R8 => &r->R8, Reg.R9 => &r->R9, Reg.R10 => &r->R10, Reg.R11 => &r->R11,
+        Reg.R12 => &r->R12, Reg.R13 => &r->R13, Reg.R14 => &r->R14, Reg.R15 => &r->R15,
+        Reg.Rip => &r->Rip, _ => &r->Rflags,
+    };
+
+    private static KvmSegment* SegmentOf(KvmSregs* s, Reg reg) => reg switch
+    {
+        Reg.Es => &s->Es, Reg.Cs => &s->Cs, Reg.Ss => &s->Ss, Reg.Ds => &s->Ds, Reg.Fs => &s->Fs, Reg.Gs => &s->Gs,
+        Reg.Ldtr => &s->Ldt, Reg.Tr => &s->Tr,
+        _ => throw new ArgumentException($"{reg} is not a segment register"),
+    };
+
+    // struct kvm_debugregs: db[4], dr6, dr7, flags, reserved[9] (128 bytes).
+    private static readonly nuint GetDebugRegsIoctl = (2u << 30) | (128u << 16) | 0xAE00 | 0xa1;
+    private static readonly nuint SetDebugRegsIoctl = (1u << 30) | (128u << 16) | 0xAE00 | 0xa2;
+
+    private static int DebugIndex(Reg reg) => reg switch { Reg.Dr6 => 4, Reg.Dr7 => 5, _ => reg - Reg.Dr0 };
+
+    private ulong[] GetDebugRegs()
+    {
+        var buf = new ulong[16];
+        fixed (ulong* p = buf) Check(Libc.Ioctl(_fd, GetDebugRegsIoctl, p), "KVM_GET_DEBUGREGS");
+        return buf;
+    }
+
+    private void SetDebugRegs(ulong[] buf)
+    {
+        buf[6] = 0;
+        fixed (ulong* p = buf) Check(Libc.Ioctl(_fd, SetDebugRegsIoctl, p), "KVM_SET_DEBUGREGS");
+    }
+
+    public void Dispose()
+    {
+        Libc.Munmap((nint)_run, (nuint)_runSize);
+        Libc.Close(_fd);
+    }
+}

@@ -1,0 +1,85 @@
+// SPDX-License-Identifier: BSD-2-Clause
+using Hyve.X86;
+
+namespace Hyve.Vmm;
+
+/// <summary>Why a vCPU's <see cref="IVcpuBackend.Run"/> returned to the VMM. Port and MMIO exits never
+/// return: the backend dispatches them to the VM's buses itself.</summary>
+public enum VcpuEvent
+{
+    /// <summary><see cref="IVcpuBackend.Kick"/> was called (or a signal arrived): look at requests, then run again.</summary>
+    Kicked,
+    /// <summary>HLT with interrupts disabled (backends that see HLT; KVM with an in-kernel LAPIC does not).</summary>
+    HaltedInterruptsDisabled,
+    /// <summary>Shutdown: a triple fault.</summary>
+    TripleFault,
+    /// <summary>The guest asked for a reset (a system event).</summary>
+    Reset,
+    /// <summary>The guest asked for power off (a system event).</summary>
+    PowerOff,
+    /// <summary>The CPU cannot go on: <see cref="IVcpuBackend.LastError"/> says why.</summary>
+    Error,
+    /// <summary>A debug event (breakpoint, single step) for the debug server.</summary>
+    Debug,
+}
+
+/// <summary>What a vCPU is doing, as far as halt detection and the active set care.</summary>
+public enum VcpuRunState
+{
+    /// <summary>Executing (or able to).</summary>
+    Running,
+    /// <summary>Halted, and an interrupt can wake it.</summary>
+    Halted,
+    /// <summary>Halted with RFLAGS.IF clear: only NMI, SMI or INIT can wake it.</summary>
+    HaltedInterruptsDisabled,
+    /// <summary>An application processor that has not received its startup IPI.</summary>
+    WaitingForStartup,
+}
+
+/// <summary>One virtual CPU on some CPU engine (KVM or the software CPU). All methods but
+/// <see cref="Kick"/> and <see cref="ExitCount"/> are called on the vCPU's own thread.</summary>
+public interface IVcpuBackend : IDisposable
+{
+    /// <summary>vCPU id.</summary>
+    int Id { get; }
+
+    /// <summary>Exits handled so far (port, MMIO, ...); read by the halt monitor from another thread.</summary>
+    long ExitCount { get; }
+
+    /// <summary>Called once on the vCPU's thread before the first <see cref="Run"/>.</summary>
+    void AttachThread();
+
+    /// <summary>Runs guest code until something needs the VMM.</summary>
+    VcpuEvent Run();
+
+    /// <summary>Makes a running or about-to-run <see cref="Run"/> return <see cref="VcpuEvent.Kicked"/> promptly. Any thread.</summary>
+    void Kick();
+
+    /// <summary>The vCPU's run state (for halt detection and the active set).</summary>
+    VcpuRunState QueryRunState();
+
+    /// <summary>Describes the last <see cref="VcpuEvent.Error"/>.</summary>
+    string LastError { get; }
+
+    /// <summary>Reads a register; segment registers give their selector.</summary>
+    ulong GetRegister(Reg reg);
+
+    /// <summary>Writes a register.</summary>
+    void SetRegister(Reg reg, ulong value);
+
+    /// <summary>Reads the hidden part of a segment or descriptor-table register.</summary>
+    SegmentDescriptor GetDescriptor(Reg reg);
+
+    /// <summary>Writes the hidden part of a segment or descriptor-table register.</summary>
+    void SetDescriptor(Reg reg, SegmentDescriptor desc);
+}
+
+/// <summary>A CPU engine for one VM incarnation: created at start and after every reset.</summary>
+public interface ICpuBackend : IDisposable
+{
+    /// <summary>Engine name for messages ("kvm", "soft").</summary>
+    string Name { get; }
+
+    /// <summary>Creates vCPU <paramref name="id"/> in its power-on state (vCPU 0 at the reset vector, others waiting for SIPI).</summary>
+    IVcpuBackend CreateVcpu(int id);
+}

@@ -1,0 +1,309 @@
+// SPDX-License-Identifier: BSD-2-Clause
+using System.Collections.Concurrent;
+using Hyve.Vmm.Control;
+using Hyve.Vmm.Native;
+using Hyve.X86;
+
+namespace Hyve.Vmm;
+
+/// <summary>How one run of the VM ended: a suspend disposition, or an error with its reason.</summary>
+public readonly record struct VmStop(SuspendHow How, string? Error)
+{
+    /// <summary>hyve's exit status for this stop (bhyve(8): 0 reset, 1 poweroff, 2 halt, 3 triple fault, 4 error).</summary>
+    public int ExitStatus => Error is not null ? 4 : (int)How;
+}
+
+/// <summary>
+/// A virtual machine: memory, buses, clock and vCPUs with their run control and suspend state
+/// (bhyve's struct vm). One host thread per vCPU; <see cref="Run"/> lasts until the VM suspends.
+/// </summary>
+public sealed class Vm : IVmControl
+{
+    private const int HaltProbeIntervalMs = 50;
+
+    private readonly VcpuSlot[] _slots;
+    private readonly ManualResetEventSlim _suspended = new(false);
+    private int _suspendHow = -1;
+    private string? _error;
+    private volatile bool _running;
+
+    /// <summary>Creates a VM around its memory and clock; devices register on <see cref="Ports"/> and <see cref="Mmio"/>.</summary>
+    public Vm(string name, CpuTopology topology, GuestMemory memory, IClock clock)
+    {
+        Name = name;
+        Topology = topology;
+        Memory = memory;
+        Clock = clock;
+        _slots = new VcpuSlot[topology.Cpus];
+        for (int i = 0; i < _slots.Length; i++) _slots[i] = new VcpuSlot(i);
+    }
+
+    /// <inheritdoc/>
+    public string Name { get; }
+    /// <inheritdoc/>
+    public CpuTopology Topology { get; }
+    /// <inheritdoc/>
+    public int CpuCount => _slots.Length;
+    /// <summary>Guest memory.</summary>
+    public GuestMemory Memory { get; }
+    /// <summary>The VM's one clock.</summary>
+    public IClock Clock { get; }
+    /// <summary>The port-I/O bus.</summary>
+    public PortBus Ports { get; } = new();
+    /// <summary>The MMIO bus.</summary>
+    public MmioBus Mmio { get; } = new();
+    /// <summary>x86.strictmsr: an access to an unimplemented MSR raises #GP (default true; -w clears it).</summary>
+    public bool StrictMsr { get; set; } = true;
+    /// <summary>Host CPUs each vCPU is pinned to (-p), or null.</summary>
+    public IReadOnlyDictionary<int, int[]>? Pinning { get; set; }
+    /// <summary>Interrupt lines for devices, once the interrupt controllers are wired.</summary>
+    public IIrqLines? Irq { get; set; }
+
+    /// <summary>Device reset hooks, called between a guest reset and the restart.</summary>
+    public event Action? Resetting;
+
+    /// <summary>
+    /// Runs the VM on a fresh CPU engine until it suspends. Returns how it stopped; the caller decides
+    /// whether a reset restarts it (<see cref="ResetDevices"/>, then Run again).
+    /// </summary>
+    public VmStop Run(Func<Vm, ICpuBackend> createBackend)
+    {
+        _suspended.Reset();
+        _suspendHow = -1;
+        _error = null;
+        using var backend = createBackend(this);
+        var threads = new Thread[_slots.Length];
+        try
+        {
+            foreach (var s in _slots) s.Start(backend.CreateVcpu(s.Id));
+            _running = true;
+            for (int i = 0; i < threads.Length; i++)
+            {
+                var slot = _slots[i];
+                threads[i] = new Thread(() => VcpuThread(slot), 256 * 1024) { Name = $"vcpu{slot.Id}", IsBackground = true };
+                threads[i].Start();
+            }
+            MonitorUntilSuspended();
+        }
+        catch (Exception e) when (e is IOException or InvalidOperationException or ArgumentException)
+        {
+            SetError(e.Message);
+        }
+        finally
+        {
+            _running = false;
+            foreach (var s in _slots) s.Vcpu?.Kick();
+            foreach (var t in threads) t?.Join();
+            foreach (var s in _slots) s.Stop();
+        }
+        return new VmStop((SuspendHow)Math.Max(_suspendHow, 0), _error);
+    }
+
+    /// <summary>Resets device state after a guest reset (the RTC keeps time and NVRAM: its own Reset decides).</summary>
+    public void ResetDevices() => Resetting?.Invoke();
+
+    /// <summary>Requests a suspend from any thread (bhyve's vm_suspend): the first request wins.</summary>
+    public void Suspend(SuspendHow how)
+    {
+        if (Interlocked.CompareExchange(ref _suspendHow, (int)how, -1) == -1)
+        {
+            _suspended.Set();
+            foreach (var s in _slots) s.Vcpu?.Kick();
+        }
+    }
+
+    /// <summary>Stops the VM with an error (exit status 4) and a one-line reason.</summary>
+    public void SetError(string message)
+    {
+        Interlocked.CompareExchange(ref _error, message, null);
+        Suspend(SuspendHow.PowerOff);
+    }
+
+    private void MonitorUntilSuspended()
+    {
+        // KVM with an in-kernel LAPIC halts inside the kernel, so HLT is invisible: every probe interval,
+        // kick the vCPUs that made no exit and ask what they are doing (bhyve's vm_handle_hlt decides the same).
+        while (!_suspended.Wait(HaltProbeIntervalMs))
+        {
+            bool allHalted = true, anyActive = false;
+            foreach (var s in _slots)
+            {
+                long exits = s.Vcpu!.ExitCount;
+                if (exits != s.ExitsAtProbe || s.ProbedState == VcpuRunState.Running)
+                {
+                    s.ExitsAtProbe = exits;
+                    s.ProbedState = VcpuRunState.Running;
+                    s.ProbeRequested = true;
+                    s.Vcpu.Kick();
+                }
+                if (s.ProbedState != VcpuRunState.WaitingForStartup) s.Active = true;
+                if (s.Active) anyActive = true;
+                if (s.Active && s.ProbedState != VcpuRunState.HaltedInterruptsDisabled) allHalted = false;
+            }
+            if (anyActive && allHalted) Suspend(SuspendHow.Halt);
+        }
+    }
+
+    private void VcpuThread(VcpuSlot slot)
+    {
+        var vcpu = slot.Vcpu!;
+        try
+        {
+            PinThread(slot.Id);
+            vcpu.AttachThread();
+            while (_suspendHow < 0)
+            {
+                slot.RunPendingWork();
+                if (slot.ProbeRequested)
+                {
+                    slot.ProbeRequested = false;
+                    var state = vcpu.QueryRunState();
+                    if (vcpu.ExitCount == slot.ExitsAtProbe) slot.ProbedState = state;
+                }
+                var ev = vcpu.Run();
+                switch (ev)
+                {
+                    case VcpuEvent.Kicked: break;
+                    case VcpuEvent.HaltedInterruptsDisabled:
+                        slot.ProbedState = VcpuRunState.HaltedInterruptsDisabled;
+                        slot.ExitsAtProbe = vcpu.ExitCount;
+                        break;
+                    case VcpuEvent.TripleFault: Suspend(SuspendHow.TripleFault); break;
+                    case VcpuEvent.Reset: Suspend(SuspendHow.Reset); break;
+                    case VcpuEvent.PowerOff: Suspend(SuspendHow.PowerOff); break;
+                    case VcpuEvent.Error: SetError($"vcpu {slot.Id}: {vcpu.LastError}"); break;
+                    case VcpuEvent.Debug: break;
+                }
+            }
+        }
+        catch (Exception e)
+        {
+            // A host-side failure on a vCPU thread ends the VM with status 4, never a crash.
+            SetError($"vcpu {slot.Id}: {e.Message}");
+        }
+        finally
+        {
+            slot.Detach();
+        }
+    }
+
+    private unsafe void PinThread(int id)
+    {
+        if (Pinning is null || !Pinning.TryGetValue(id, out var cpus)) return;
+        ulong* mask = stackalloc ulong[16];
+        for (int i = 0; i < 16; i++) mask[i] = 0;
+        foreach (var c in cpus)
+            if (c >= 0 && c < 1024) mask[c >> 6] |= 1ul << (c & 63);
+        if (Libc.SchedSetaffinity(0, 128, mask) != 0)
+            throw new IOException($"cannot pin vcpu {id} to host cpu {string.Join(",", cpus)}");
+    }
+
+    /// <summary>Runs <paramref name="work"/> on vCPU <paramref name="id"/>'s thread while it is out of the guest
+    /// (kicking it), or directly when the VM is not running. Used by the control socket and the debug server.</summary>
+    public T OnVcpu<T>(int id, Func<IVcpuBackend, T> work)
+    {
+        if ((uint)id >= (uint)_slots.Length) throw new ArgumentException($"vcpu {id} does not exist");
+        return _slots[id].Invoke(work, _running);
+    }
+
+    // IVmControl
+
+    /// <inheritdoc/>
+    public IReadOnlyList<int> ActiveCpus()
+    {
+        var list = new List<int>();
+        foreach (var s in _slots) if (s.Active || s.Id == 0) list.Add(s.Id);
+        return list;
+    }
+
+    /// <inheritdoc/>
+    public IReadOnlyList<int> SuspendedCpus() => [];
+
+    /// <inheritdoc/>
+    public IReadOnlyList<MemSegInfo> MemSegs() => Memory.SegmentInfo();
+
+    /// <inheritdoc/>
+    public IReadOnlyList<MemMapInfo> MemMap() => Memory.MapInfo();
+
+    /// <inheritdoc/>
+    public ulong GetRegister(int vcpu, Reg reg) => OnVcpu(vcpu, v => v.GetRegister(reg));
+
+    /// <inheritdoc/>
+    public void SetRegister(int vcpu, Reg reg, ulong value) => OnVcpu(vcpu, v => { v.SetRegister(reg, value); return 0; });
+
+    /// <inheritdoc/>
+    public SegmentDescriptor GetDescriptor(int vcpu, Reg reg) => OnVcpu(vcpu, v => v.GetDescriptor(reg));
+
+    /// <inheritdoc/>
+    public void SetDescriptor(int vcpu, Reg reg, SegmentDescriptor desc) => OnVcpu(vcpu, v => { v.SetDescriptor(reg, desc); return 0; });
+
+    /// <summary>Per-vCPU run-control state kept across resets.</summary>
+    private sealed class VcpuSlot(int id)
+    {
+        private readonly ConcurrentQueue<Action> _work = new();
+        private readonly object _gate = new();
+        private bool _attached;
+
+        public int Id { get; } = id;
+        public IVcpuBackend? Vcpu { get; private set; }
+        public volatile bool ProbeRequested;
+        public volatile VcpuRunState ProbedState = VcpuRunState.Running;
+        public long ExitsAtProbe = -1;
+        public volatile bool Active;
+
+        public void Start(IVcpuBackend vcpu)
+        {
+            Vcpu = vcpu;
+            Active = Id == 0;
+            ProbedState = VcpuRunState.Running;
+            ExitsAtProbe = -1;
+            lock (_gate) _attached = true;
+        }
+
+        /// <summary>Leaves the vCPU thread: later requests run directly; queued ones run now.</summary>
+        public void Detach()
+        {
+            lock (_gate)
+            {
+                _attached = false;
+                RunPendingWork();
+            }
+        }
+
+        public void Stop()
+        {
+            Vcpu?.Dispose();
+            Vcpu = null;
+        }
+
+        public void RunPendingWork()
+        {
+            while (_work.TryDequeue(out var w)) w();
+        }
+
+        public T Invoke<T>(Func<IVcpuBackend, T> work, bool running)
+        {
+            T result = default!;
+            Exception? error = null;
+            using var done = new ManualResetEventSlim(false);
+            lock (_gate)
+            {
+                var vcpu = Vcpu ?? throw new InvalidOperationException("the VM is not running");
+                if (!_attached || !running)
+                {
+                    return work(vcpu);
+                }
+                _work.Enqueue(() =>
+                {
+                    try { result = work(vcpu); }
+                    catch (Exception e) { error = e; }
+                    finally { done.Set(); }
+                });
+                vcpu.Kick();
+            }
+            if (!done.Wait(TimeSpan.FromSeconds(5))) throw new TimeoutException($"vcpu {Id} did not pause");
+            if (error is not null) throw error;
+            return result;
+        }
+    }
+}

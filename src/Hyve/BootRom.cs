@@ -1,0 +1,59 @@
+// SPDX-License-Identifier: BSD-2-Clause
+using Hyve.Vmm;
+
+namespace Hyve;
+
+/// <summary>
+/// The boot ROM (bhyve's -l bootrom,romfile[,varfile]): a read-only devmem segment "bootrom" mapped so it
+/// ends at 4 GiB, where the reset vector (0xFFFFFFF0) lands; an optional variable store ("bootvars",
+/// read-write, for UEFI NVRAM) sits right below it.
+/// </summary>
+public static class BootRom
+{
+    /// <summary>Largest ROM accepted.</summary>
+    public const long MaxSize = 16 << 20;
+    private const ulong Top = 1ul << 32;
+
+    /// <summary>Loads and maps the ROM; throws <see cref="HostConfigException"/> with a one-line reason when it is unusable.</summary>
+    public static void Load(GuestMemory memory, string romPath, string? varsPath)
+    {
+        byte[] rom = ReadImage(romPath, "boot ROM");
+        var seg = memory.CreateDevMem("bootrom", (ulong)rom.Length);
+        rom.CopyTo(seg.Span);
+        ulong romBase = Top - (ulong)rom.Length;
+        memory.Map(seg, 0, romBase, (ulong)rom.Length, MemProt.Read | MemProt.Exec);
+        if (varsPath is null) return;
+        byte[] vars = ReadImage(varsPath, "boot variable file");
+        var vseg = memory.CreateDevMem("bootvars", (ulong)vars.Length);
+        vars.CopyTo(vseg.Span);
+        memory.Map(vseg, 0, romBase - (ulong)vars.Length, (ulong)vars.Length, MemProt.Read | MemProt.Write);
+    }
+
+    private static byte[] ReadImage(string path, string what)
+    {
+        FileInfo fi;
+        try
+        {
+            fi = new FileInfo(path);
+            if (!fi.Exists) throw new HostConfigException($"{what} {path} does not exist");
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException or ArgumentException)
+        {
+            throw new HostConfigException($"{what} {path}: {e.Message}");
+        }
+        if (fi.Length == 0) throw new HostConfigException($"{what} {path} is empty");
+        if (fi.Length > MaxSize) throw new HostConfigException($"{what} {path} is larger than 16 MiB ({fi.Length} bytes)");
+        if (fi.Length % 4096 != 0) throw new HostConfigException($"{what} {path} is not a multiple of 4 KiB ({fi.Length} bytes)");
+        try
+        {
+            return File.ReadAllBytes(path);
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            throw new HostConfigException($"cannot read {what} {path}: {e.Message}");
+        }
+    }
+}
+
+/// <summary>A host-side configuration problem: hyve prints the message and exits with status 4.</summary>
+public sealed class HostConfigException(string message) : Exception(message);
