@@ -156,9 +156,9 @@ public sealed class ControlServer : IDisposable
         {
             probe.Connect(new UnixDomainSocketEndPoint(path));
         }
-        catch (SocketException e) when (e.SocketErrorCode == SocketError.ConnectionRefused)
+        catch (SocketException e) when (e.SocketErrorCode is SocketError.ConnectionRefused or SocketError.AddressNotAvailable)
         {
-            // Nobody listens: the socket was left by a process that died. Replace it.
+            // Nobody listens: the socket was left by a process that died (or vanished meanwhile). Replace it.
             try
             {
                 File.Delete(path);

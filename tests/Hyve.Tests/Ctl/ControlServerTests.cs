@@ -253,6 +253,61 @@ public sealed class ControlServerTests : IDisposable
     }
 
     [Fact]
+    public void DisposeWithAConnectedClientIsPromptAndRemovesTheSocket()
+    {
+        var server = ControlServer.Start(new FakeVm("closing"), _dir);
+        using var idle = Connect(server.SocketPath);
+        idle.Send(Frame(ControlProtocol.Version, (ushort)ControlOp.GetCpuCount));
+        Assert.Equal(ControlStatus.Ok, ReadResponse(idle).Status);
+        var sw = System.Diagnostics.Stopwatch.StartNew();
+        server.Dispose();
+        Assert.True(sw.Elapsed < TimeSpan.FromSeconds(1.5), $"Dispose took {sw.Elapsed}");
+        Assert.False(File.Exists(server.SocketPath));
+        Assert.True(ClosedByPeer(idle));
+        var o = new StringWriter();
+        Assert.Equal(1, CtlMain.Run(["--vm=closing", "--get-rip"], o, new StringWriter(), _dir));
+        Assert.Equal("VM:closing is not created.\n", o.ToString());
+    }
+
+    [Fact]
+    public void ConnectionsBeyondTheLimitAreToldBusy()
+    {
+        using var server = ControlServer.Start(new FakeVm("busy"), _dir);
+        var held = new List<Socket>();
+        try
+        {
+            for (int i = 0; i < ControlServer.MaxConnections; i++)
+            {
+                var s = Connect(server.SocketPath);
+                held.Add(s);
+                // A round trip proves the server has taken this connection on.
+                s.Send(Frame(ControlProtocol.Version, (ushort)ControlOp.GetCpuCount));
+                Assert.Equal(ControlStatus.Ok, ReadResponse(s).Status);
+            }
+            using (var extra = Connect(server.SocketPath))
+                Assert.Equal(ControlStatus.Busy, ReadResponse(extra).Status);
+            held[0].Dispose();
+            held.RemoveAt(0);
+            // A freed slot serves again (the server notices the close asynchronously).
+            var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(5);
+            while (true)
+            {
+                using var c = Connect(server.SocketPath);
+                c.Send(Frame(ControlProtocol.Version, (ushort)ControlOp.GetCpuCount));
+                if (ReadResponse(c).Status == ControlStatus.Ok)
+                    break;
+                Assert.True(DateTime.UtcNow < deadline, "slot never freed");
+                Thread.Sleep(10);
+            }
+        }
+        finally
+        {
+            foreach (var s in held)
+                s.Dispose();
+        }
+    }
+
+    [Fact]
     public void ClientImplementsIVmControl()
     {
         var vm = new FakeVm("client");
