@@ -5,5 +5,5 @@ namespace Hyve.Ctl;
 public static class Program
 {
     /// <summary>Runs hyvectl with bhyvectl(8)'s command line.</summary>
-    public static int Main(string[] args) => 1;
+    public static int Main(string[] args) => CtlMain.Run(args, Console.Out, Console.Error);
 }

@@ -1,0 +1,403 @@
+// SPDX-License-Identifier: BSD-2-Clause
+using System.Globalization;
+using System.Text;
+using Hyve.Vmm.Control;
+using Hyve.X86;
+
+namespace Hyve.Ctl;
+
+/// <summary>
+/// hyvectl: bhyvectl(8)'s options and output formats over the control socket. One table row per thing
+/// hyvectl can read or write; parsing, --get-all, usage and execution order all come from the tables,
+/// where bhyvectl spells each out in its own if-chain.
+/// </summary>
+public static class CtlMain
+{
+    private const string Prog = "hyvectl";
+
+    /// <summary>A general register: name as in --get-NAME, and whether bhyvectl offers --set-NAME.</summary>
+    private sealed record RegisterRow(string Name, Reg Reg, bool Settable);
+
+    /// <summary>A segment or table register's hidden part, as in --get-desc-NAME / --set-desc-NAME.</summary>
+    private sealed record DescRow(string Name, Reg Reg, bool IsTable);
+
+    // In bhyvectl's --get-all order (get_all_registers).
+    private static readonly RegisterRow[] Registers =
+    [
+        new("efer", Reg.Efer, true), new("cr0", Reg.Cr0, true), new("cr2", Reg.Cr2, true),
+        new("cr3", Reg.Cr3, true), new("cr4", Reg.Cr4, true),
+        new("dr0", Reg.Dr0, true), new("dr1", Reg.Dr1, true), new("dr2", Reg.Dr2, true),
+        new("dr3", Reg.Dr3, true), new("dr6", Reg.Dr6, true), new("dr7", Reg.Dr7, true),
+        new("rsp", Reg.Rsp, true), new("rip", Reg.Rip, true), new("rax", Reg.Rax, true),
+        new("rbx", Reg.Rbx, false), new("rcx", Reg.Rcx, false), new("rdx", Reg.Rdx, false),
+        new("rsi", Reg.Rsi, false), new("rdi", Reg.Rdi, false), new("rbp", Reg.Rbp, false),
+        new("r8", Reg.R8, false), new("r9", Reg.R9, false), new("r10", Reg.R10, false), new("r11", Reg.R11, false),
+        new("r12", Reg.R12, false), new("r13", Reg.R13, false), new("r14", Reg.R14, false), new("r15", Reg.R15, false),
+        new("rflags", Reg.Rflags, true),
+    ];
+
+    // In bhyvectl's --get-all order (get_all_segments).
+    private static readonly DescRow[] Descriptors =
+    [
+        new("ds", Reg.Ds, false), new("es", Reg.Es, false), new("fs", Reg.Fs, false), new("gs", Reg.Gs, false),
+        new("ss", Reg.Ss, false), new("cs", Reg.Cs, false), new("tr", Reg.Tr, false), new("ldtr", Reg.Ldtr, false),
+        new("gdtr", Reg.Gdtr, true), new("idtr", Reg.Idtr, true),
+    ];
+
+    // Segment selectors, in bhyvectl's --get-all order; all have --set-NAME.
+    private static readonly RegisterRow[] Selectors =
+    [
+        new("cs", Reg.Cs, true), new("ds", Reg.Ds, true), new("es", Reg.Es, true), new("fs", Reg.Fs, true),
+        new("gs", Reg.Gs, true), new("ss", Reg.Ss, true), new("tr", Reg.Tr, true), new("ldtr", Reg.Ldtr, true),
+    ];
+
+    /// <summary>One readable item: printed when its --get- option or --get-all is given, in table order.</summary>
+    private sealed record Query(string Option, Action<Session> Print);
+
+    private static readonly Query[] Queries = BuildQueries();
+
+    /// <summary>A command-line option: its name and what it does to the parsed request.</summary>
+    private sealed record Opt(string Name, bool HasArg, string ArgName, Action<Request, string> Apply);
+
+    private static readonly Opt[] Options = BuildOptions();
+
+    private sealed class Request
+    {
+        public string? Vm;
+        public int Cpu;
+        public bool GetAll;
+        public readonly HashSet<string> Gets = new(StringComparer.Ordinal);
+        public readonly Dictionary<Reg, ulong> RegisterSets = new();
+        public readonly Dictionary<Reg, ulong> SelectorSets = new();
+        public readonly HashSet<Reg> DescSets = new();
+        public ulong DescBase;
+        public uint DescLimit, DescAccess;
+        public bool ForceReset, ForcePoweroff;
+    }
+
+    private sealed class Session(ControlClient vm, int cpu, TextWriter o)
+    {
+        public readonly ControlClient Vm = vm;
+        public readonly int Cpu = cpu;
+        public readonly TextWriter Out = o;
+
+        public void Line(string s)
+        {
+            Out.Write(s);
+            Out.Write('\n');
+        }
+    }
+
+    private sealed class UsageException(string message) : Exception(message);
+
+    /// <summary>Runs hyvectl with the given arguments; returns the exit status (0 ok, 1 error or usage).</summary>
+    /// <param name="args">bhyvectl-style arguments.</param>
+    /// <param name="stdout">Where results go.</param>
+    /// <param name="stderr">Where usage and error messages go.</param>
+    /// <param name="runDirectory">The control socket directory; default <see cref="ControlPaths.RunDirectory"/>.</param>
+    public static int Run(string[] args, TextWriter stdout, TextWriter stderr, string? runDirectory = null)
+    {
+        Request req;
+        try
+        {
+            if (!TryParse(args, out req))
+            {
+                stdout.Write(UsageText());
+                return 0;
+            }
+            if (req.Vm is null)
+                throw new UsageException("--vm is required");
+        }
+        catch (UsageException e)
+        {
+            stderr.Write($"{Prog}: {e.Message}\n");
+            stderr.Write(UsageText());
+            return 1;
+        }
+
+        ControlClient client;
+        try
+        {
+            client = ControlClient.Connect(req.Vm, runDirectory);
+        }
+        catch (VmNotRunningException)
+        {
+            // bhyvectl prints this on stdout when vm_open fails.
+            stdout.Write($"VM:{req.Vm} is not created.\n");
+            return 1;
+        }
+        catch (IOException e)
+        {
+            stderr.Write($"{Prog}: {e.Message}\n");
+            return 1;
+        }
+
+        using (client)
+        {
+            try
+            {
+                Execute(req, new Session(client, req.Cpu, stdout));
+                return 0;
+            }
+            catch (ControlErrorException e)
+            {
+                // bhyvectl stops at the first failure and prints errno; the message says which.
+                stderr.Write($"{Prog}: {e.Message}\n");
+                stdout.Write($"errno = {e.Errno}\n");
+                return 1;
+            }
+            catch (Exception e) when (e is IOException or ControlProtocolException)
+            {
+                stderr.Write($"{Prog}: {e.Message}\n");
+                return 1;
+            }
+        }
+    }
+
+    /// <summary>Writes first, then reads, then suspends: bhyvectl's order, so --set-rip=X --get-rip shows X.</summary>
+    private static void Execute(Request req, Session s)
+    {
+        foreach (RegisterRow r in Registers)
+            if (req.RegisterSets.TryGetValue(r.Reg, out ulong v))
+                s.Vm.SetRegister(s.Cpu, r.Reg, v);
+        foreach (DescRow d in Descriptors)
+            if (req.DescSets.Contains(d.Reg))
+                s.Vm.SetDescriptor(s.Cpu, d.Reg,
+                    new SegmentDescriptor(req.DescBase, req.DescLimit, d.IsTable ? 0 : req.DescAccess));
+        foreach (RegisterRow r in Selectors)
+            if (req.SelectorSets.TryGetValue(r.Reg, out ulong v))
+                s.Vm.SetRegister(s.Cpu, r.Reg, v);
+
+        foreach (Query q in Queries)
+            if (req.GetAll || req.Gets.Contains(q.Option))
+                q.Print(s);
+
+        if (req.ForceReset)
+            s.Vm.Suspend(SuspendHow.Reset);
+        if (req.ForcePoweroff)
+            s.Vm.Suspend(SuspendHow.PowerOff);
+    }
+
+    private static Query[] BuildQueries()
+    {
+        var q = new List<Query>
+        {
+            new("get-memseg", PrintMemSegs),
+            new("get-memmap", PrintMemMap),
+        };
+        foreach (RegisterRow r in Registers)
+        {
+            // bhyvectl's columns: "rflags[0]" is long enough to need only one tab.
+            string tabs = r.Name == "rflags" ? "\t" : "\t\t";
+            q.Add(new("get-" + r.Name, s => s.Line($"{r.Name}[{s.Cpu}]{tabs}0x{Hex(s.Vm.GetRegister(s.Cpu, r.Reg), 16)}")));
+        }
+        foreach (DescRow d in Descriptors)
+        {
+            q.Add(new("get-desc-" + d.Name, s =>
+            {
+                SegmentDescriptor x = s.Vm.GetDescriptor(s.Cpu, d.Reg);
+                s.Line(d.IsTable
+                    ? $"{d.Name}[{s.Cpu}]\t\t0x{Hex(x.Base, 16)}/0x{Hex(x.Limit, 8)}"
+                    : $"{d.Name} desc[{s.Cpu}]\t0x{Hex(x.Base, 16)}/0x{Hex(x.Limit, 8)}/0x{Hex(x.Access, 8)}");
+            }));
+        }
+        foreach (RegisterRow r in Selectors)
+            q.Add(new("get-" + r.Name, s => s.Line($"{r.Name}[{s.Cpu}]\t\t0x{Hex(s.Vm.GetRegister(s.Cpu, r.Reg), 4)}")));
+        q.Add(new("get-active-cpus", s => s.Line(CpuSet("active cpus", s.Vm.ActiveCpus()))));
+        q.Add(new("get-suspended-cpus", s => s.Line(CpuSet("suspended cpus", s.Vm.SuspendedCpus()))));
+        q.Add(new("get-cpu-topology", s =>
+        {
+            CpuTopology t = s.Vm.Topology;
+            s.Line($"cpu_topology:\tsockets={t.Sockets}, cores={t.Cores}, threads={t.Threads}, maxcpus={t.MaxCpus}");
+        }));
+        return q.ToArray();
+    }
+
+    private static Opt[] BuildOptions()
+    {
+        var o = new List<Opt>
+        {
+            new("vm", true, "<vmname>", (r, v) => r.Vm = v.Length > 0 ? v : throw new UsageException("--vm needs a name")),
+            new("cpu", true, "<vcpu_number>", (r, v) => r.Cpu = ParseCpu(v)),
+            new("get-all", false, "", (r, _) => r.GetAll = true),
+            new("desc-base", true, "<BASE>", (r, v) => r.DescBase = ParseValue("desc-base", v)),
+            new("desc-limit", true, "<LIMIT>", (r, v) => r.DescLimit = ParseU32("desc-limit", v)),
+            new("desc-access", true, "<ACCESS>", (r, v) => r.DescAccess = ParseU32("desc-access", v)),
+        };
+        foreach (Query q in Queries)
+            o.Add(new(q.Option, false, "", (r, _) => r.Gets.Add(q.Option)));
+        foreach (RegisterRow reg in Registers)
+            if (reg.Settable)
+                o.Add(new("set-" + reg.Name, true, "<" + reg.Name.ToUpperInvariant() + ">",
+                    (r, v) => r.RegisterSets[reg.Reg] = ParseValue("set-" + reg.Name, v)));
+        foreach (RegisterRow reg in Selectors)
+            o.Add(new("set-" + reg.Name, true, "<" + reg.Name.ToUpperInvariant() + ">",
+                (r, v) => r.SelectorSets[reg.Reg] = ParseValue("set-" + reg.Name, v)));
+        foreach (DescRow d in Descriptors)
+            o.Add(new("set-desc-" + d.Name, false, "", (r, _) => r.DescSets.Add(d.Reg)));
+        o.Add(new("force-reset", false, "", (r, _) => r.ForceReset = true));
+        o.Add(new("force-poweroff", false, "", (r, _) => r.ForcePoweroff = true));
+        return o.ToArray();
+    }
+
+    /// <summary>The usage text, one option a line as bhyvectl prints it.</summary>
+    internal static string UsageText()
+    {
+        var sb = new StringBuilder();
+        sb.Append("Usage: ").Append(Prog).Append(" --vm=<vmname>\n");
+        foreach (Opt o in Options)
+        {
+            if (o.Name == "vm")
+                continue;
+            sb.Append("       [--").Append(o.Name);
+            if (o.HasArg)
+                sb.Append('=').Append(o.ArgName);
+            sb.Append("]\n");
+        }
+        sb.Append("       [-h | --help]\n");
+        return sb.ToString();
+    }
+
+    /// <summary>Parses getopt_long-style: --name, --name=value, --name value, unambiguous prefixes.
+    /// Returns false when help was asked for.</summary>
+    private static bool TryParse(string[] args, out Request req)
+    {
+        req = new Request();
+        for (int i = 0; i < args.Length; i++)
+        {
+            string a = args[i];
+            if (a == "-h" || a == "--help")
+                return false;
+            if (a == "--")
+            {
+                if (i + 1 < args.Length)
+                    throw new UsageException($"unexpected argument '{args[i + 1]}'");
+                break;
+            }
+            if (!a.StartsWith("--", StringComparison.Ordinal))
+                throw new UsageException(a.StartsWith('-') ? $"unrecognized option '{a}'" : $"unexpected argument '{a}'");
+
+            string name = a[2..];
+            string? value = null;
+            int eq = name.IndexOf('=');
+            if (eq >= 0)
+            {
+                value = name[(eq + 1)..];
+                name = name[..eq];
+            }
+            Opt opt = Lookup(name, a);
+            if (opt.HasArg && value is null)
+            {
+                if (i + 1 >= args.Length)
+                    throw new UsageException($"option '--{opt.Name}' requires an argument");
+                value = args[++i];
+            }
+            else if (!opt.HasArg && value is not null)
+            {
+                throw new UsageException($"option '--{opt.Name}' doesn't allow an argument");
+            }
+            opt.Apply(req, value ?? "");
+        }
+        return true;
+    }
+
+    /// <summary>Exact name, else a unique prefix, as getopt_long accepts.</summary>
+    private static Opt Lookup(string name, string arg)
+    {
+        Opt? match = null;
+        bool ambiguous = false;
+        foreach (Opt o in Options)
+        {
+            if (o.Name == name)
+                return o;
+            if (name.Length > 0 && o.Name.StartsWith(name, StringComparison.Ordinal))
+            {
+                ambiguous = match is not null;
+                match ??= o;
+            }
+        }
+        if (match is null)
+            throw new UsageException($"unrecognized option '{arg}'");
+        if (ambiguous)
+            throw new UsageException($"option '{arg}' is ambiguous");
+        return match;
+    }
+
+    private static ulong ParseValue(string option, string v) =>
+        Humanize.TryParseUlong(v, out ulong x) ? x : throw new UsageException($"invalid value '{v}' for --{option}");
+
+    private static uint ParseU32(string option, string v)
+    {
+        ulong x = ParseValue(option, v);
+        return x <= uint.MaxValue ? (uint)x : throw new UsageException($"value '{v}' for --{option} does not fit in 32 bits");
+    }
+
+    private static int ParseCpu(string v) =>
+        int.TryParse(v, NumberStyles.AllowLeadingWhite | NumberStyles.AllowLeadingSign, CultureInfo.InvariantCulture, out int c)
+            ? c
+            : throw new UsageException($"invalid vcpu number '{v}'");
+
+    private static string Hex(ulong v, int digits) => v.ToString("x" + digits.ToString(CultureInfo.InvariantCulture), CultureInfo.InvariantCulture);
+
+    /// <summary>bhyvectl's print_cpus: "banner:\t 0, 1" or "banner:\t (none)", ascending.</summary>
+    private static string CpuSet(string banner, IReadOnlyList<int> cpus)
+    {
+        var sorted = new SortedSet<int>();
+        for (int i = 0; i < cpus.Count; i++)
+            sorted.Add(cpus[i]);
+        var sb = new StringBuilder(banner).Append(":\t");
+        if (sorted.Count == 0)
+            return sb.Append(" (none)").ToString();
+        bool first = true;
+        foreach (int c in sorted)
+        {
+            sb.Append(first ? " " : ", ").Append(c.ToString(CultureInfo.InvariantCulture));
+            first = false;
+        }
+        return sb.ToString();
+    }
+
+    /// <summary>bhyvectl's show_memseg: a header, then "%-4d%-12s%s" for each segment with a length.</summary>
+    private static void PrintMemSegs(Session s)
+    {
+        IReadOnlyList<MemSegInfo> segs = SortedSegs(s.Vm.MemSegs());
+        s.Line("ID  Length      Name");
+        foreach (MemSegInfo m in segs)
+            if (m.Length != 0)
+                s.Line(m.Id.ToString(CultureInfo.InvariantCulture).PadRight(4) + Humanize.Bytes(m.Length).PadRight(12) + SegName(m));
+    }
+
+    /// <summary>bhyvectl's show_memmap: "%-12lX%-12s%-12s%-12lX" then the protection as RWX and three spaces.
+    /// Prot bits are mmap's: PROT_READ 1, PROT_WRITE 2, PROT_EXEC 4.</summary>
+    private static void PrintMemMap(Session s)
+    {
+        IReadOnlyList<MemSegInfo> segs = s.Vm.MemSegs();
+        var maps = new List<MemMapInfo>(s.Vm.MemMap());
+        maps.Sort((a, b) => a.Gpa.CompareTo(b.Gpa));
+        s.Line("Address     Length      Segment     Offset      Prot  Flags");
+        foreach (MemMapInfo m in maps)
+        {
+            string name = "?";
+            foreach (MemSegInfo seg in segs)
+                if (seg.Id == m.SegId)
+                    name = SegName(seg);
+            var sb = new StringBuilder();
+            sb.Append(m.Gpa.ToString("X", CultureInfo.InvariantCulture).PadRight(12));
+            sb.Append(Humanize.Bytes(m.Length).PadRight(12));
+            sb.Append(name.PadRight(12));
+            sb.Append(m.SegOffset.ToString("X", CultureInfo.InvariantCulture).PadRight(12));
+            sb.Append((m.Prot & 1) != 0 ? 'R' : '-').Append((m.Prot & 2) != 0 ? 'W' : '-').Append((m.Prot & 4) != 0 ? 'X' : '-');
+            sb.Append("   ");
+            s.Line(sb.ToString());
+        }
+    }
+
+    private static string SegName(MemSegInfo m) => string.IsNullOrEmpty(m.Name) ? "sysmem" : m.Name;
+
+    private static List<MemSegInfo> SortedSegs(IReadOnlyList<MemSegInfo> segs)
+    {
+        var list = new List<MemSegInfo>(segs);
+        list.Sort((a, b) => a.Id.CompareTo(b.Id));
+        return list;
+    }
+}

@@ -1,0 +1,467 @@
+// SPDX-License-Identifier: BSD-2-Clause
+using System.Buffers.Binary;
+using System.Net.Sockets;
+
+namespace Hyve.Vmm.Control;
+
+/// <summary>
+/// Serves one VM's control socket (<c>$HYVE_RUN_DIR/&lt;vmname&gt;</c>, mode 0600) for hyvectl.
+/// An async accept loop hands each connection to its own task, which answers one request at a time;
+/// calls into <see cref="IVmControl"/> are serialized under one lock, so the VM sees one caller at a time.
+/// A bad frame gets an error response and never stops the server. Dispose removes the socket file.
+/// </summary>
+public sealed class ControlServer : IDisposable
+{
+    /// <summary>Most connections served at once; further clients get <see cref="ControlStatus.Busy"/>.</summary>
+    public const int MaxConnections = 16;
+
+    // A client that says nothing for this long is dropped, so it cannot hold a connection slot forever.
+    private static readonly TimeSpan IdleTimeout = TimeSpan.FromSeconds(60);
+
+    // Once a frame's length has arrived, the rest of it must follow promptly.
+    private static readonly TimeSpan FrameTimeout = TimeSpan.FromSeconds(10);
+
+    private readonly IVmControl _vm;
+    private readonly Socket _listener;
+    private readonly CancellationTokenSource _cts = new();
+    private readonly object _vmLock = new();
+    private readonly object _connLock = new();
+    private readonly HashSet<Task> _connections = new();
+    private Task _acceptTask = Task.CompletedTask;
+    private int _disposed;
+
+    private ControlServer(IVmControl vm, Socket listener, string socketPath)
+    {
+        _vm = vm;
+        _listener = listener;
+        SocketPath = socketPath;
+    }
+
+    /// <summary>The socket's path.</summary>
+    public string SocketPath { get; }
+
+    /// <summary>
+    /// Creates the run directory if needed, replaces a stale socket, binds and starts serving.
+    /// <paramref name="runDirectory"/> defaults to <see cref="ControlPaths.RunDirectory"/>.
+    /// </summary>
+    /// <exception cref="VmAlreadyRunningException">A live process already serves this VM name.</exception>
+    /// <exception cref="ControlServerException">The directory or socket cannot be set up.</exception>
+    public static ControlServer Start(IVmControl vm, string? runDirectory = null)
+    {
+        ArgumentNullException.ThrowIfNull(vm);
+        if (!OperatingSystem.IsLinux())
+            throw new PlatformNotSupportedException("the control socket needs Linux");
+        bool isDefault = runDirectory is null && string.IsNullOrEmpty(Environment.GetEnvironmentVariable(ControlPaths.RunDirVariable));
+        string dir = runDirectory ?? ControlPaths.RunDirectory();
+        string path;
+        try
+        {
+            path = ControlPaths.SocketPath(vm.Name, dir);
+        }
+        catch (ArgumentException)
+        {
+            throw new ControlServerException($"VM name \"{vm.Name}\" cannot name a control socket");
+        }
+        if (!ControlPaths.FitsSocketAddress(path))
+            throw new ControlServerException($"control socket path {path} is longer than {ControlPaths.MaxSocketPathBytes} bytes");
+
+        EnsureDirectory(dir, isDefault);
+        RemoveStaleSocket(vm.Name, path);
+
+        var listener = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
+        try
+        {
+            listener.Bind(new UnixDomainSocketEndPoint(path));
+        }
+        catch (SocketException e)
+        {
+            listener.Dispose();
+            // Another hyve bound between our probe and our bind.
+            if (e.SocketErrorCode == SocketError.AddressAlreadyInUse)
+                throw new VmAlreadyRunningException(vm.Name, path);
+            throw new ControlServerException($"cannot bind control socket {path}: {e.Message}", e);
+        }
+        try
+        {
+            File.SetUnixFileMode(path, UnixFileMode.UserRead | UnixFileMode.UserWrite);
+            listener.Listen(MaxConnections);
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException or SocketException)
+        {
+            listener.Dispose();
+            TryDelete(path);
+            throw new ControlServerException($"cannot set up control socket {path}: {e.Message}", e);
+        }
+
+        var server = new ControlServer(vm, listener, path);
+        server._acceptTask = Task.Run(server.AcceptLoopAsync);
+        return server;
+    }
+
+    /// <summary>Stops serving, closes connections and removes the socket file.</summary>
+    public void Dispose()
+    {
+        if (Interlocked.Exchange(ref _disposed, 1) != 0)
+            return;
+        _cts.Cancel();
+        _listener.Dispose();
+        Task[] pending;
+        lock (_connLock)
+        {
+            pending = new Task[_connections.Count + 1];
+            _connections.CopyTo(pending, 1);
+        }
+        pending[0] = _acceptTask;
+        try
+        {
+            Task.WaitAll(pending, TimeSpan.FromSeconds(2));
+        }
+        catch (AggregateException) { }
+        TryDelete(SocketPath);
+        _cts.Dispose();
+    }
+
+    private static void EnsureDirectory(string dir, bool mustBePrivate)
+    {
+        const UnixFileMode Private = UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute;
+        if (!OperatingSystem.IsLinux())
+            throw new PlatformNotSupportedException("the control socket needs Linux");
+        try
+        {
+            if (!Directory.Exists(dir))
+            {
+                Directory.CreateDirectory(dir, Private);
+                return;
+            }
+            // The default directories hold sockets of one user only; a directory others can enter or write
+            // (say a /tmp/hyve-UID made by someone else) could let them swap our socket. chmod fails unless
+            // the directory is ours, which is the ownership check we want.
+            if (mustBePrivate && (File.GetUnixFileMode(dir) & ~Private) != 0)
+                File.SetUnixFileMode(dir, Private);
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            throw new ControlServerException($"cannot set up run directory {dir}: {e.Message}", e);
+        }
+    }
+
+    private static void RemoveStaleSocket(string vmName, string path)
+    {
+        if (Directory.Exists(path))
+            throw new ControlServerException($"control socket path {path} is a directory");
+        if (!File.Exists(path))
+            return;
+        using var probe = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
+        try
+        {
+            probe.Connect(new UnixDomainSocketEndPoint(path));
+        }
+        catch (SocketException e) when (e.SocketErrorCode is SocketError.ConnectionRefused or SocketError.AddressNotAvailable)
+        {
+            // Nobody listens: the socket was left by a process that died (or vanished meanwhile). Replace it.
+            try
+            {
+                File.Delete(path);
+            }
+            catch (Exception de) when (de is IOException or UnauthorizedAccessException)
+            {
+                throw new ControlServerException($"cannot remove stale control socket {path}: {de.Message}", de);
+            }
+            return;
+        }
+        catch (SocketException e)
+        {
+            throw new ControlServerException($"control socket {path} exists and cannot be probed: {e.Message}", e);
+        }
+        throw new VmAlreadyRunningException(vmName, path);
+    }
+
+    private static void TryDelete(string path)
+    {
+        try
+        {
+            File.Delete(path);
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException) { }
+    }
+
+    private async Task AcceptLoopAsync()
+    {
+        CancellationToken ct = _cts.Token;
+        while (!ct.IsCancellationRequested)
+        {
+            Socket client;
+            try
+            {
+                client = await _listener.AcceptAsync(ct).ConfigureAwait(false);
+            }
+            catch (OperationCanceledException) { break; }
+            catch (ObjectDisposedException) { break; }
+            catch (SocketException)
+            {
+                if (ct.IsCancellationRequested)
+                    break;
+                // Out of descriptors or a connection reset before accept: back off instead of spinning.
+                try { await Task.Delay(50, ct).ConfigureAwait(false); }
+                catch (OperationCanceledException) { break; }
+                continue;
+            }
+
+            lock (_connLock)
+            {
+                if (_connections.Count >= MaxConnections)
+                {
+                    _ = RefuseBusyAsync(client);
+                    continue;
+                }
+                Task t = ServeAsync(client, ct);
+                _connections.Add(t);
+                _ = t.ContinueWith(done => { lock (_connLock) _connections.Remove(done); },
+                    CancellationToken.None, TaskContinuationOptions.ExecuteSynchronously, TaskScheduler.Default);
+            }
+        }
+    }
+
+    private static async Task RefuseBusyAsync(Socket client)
+    {
+        using (client)
+        {
+            try
+            {
+                var w = new FrameWriter();
+                w.Begin(ControlProtocol.Version, (ushort)ControlStatus.Busy);
+                w.String("too many control connections");
+                await SendAllAsync(client, w.Finish(), CancellationToken.None).ConfigureAwait(false);
+            }
+            catch (Exception e) when (e is SocketException or ObjectDisposedException) { }
+        }
+    }
+
+    private async Task ServeAsync(Socket client, CancellationToken ct)
+    {
+        await Task.Yield();
+        using (client)
+        {
+            var writer = new FrameWriter();
+            var lenBuf = new byte[ControlProtocol.LengthSize];
+            byte[] body = new byte[256];
+            try
+            {
+                while (true)
+                {
+                    using (var idle = CancellationTokenSource.CreateLinkedTokenSource(ct))
+                    {
+                        idle.CancelAfter(IdleTimeout);
+                        if (!await ReceiveExactAsync(client, lenBuf, idle.Token).ConfigureAwait(false))
+                            return; // clean end of the conversation
+                    }
+
+                    uint len = BinaryPrimitives.ReadUInt32LittleEndian(lenBuf);
+                    if (len < ControlProtocol.HeaderSize || len > ControlProtocol.MaxFrameLength)
+                    {
+                        // The stream cannot be resynchronized after a bad length: answer and hang up.
+                        bool tooLarge = len > ControlProtocol.MaxFrameLength;
+                        writer.Begin(ControlProtocol.Version, (ushort)(tooLarge ? ControlStatus.FrameTooLarge : ControlStatus.Malformed));
+                        writer.String(tooLarge
+                            ? $"frame length {len} exceeds the limit of {ControlProtocol.MaxFrameLength} bytes"
+                            : $"frame length {len} is shorter than the {ControlProtocol.HeaderSize}-byte header");
+                        await SendAllAsync(client, writer.Finish(), ct).ConfigureAwait(false);
+                        return;
+                    }
+
+                    if (body.Length < len)
+                        body = new byte[Math.Max(len, (uint)body.Length * 2)];
+                    using (var frame = CancellationTokenSource.CreateLinkedTokenSource(ct))
+                    {
+                        frame.CancelAfter(FrameTimeout);
+                        if (!await ReceiveExactAsync(client, body.AsMemory(0, (int)len), frame.Token).ConfigureAwait(false))
+                            return; // peer went away mid-frame
+                    }
+
+                    ReadOnlyMemory<byte> response = Handle(body.AsSpan(0, (int)len), writer);
+                    await SendAllAsync(client, response, ct).ConfigureAwait(false);
+                }
+            }
+            catch (OperationCanceledException) { }
+            catch (SocketException) { }
+            catch (ObjectDisposedException) { }
+        }
+    }
+
+    private static async Task<bool> ReceiveExactAsync(Socket s, Memory<byte> buf, CancellationToken ct)
+    {
+        int got = 0;
+        while (got < buf.Length)
+        {
+            int n = await s.ReceiveAsync(buf[got..], SocketFlags.None, ct).ConfigureAwait(false);
+            if (n == 0)
+                return false;
+            got += n;
+        }
+        return true;
+    }
+
+    private static async Task SendAllAsync(Socket s, ReadOnlyMemory<byte> buf, CancellationToken ct)
+    {
+        while (!buf.IsEmpty)
+        {
+            int n = await s.SendAsync(buf, SocketFlags.None, ct).ConfigureAwait(false);
+            buf = buf[n..];
+        }
+    }
+
+    /// <summary>Answers one frame (version, op, payload); never throws.</summary>
+    private ReadOnlyMemory<byte> Handle(ReadOnlySpan<byte> frame, FrameWriter w)
+    {
+        ushort version = BinaryPrimitives.ReadUInt16LittleEndian(frame);
+        ushort op = BinaryPrimitives.ReadUInt16LittleEndian(frame[2..]);
+        if (version != ControlProtocol.Version)
+            return Error(w, ControlStatus.BadVersion,
+                $"control protocol version {version} is not supported; this hyve speaks version {ControlProtocol.Version}");
+        try
+        {
+            w.Begin(ControlProtocol.Version, (ushort)ControlStatus.Ok);
+            var r = new FrameReader(frame[ControlProtocol.HeaderSize..]);
+            bool known;
+            lock (_vmLock)
+                known = Dispatch((ControlOp)op, ref r, w);
+            return known ? w.Finish() : Error(w, ControlStatus.UnknownOp, $"unknown control operation {op}");
+        }
+        catch (ControlProtocolException e)
+        {
+            return Error(w, ControlStatus.Malformed, e.Message);
+        }
+        catch (ArgumentException e)
+        {
+            return Error(w, ControlStatus.InvalidArgument, CleanMessage(e));
+        }
+        catch (Exception e) when (e is NotSupportedException or NotImplementedException)
+        {
+            return Error(w, ControlStatus.NotSupported, e.Message);
+        }
+        catch (Exception e)
+        {
+            // Whatever the VM throws becomes an answer; the server keeps serving.
+            return Error(w, ControlStatus.Failed, e.Message);
+        }
+    }
+
+    private static ReadOnlyMemory<byte> Error(FrameWriter w, ControlStatus status, string message)
+    {
+        w.Begin(ControlProtocol.Version, (ushort)status);
+        w.String(message);
+        return w.Finish();
+    }
+
+    // ArgumentException.Message appends " (Parameter 'x')", which means nothing to a hyvectl user.
+    private static string CleanMessage(ArgumentException e)
+    {
+        string m = e.Message;
+        int i = m.IndexOf(" (Parameter '", StringComparison.Ordinal);
+        return i > 0 ? m[..i] : m;
+    }
+
+    /// <summary>Runs one operation; false for an op this server does not know. Add new ops here.</summary>
+    private bool Dispatch(ControlOp op, ref FrameReader r, FrameWriter w)
+    {
+        switch (op)
+        {
+            case ControlOp.GetTopology:
+            {
+                r.End();
+                CpuTopology t = _vm.Topology;
+                w.I32(t.Sockets);
+                w.I32(t.Cores);
+                w.I32(t.Threads);
+                w.I32(t.MaxCpus);
+                return true;
+            }
+            case ControlOp.GetCpuCount:
+                r.End();
+                w.I32(_vm.CpuCount);
+                return true;
+            case ControlOp.GetActiveCpus:
+                r.End();
+                ControlProtocol.WriteCpuList(w, _vm.ActiveCpus());
+                return true;
+            case ControlOp.GetSuspendedCpus:
+                r.End();
+                ControlProtocol.WriteCpuList(w, _vm.SuspendedCpus());
+                return true;
+            case ControlOp.GetMemSegs:
+            {
+                r.End();
+                IReadOnlyList<MemSegInfo> segs = _vm.MemSegs();
+                w.U32((uint)segs.Count);
+                for (int i = 0; i < segs.Count; i++)
+                {
+                    w.I32(segs[i].Id);
+                    w.U64(segs[i].Length);
+                    w.U8(segs[i].SysMem ? (byte)1 : (byte)0);
+                    w.String(segs[i].Name ?? "");
+                }
+                return true;
+            }
+            case ControlOp.GetMemMap:
+            {
+                r.End();
+                IReadOnlyList<MemMapInfo> maps = _vm.MemMap();
+                w.U32((uint)maps.Count);
+                for (int i = 0; i < maps.Count; i++)
+                {
+                    w.U64(maps[i].Gpa);
+                    w.U64(maps[i].Length);
+                    w.I32(maps[i].SegId);
+                    w.U64(maps[i].SegOffset);
+                    w.I32(maps[i].Prot);
+                }
+                return true;
+            }
+            case ControlOp.GetRegister:
+            {
+                int vcpu = r.I32();
+                var reg = ControlProtocol.ReadReg(ref r);
+                r.End();
+                w.U64(_vm.GetRegister(vcpu, reg));
+                return true;
+            }
+            case ControlOp.SetRegister:
+            {
+                int vcpu = r.I32();
+                var reg = ControlProtocol.ReadReg(ref r);
+                ulong value = r.U64();
+                r.End();
+                _vm.SetRegister(vcpu, reg, value);
+                return true;
+            }
+            case ControlOp.GetDescriptor:
+            {
+                int vcpu = r.I32();
+                var reg = ControlProtocol.ReadReg(ref r);
+                r.End();
+                ControlProtocol.WriteDescriptor(w, _vm.GetDescriptor(vcpu, reg));
+                return true;
+            }
+            case ControlOp.SetDescriptor:
+            {
+                int vcpu = r.I32();
+                var reg = ControlProtocol.ReadReg(ref r);
+                var desc = ControlProtocol.ReadDescriptor(ref r);
+                r.End();
+                _vm.SetDescriptor(vcpu, reg, desc);
+                return true;
+            }
+            case ControlOp.Suspend:
+            {
+                byte how = r.U8();
+                r.End();
+                if (how > (byte)SuspendHow.TripleFault)
+                    throw new ArgumentException($"suspend type {how} is out of range");
+                _vm.Suspend((SuspendHow)how);
+                return true;
+            }
+            default:
+                return false;
+        }
+    }
+}

@@ -1,0 +1,106 @@
+// SPDX-License-Identifier: BSD-2-Clause
+using Hyve.Vmm.Control;
+using Hyve.X86;
+
+using Xunit;
+
+namespace Hyve.Tests.Ctl;
+
+/// <summary>An IVmControl with fixed state, as a freshly reset 4-vCPU VM would show it.</summary>
+internal sealed class FakeVm : IVmControl
+{
+    private readonly Dictionary<(int, Reg), ulong> _regs = new();
+    private readonly Dictionary<(int, Reg), SegmentDescriptor> _descs = new();
+    private readonly object _lock = new();
+
+    public FakeVm(string name)
+    {
+        Name = name;
+        for (int cpu = 0; cpu < CpuCount; cpu++)
+        {
+            // x86 reset state (SDM Vol. 3 §9.1.1).
+            _regs[(cpu, Reg.Rip)] = 0xfff0;
+            _regs[(cpu, Reg.Rflags)] = 0x2;
+            _regs[(cpu, Reg.Cr0)] = 0x60000010;
+            _regs[(cpu, Reg.Rdx)] = 0x600;
+            _regs[(cpu, Reg.Dr6)] = 0xffff0ff0;
+            _regs[(cpu, Reg.Dr7)] = 0x400;
+            _regs[(cpu, Reg.Cs)] = 0xf000;
+            _descs[(cpu, Reg.Cs)] = new SegmentDescriptor(0xffff0000, 0xffff, 0x9b);
+            foreach (Reg r in new[] { Reg.Ds, Reg.Es, Reg.Fs, Reg.Gs, Reg.Ss })
+                _descs[(cpu, r)] = new SegmentDescriptor(0, 0xffff, 0x93);
+            _descs[(cpu, Reg.Tr)] = new SegmentDescriptor(0, 0xffff, 0x8b);
+            _descs[(cpu, Reg.Ldtr)] = new SegmentDescriptor(0, 0xffff, 0x82);
+            _descs[(cpu, Reg.Gdtr)] = new SegmentDescriptor(0, 0xffff, 0);
+            _descs[(cpu, Reg.Idtr)] = new SegmentDescriptor(0, 0xffff, 0);
+        }
+    }
+
+    public string Name { get; }
+    public CpuTopology Topology => new(2, 2, 1, 4);
+    public int CpuCount => 4;
+    public List<int> Active { get; } = [0, 1];
+    public List<int> Suspended { get; } = [];
+    public List<SuspendHow> Suspends { get; } = [];
+
+    public List<MemSegInfo> Segs { get; } =
+    [
+        new(0, 256UL << 20, true, ""),
+        new(1, 2UL << 20, false, "bootrom"),
+    ];
+
+    public List<MemMapInfo> Maps { get; } =
+    [
+        new(0xffe00000, 2UL << 20, 1, 0, 5),
+        new(0, 256UL << 20, 0, 0, 7),
+    ];
+
+    public IReadOnlyList<int> ActiveCpus() => Active;
+    public IReadOnlyList<int> SuspendedCpus() => Suspended;
+    public IReadOnlyList<MemSegInfo> MemSegs() => Segs;
+    public IReadOnlyList<MemMapInfo> MemMap() => Maps;
+
+    private void Check(int vcpu)
+    {
+        if (vcpu < 0 || vcpu >= CpuCount)
+            throw new ArgumentOutOfRangeException(nameof(vcpu), $"vcpu {vcpu} does not exist");
+    }
+
+    public ulong GetRegister(int vcpu, Reg reg)
+    {
+        Check(vcpu);
+        lock (_lock)
+            return _regs.TryGetValue((vcpu, reg), out ulong v) ? v : 0;
+    }
+
+    public void SetRegister(int vcpu, Reg reg, ulong value)
+    {
+        Check(vcpu);
+        lock (_lock)
+            _regs[(vcpu, reg)] = value;
+    }
+
+    public SegmentDescriptor GetDescriptor(int vcpu, Reg reg)
+    {
+        Check(vcpu);
+        if (reg < Reg.Es)
+            throw new ArgumentException($"{reg} has no descriptor");
+        lock (_lock)
+            return _descs[(vcpu, reg)];
+    }
+
+    public void SetDescriptor(int vcpu, Reg reg, SegmentDescriptor desc)
+    {
+        Check(vcpu);
+        if (reg < Reg.Es)
+            throw new ArgumentException($"{reg} has no descriptor");
+        lock (_lock)
+            _descs[(vcpu, reg)] = desc;
+    }
+
+    public void Suspend(SuspendHow how)
+    {
+        lock (_lock)
+            Suspends.Add(how);
+    }
+}
