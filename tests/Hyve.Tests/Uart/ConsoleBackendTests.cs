@@ -1,0 +1,236 @@
+// SPDX-License-Identifier: BSD-2-Clause
+using System.Net.Sockets;
+using System.Text;
+using Hyve.Config;
+using Hyve.Devices;
+using Xunit;
+
+namespace Hyve.Tests.Uart;
+
+public unsafe class ConsoleBackendTests
+{
+    private const ushort Base = 0x2F8;
+    private const int RBR = 0, THR = 0, FCR = 2, LSR = 5;
+
+    private static void WaitFor(Func<bool> condition, string what)
+    {
+        var deadline = DateTime.UtcNow.AddSeconds(5);
+        while (!condition())
+        {
+            if (DateTime.UtcNow > deadline) throw new TimeoutException($"timed out waiting for {what}");
+            Thread.Sleep(2);
+        }
+    }
+
+    private static void Send(Uart16550 uart, string text)
+    {
+        foreach (char c in text) uart.PortWrite(Base + THR, 1, c);
+    }
+
+    // Reads what the guest would: every byte, as it becomes ready, until `count` bytes arrived.
+    private static string Receive(Uart16550 uart, int count)
+    {
+        var sb = new StringBuilder();
+        WaitFor(() =>
+        {
+            while ((uart.PortRead(Base + LSR, 1) & 1) != 0) sb.Append((char)uart.PortRead(Base + RBR, 1));
+            return sb.Length >= count;
+        }, $"{count} received bytes");
+        return sb.ToString();
+    }
+
+    private static string TempPath(string suffix) => Path.Combine(Path.GetTempPath(), $"hyve-{Guid.NewGuid():N}{suffix}");
+
+    private static (int read, int write) Pipe()
+    {
+        int* fds = stackalloc int[2];
+        Assert.Equal(0, ConsoleNative.pipe2(fds, ConsoleNative.O_CLOEXEC));
+        return (fds[0], fds[1]);
+    }
+
+    private static void FdWrite(int fd, string text) => Assert.True(ConsoleNative.WriteAll(fd, Encoding.Latin1.GetBytes(text)));
+
+    private static string FdRead(int fd, int count)
+    {
+        var buf = new byte[count];
+        int got = 0;
+        fixed (byte* p = buf)
+        {
+            while (got < count)
+            {
+                nint n = ConsoleNative.read(fd, p + got, count - got);
+                if (n <= 0) break;
+                got += (int)n;
+            }
+        }
+        return Encoding.Latin1.GetString(buf, 0, got);
+    }
+
+    [Fact]
+    public void FileBackendAppendsWhatTheGuestSent()
+    {
+        string path = TempPath(".log");
+        File.WriteAllText(path, "before\n");
+        try
+        {
+            var backend = new FileConsoleBackend(path);
+            var uart = new Uart16550(Base, null, backend);
+            Send(uart, "Linux version 6.1\r\n");
+            // A full line reaches the file at once, before the VM ends.
+            Assert.Equal("before\nLinux version 6.1\r\n", File.ReadAllText(path));
+            Send(uart, "login: ");
+            WaitFor(() => File.ReadAllText(path).EndsWith("login: ", StringComparison.Ordinal), "the prompt after the flush delay");
+            Send(uart, "tail");
+            backend.Dispose();
+            Assert.Equal("before\nLinux version 6.1\r\nlogin: tail", File.ReadAllText(path));
+            Assert.False(backend.HasInput);
+        }
+        finally { File.Delete(path); }
+    }
+
+    [Fact]
+    public void FileBackendBatchesOutputIntoFewWrites()
+    {
+        string path = TempPath(".log");
+        try
+        {
+            using var backend = new FileConsoleBackend(path);
+            var uart = new Uart16550(Base, null, backend);
+            var line = new string('x', 10000);
+            Send(uart, line);
+            backend.Flush();
+            Assert.Equal(line, File.ReadAllText(path));
+        }
+        finally { File.Delete(path); }
+    }
+
+    [Fact]
+    public void FdBackendCarriesBothDirectionsWithFlowControl()
+    {
+        var input = Pipe();
+        var output = Pipe();
+        var backend = new FdConsoleBackend(input.read, output.write, ownsFds: false, makeRaw: true);
+        try
+        {
+            var uart = new Uart16550(Base, null, backend);
+            // 200 bytes into a UART whose FIFO is off (one byte): the rest waits in the pipe, none is lost.
+            var text = string.Concat(Enumerable.Range(0, 200).Select(i => (char)('a' + i % 26)));
+            FdWrite(input.write, text);
+            Assert.Equal(text, Receive(uart, text.Length));
+            Assert.Equal(0, (int)uart.PortRead(Base + LSR, 1) & 0x02); // no overrun
+
+            Send(uart, "ok\n");
+            Assert.Equal("ok\n", FdRead(output.read, 3));
+        }
+        finally
+        {
+            backend.Dispose();
+            ConsoleNative.close(input.read); ConsoleNative.close(input.write);
+            ConsoleNative.close(output.read); ConsoleNative.close(output.write);
+        }
+    }
+
+    [Fact]
+    public void FdBackendInputStopsAtEndOfFileAndDisposeReturns()
+    {
+        var input = Pipe();
+        var output = Pipe();
+        var backend = new FdConsoleBackend(input.read, output.write, ownsFds: true, makeRaw: false);
+        var uart = new Uart16550(Base, null, backend);
+        uart.PortWrite(Base + FCR, 1, 0x01);
+        FdWrite(input.write, "bye");
+        ConsoleNative.close(input.write);
+        Assert.Equal("bye", Receive(uart, 3));
+        backend.Dispose();
+        ConsoleNative.close(output.read);
+    }
+
+    [Fact]
+    public void ListeningSocketServesOneClientAtATime()
+    {
+        string path = TempPath(".sock");
+        var backend = SocketConsoleBackend.Listen(path);
+        try
+        {
+            var uart = new Uart16550(Base, null, backend);
+            uart.PortWrite(Base + FCR, 1, 0x01);
+            Send(uart, "dropped\n"); // nobody connected yet
+
+            using (var client = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified))
+            {
+                client.Connect(new UnixDomainSocketEndPoint(path));
+                WaitFor(() => backend.IsConnected, "the server to accept");
+                client.Send("root\r"u8);
+                Assert.Equal("root\r", Receive(uart, 5));
+                Send(uart, "Password:\n");
+                var buf = new byte[64];
+                int n = 0;
+                WaitFor(() => (n += client.Receive(buf, n, buf.Length - n, SocketFlags.None)) >= 10, "output at the client");
+                Assert.Equal("Password:\n", Encoding.ASCII.GetString(buf, 0, n));
+            }
+            WaitFor(() => !backend.IsConnected, "the server to notice the client left");
+
+            using (var again = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified))
+            {
+                again.Connect(new UnixDomainSocketEndPoint(path));
+                again.Send("2"u8);
+                Assert.Equal("2", Receive(uart, 1));
+            }
+        }
+        finally
+        {
+            backend.Dispose();
+        }
+        Assert.False(File.Exists(path));
+    }
+
+    [Fact]
+    public void FactoryPicksTheBackendFromThePath()
+    {
+        string log = TempPath(".log");
+        string sock = TempPath(".sock");
+        string explicitSock = TempPath(".s");
+        try
+        {
+            using (var b = ConsoleBackends.Create(log)) Assert.IsType<FileConsoleBackend>(b);
+            Assert.True(File.Exists(log));
+            using (var b = ConsoleBackends.Create("/dev/null")) Assert.IsType<FdConsoleBackend>(b);
+            using (var server = ConsoleBackends.Create(sock))
+            {
+                Assert.IsType<SocketConsoleBackend>(server);
+                using var client = ConsoleBackends.Create(sock); // an existing, live socket: connect to it
+                Assert.IsType<SocketConsoleBackend>(client);
+            }
+            using (var b = ConsoleBackends.Create("unix:" + explicitSock))
+            {
+                Assert.IsType<SocketConsoleBackend>(b);
+                Assert.True(File.Exists(explicitSock));
+            }
+            var e = Assert.Throws<ConfigException>(() => ConsoleBackends.Create("/nonexistent-dir/x.log"));
+            Assert.StartsWith("cannot open console backend '/nonexistent-dir/x.log'", e.Message);
+        }
+        finally
+        {
+            File.Delete(log);
+            File.Delete(sock);
+            File.Delete(explicitSock);
+        }
+    }
+
+    [Fact]
+    public void StaleSocketIsReplacedByAListeningOne()
+    {
+        string path = TempPath(".sock");
+        // Leave a socket file behind with nobody listening, as a killed hyve would.
+        var dead = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
+        dead.Bind(new UnixDomainSocketEndPoint(path));
+        dead.Dispose();
+        try
+        {
+            using var b = ConsoleBackends.Create(path);
+            using var client = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
+            client.Connect(new UnixDomainSocketEndPoint(path));
+        }
+        finally { File.Delete(path); }
+    }
+}
