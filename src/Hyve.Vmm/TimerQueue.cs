@@ -47,6 +47,9 @@ public sealed partial class TimerQueue : IClock, IDisposable
         }
     }
 
+    /// <summary>True when waits have nanosecond resolution (Linux eventfd and ppoll) rather than whole milliseconds.</summary>
+    public bool NanosecondWaits => _waker is FdWaker;
+
     /// <summary>Number of queue entries, live and stale (for diagnostics and tests).</summary>
     public int QueueLength { get { lock (_lock) return _queue.Count; } }
 
