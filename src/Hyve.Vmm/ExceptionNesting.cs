@@ -47,14 +47,16 @@ public static class ExceptionNesting
     };
 
     /// <summary>Combines <paramref name="first"/> (being delivered) with <paramref name="second"/> (raised during it):
-    /// contributory then contributory, or page fault then contributory or page fault, is a #DF; a contributory or page
-    /// fault (or another #DF) while delivering #DF is a triple fault; everything else is handled serially.</summary>
+    /// contributory then contributory, or page fault then contributory or page fault, is a #DF; any exception other
+    /// than NMI while delivering #DF is a triple fault; everything else is handled serially.</summary>
     public static NestingResult Combine(int first, int second)
     {
         var c1 = Classify(first);
         var c2 = Classify(second);
+        // The SDM names contributory and page faults during #DF delivery; KVM and bhyve shut down on any
+        // exception then, and so does Hyve. An NMI or an external interrupt is not a fault and waits its turn.
         if (c1 == ExceptionClass.DoubleFault)
-            return c2 == ExceptionClass.Benign ? new(NestingKind.Serial, second) : new(NestingKind.TripleFault, -1);
+            return second is >= 0 and <= 31 and not 2 ? new(NestingKind.TripleFault, -1) : new(NestingKind.Serial, second);
         if (c1 == ExceptionClass.Contributory && c2 == ExceptionClass.Contributory
             || c1 == ExceptionClass.PageFault && c2 is ExceptionClass.Contributory or ExceptionClass.PageFault)
             return new(NestingKind.DoubleFault, DoubleFaultVector);

@@ -172,7 +172,8 @@ public sealed class Vioapic : IMmioDevice
         }
     }
 
-    /// <summary>Reads state written by <see cref="Save"/>; throws <see cref="InvalidDataException"/> when it does not fit.</summary>
+    /// <summary>Reads state written by <see cref="Save"/> and raises <see cref="EntryChanged"/> for every pin;
+    /// throws <see cref="InvalidDataException"/> when it does not fit.</summary>
     public void Restore(BinaryReader r)
     {
         int version = r.ReadInt32();
@@ -189,6 +190,8 @@ public sealed class Vioapic : IMmioDevice
                 _assertCount[i] = Math.Max(0, r.ReadInt32());
             }
         }
+        // Every entry may differ from what the KVM glue routed before.
+        for (int i = 0; i < PinCount; i++) EntryChanged?.Invoke(i);
     }
 
     private uint ReadRegister(uint reg)

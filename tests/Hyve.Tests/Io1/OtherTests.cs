@@ -147,6 +147,9 @@ public class ExceptionNestingTests
         { 8, 13, NestingKind.TripleFault },
         { 8, 14, NestingKind.TripleFault },
         { 8, 0, NestingKind.TripleFault },
+        { 8, 6, NestingKind.TripleFault },    // any fault while delivering #DF (as KVM and bhyve)
+        { 8, 2, NestingKind.Serial },         // an NMI is not a fault
+        { 8, 40, NestingKind.Serial },
         { 2, 13, NestingKind.Serial },        // NMI is benign
         { 32, 14, NestingKind.Serial },       // so is an external interrupt
     };
