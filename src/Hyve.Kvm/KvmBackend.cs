@@ -15,7 +15,6 @@ public sealed unsafe class KvmBackend : ICpuBackend
     // Below the 16 MiB a boot ROM may take under 4 GiB, as QEMU places them.
     private const ulong IdentityMapAddress = 0xfeffc000;
     private const ulong TssAddress = 0xfeffd000;
-    private const int IoapicRoutes = 24;
 
     private readonly Dictionary<GuestMapping, uint> _slots = [];
     private readonly Stack<uint> _freeSlots = new();
@@ -34,10 +33,14 @@ public sealed unsafe class KvmBackend : ICpuBackend
             ulong idmap = IdentityMapAddress;
             Libc.Ioctl(VmFd, KvmApi.SetIdentityMapAddr, &idmap);
             Libc.Ioctl(VmFd, KvmApi.SetTssAddr, unchecked((nint)TssAddress));
-            EnableCap(KvmApi.CapSplitIrqchip, IoapicRoutes, required: true);
+            // Reserve one GSI route per IOAPIC pin: KVM reads their MSI form to know which vectors are
+            // level-triggered and must exit with KVM_EXIT_IOAPIC_EOI.
+            EnableCap(KvmApi.CapSplitIrqchip, (ulong)vm.Ioapic.PinCount, required: true);
             UserSpaceMsr = EnableCap(KvmApi.CapX86UserSpaceMsr, KvmApi.MsrExitReasonUnknown, required: false);
             foreach (var m in vm.Memory.Mappings) OnMappingChanged(m, true);
             vm.Memory.MappingChanged += OnMappingChanged;
+            vm.Ioapic.EntryChanged += OnIoapicEntryChanged;
+            UpdateIoapicRoutes();
         }
         catch
         {
@@ -65,7 +68,7 @@ public sealed unsafe class KvmBackend : ICpuBackend
     public IVcpuBackend CreateVcpu(int id) => new KvmVcpu(this, id);
 
     /// <summary>Delivers an MSI through KVM_SIGNAL_MSI (the IOAPIC, HPET and PCI devices end here).</summary>
-    public void SignalMsi(ulong address, ulong data)
+    public void DeliverMsi(ulong address, uint data)
     {
         var msi = new KvmMsi { AddressLo = (uint)address, AddressHi = (uint)(address >> 32), Data = (uint)data };
         Libc.Ioctl(VmFd, KvmApi.SignalMsi, &msi);
@@ -78,6 +81,31 @@ public sealed unsafe class KvmBackend : ICpuBackend
         if (Libc.Ioctl(VmFd, KvmApi.EnableCap, &ec) == 0) return true;
         if (required) throw new IOException($"KVM_ENABLE_CAP({cap}): {Libc.ErrnoText(Marshal.GetLastPInvokeError())}");
         return false;
+    }
+
+    private void OnIoapicEntryChanged(int pin) => UpdateIoapicRoutes();
+
+    // struct kvm_irq_routing { u32 nr; u32 flags; struct kvm_irq_routing_entry entries[]; } with 48-byte entries
+    // { u32 gsi; u32 type; u32 flags; u32 pad; union { msi { u32 address_lo, address_hi, data, devid } ... pad[8] } }.
+    private void UpdateIoapicRoutes()
+    {
+        var ioapic = Vm.Ioapic;
+        const int EntrySize = 48;
+        byte* buf = stackalloc byte[8 + EntrySize * 48];
+        new Span<byte>(buf, 8 + EntrySize * 48).Clear();
+        uint n = 0;
+        for (int pin = 0; pin < ioapic.PinCount && pin < 48; pin++)
+        {
+            if (!ioapic.TryGetRoute(pin, out ulong address, out uint data)) continue;
+            byte* e = buf + 8 + EntrySize * n++;
+            *(uint*)e = (uint)pin;
+            *(uint*)(e + 4) = 2; // KVM_IRQ_ROUTING_MSI
+            *(uint*)(e + 16) = (uint)address;
+            *(uint*)(e + 20) = (uint)(address >> 32);
+            *(uint*)(e + 24) = data;
+        }
+        *(uint*)buf = n;
+        lock (_gate) Libc.Ioctl(VmFd, KvmApi.SetGsiRouting, buf);
     }
 
     private void OnMappingChanged(GuestMapping m, bool added)
@@ -109,6 +137,7 @@ public sealed unsafe class KvmBackend : ICpuBackend
     public void Dispose()
     {
         Vm.Memory.MappingChanged -= OnMappingChanged;
+        Vm.Ioapic.EntryChanged -= OnIoapicEntryChanged;
         Libc.Close(VmFd);
     }
 }

@@ -87,6 +87,7 @@ internal sealed unsafe class KvmVcpu : IVcpuBackend
     {
         while (true)
         {
+            if (Id == 0) OfferPicInterrupt();
             if (_kickRequested)
             {
                 _kickRequested = false;
@@ -119,6 +120,8 @@ internal sealed unsafe class KvmVcpu : IVcpuBackend
                     HandleMsr(reason == KvmApi.ExitX86Wrmsr);
                     break;
                 case KvmApi.ExitIoapicEoi:
+                    _owner.Ioapic.EndOfInterrupt(_run[KvmApi.RunExitData]);
+                    break;
                 case KvmApi.ExitIrqWindowOpen:
                     break;
                 case KvmApi.ExitIntr:
@@ -145,6 +148,28 @@ internal sealed unsafe class KvmVcpu : IVcpuBackend
                     return Fail($"unhandled KVM exit reason {reason}");
             }
             _exits++;
+        }
+    }
+
+    // The 8259's INTR reaches the BSP as ExtINT: KVM takes a vector with KVM_INTERRUPT only when the guest can
+    // accept it now (IF set, LINT0 ExtINT or the local APIC off); otherwise ask for an interrupt-window exit.
+    private void OfferPicInterrupt()
+    {
+        var pic = _owner.Pic;
+        if (!pic.IntrAsserted)
+        {
+            _run[KvmApi.RunRequestInterruptWindow] = 0;
+            return;
+        }
+        if (_run[KvmApi.RunReadyForInterruptInjection] != 0)
+        {
+            uint vector = (uint)pic.InterruptAcknowledge();
+            Libc.Ioctl(_fd, KvmApi.Interrupt, &vector);
+            _run[KvmApi.RunRequestInterruptWindow] = 0;
+        }
+        else
+        {
+            _run[KvmApi.RunRequestInterruptWindow] = 1;
         }
     }
 

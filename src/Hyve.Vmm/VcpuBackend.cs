@@ -1,4 +1,5 @@
 // SPDX-License-Identifier: BSD-2-Clause
+using Hyve.Vmm.Io;
 using Hyve.X86;
 
 namespace Hyve.Vmm;
@@ -74,8 +75,9 @@ public interface IVcpuBackend : IDisposable
     void SetDescriptor(Reg reg, SegmentDescriptor desc);
 }
 
-/// <summary>A CPU engine for one VM incarnation: created at start and after every reset.</summary>
-public interface ICpuBackend : IDisposable
+/// <summary>A CPU engine for one VM incarnation: created at start and after every reset.
+/// It is also the local APICs' message bus: the IOAPIC, HPET and PCI MSIs end here.</summary>
+public interface ICpuBackend : IApicBus, IDisposable
 {
     /// <summary>Engine name for messages ("kvm", "soft").</summary>
     string Name { get; }

@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: BSD-2-Clause
 using System.Collections.Concurrent;
 using Hyve.Vmm.Control;
+using Hyve.Vmm.Io;
 using Hyve.Vmm.Native;
 using Hyve.X86;
 
@@ -36,7 +37,41 @@ public sealed class Vm : IVmControl
         Clock = clock;
         _slots = new VcpuSlot[topology.Cpus];
         for (int i = 0; i < _slots.Length; i++) _slots[i] = new VcpuSlot(i);
+
+        // The platform interrupt and timer devices live in the VMM, as in bhyve's vmm.ko.
+        var apic = new ApicBusForwarder(this);
+        Pic = new Vatpic();
+        Ioapic = new Vioapic(apic);
+        Irq = new InterruptRouter(Pic, Ioapic, apic);
+        Pit = new Vatpit(clock, Irq);
+        PmTimer = new Vpmtmr(clock);
+        Pic.RegisterPorts(Ports);
+        Pit.RegisterPorts(Ports);
+        Ports.Register(Vpmtmr.DefaultPort, 4, PmTimer);
+        Mmio.Register(Vioapic.DefaultBase, Vioapic.Size, Ioapic, "ioapic");
+        // The BSP takes the 8259's INTR (ExtINT through LINT0): wake it to inject.
+        Pic.IntrChanged += () => _slots[0].Vcpu?.Kick();
+        Resetting += () =>
+        {
+            Pic.Reset();
+            Ioapic.Reset();
+            Pit.Reset();
+        };
     }
+
+    /// <summary>The 8259A pair.</summary>
+    public Vatpic Pic { get; }
+    /// <summary>The IOAPIC.</summary>
+    public Vioapic Ioapic { get; }
+    /// <summary>The 8254 PIT.</summary>
+    public Vatpit Pit { get; }
+    /// <summary>The ACPI PM timer.</summary>
+    public Vpmtmr PmTimer { get; }
+    /// <summary>The VM interrupt API (ISA, IOAPIC, MSI) that devices drive.</summary>
+    public InterruptRouter Irq { get; }
+
+    /// <summary>The CPU engine of the current run (null between runs).</summary>
+    public ICpuBackend? Backend { get; private set; }
 
     /// <inheritdoc/>
     public string Name { get; }
@@ -56,9 +91,6 @@ public sealed class Vm : IVmControl
     public bool StrictMsr { get; set; } = true;
     /// <summary>Host CPUs each vCPU is pinned to (-p), or null.</summary>
     public IReadOnlyDictionary<int, int[]>? Pinning { get; set; }
-    /// <summary>Interrupt lines for devices, once the interrupt controllers are wired.</summary>
-    public IIrqLines? Irq { get; set; }
-
     /// <summary>Device reset hooks, called between a guest reset and the restart.</summary>
     public event Action? Resetting;
 
@@ -71,10 +103,12 @@ public sealed class Vm : IVmControl
         _suspended.Reset();
         _suspendHow = -1;
         _error = null;
-        using var backend = createBackend(this);
         var threads = new Thread[_slots.Length];
+        ICpuBackend? backend = null;
         try
         {
+            backend = createBackend(this);
+            Backend = backend;
             foreach (var s in _slots) s.Start(backend.CreateVcpu(s.Id));
             _running = true;
             for (int i = 0; i < threads.Length; i++)
@@ -95,6 +129,8 @@ public sealed class Vm : IVmControl
             foreach (var s in _slots) s.Vcpu?.Kick();
             foreach (var t in threads) t?.Join();
             foreach (var s in _slots) s.Stop();
+            Backend = null;
+            backend?.Dispose();
         }
         return new VmStop((SuspendHow)Math.Max(_suspendHow, 0), _error);
     }
@@ -236,6 +272,12 @@ public sealed class Vm : IVmControl
 
     /// <inheritdoc/>
     public void SetDescriptor(int vcpu, Reg reg, SegmentDescriptor desc) => OnVcpu(vcpu, v => { v.SetDescriptor(reg, desc); return 0; });
+
+    /// <summary>Sends interrupt messages to whichever CPU engine is running (dropped between runs, as during a reset).</summary>
+    private sealed class ApicBusForwarder(Vm vm) : IApicBus
+    {
+        public void DeliverMsi(ulong address, uint data) => vm.Backend?.DeliverMsi(address, data);
+    }
 
     /// <summary>Per-vCPU run-control state kept across resets.</summary>
     private sealed class VcpuSlot(int id)
