@@ -21,6 +21,9 @@ public sealed class ParseResult
     /// <summary>Text to print to stdout before exiting with status 0 (<c>-h</c>, <c>-s help</c>, <c>-l help</c>); null otherwise.</summary>
     public string? HelpText { get; internal set; }
 
+    /// <summary>True when <see cref="HelpText"/> is set: print it to stdout and exit with status 0.</summary>
+    public bool ShowHelp => HelpText is not null;
+
     /// <summary>True when <c>config.dump</c> is set: print <see cref="ConfigTree.Dump"/> to stdout and exit without starting a VM
     /// (bhyve exits with status 1 here). Topology and memory size are not checked in that case, as in bhyve.</summary>
     public bool DumpConfig { get; internal set; }

@@ -14,6 +14,11 @@ public abstract class ConsoleBackend : IConsoleBackend
     /// <summary>How long output without a newline (a shell prompt, an echoed key) waits before it is written.</summary>
     public const int FlushDelayMs = 5;
 
+    // Live backends, so output still buffered when the process exits (any path) is written out.
+    private static readonly object LiveGate = new();
+    private static readonly HashSet<ConsoleBackend> Live = [];
+    private static bool _exitHooked;
+
     private readonly object _outLock = new();
     private readonly byte[] _out = new byte[OutputBufferSize];
     private int _outLen;
@@ -25,6 +30,28 @@ public abstract class ConsoleBackend : IConsoleBackend
     private Thread? _pump;
     private readonly ManualResetEventSlim _room = new(false);
     private volatile bool _stopping;
+
+    /// <summary>Registers the backend so <see cref="FlushAll"/> and process exit reach it.</summary>
+    protected ConsoleBackend()
+    {
+        lock (LiveGate)
+        {
+            Live.Add(this);
+            if (!_exitHooked)
+            {
+                _exitHooked = true;
+                AppDomain.CurrentDomain.ProcessExit += static (_, _) => FlushAll();
+            }
+        }
+    }
+
+    /// <summary>Writes out the buffered output of every live backend (also done automatically at process exit).</summary>
+    public static void FlushAll()
+    {
+        ConsoleBackend[] live;
+        lock (LiveGate) live = [.. Live];
+        foreach (var b in live) b.Flush();
+    }
 
     /// <summary>True once disposal has begun; the input thread checks it to stop.</summary>
     protected bool Stopping => _stopping;
@@ -145,6 +172,7 @@ public abstract class ConsoleBackend : IConsoleBackend
     {
         if (_stopping) return;
         _stopping = true;
+        lock (LiveGate) Live.Remove(this);
         lock (_outLock)
         {
             FlushLocked();

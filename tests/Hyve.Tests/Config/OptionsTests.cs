@@ -390,6 +390,7 @@ public class OptionsTests
     {
         var r = Options.Parse(["-h"]);
         Assert.Null(r.Error);
+        Assert.True(r.ShowHelp);
         Assert.StartsWith("Usage: hyve", r.HelpText);
         Assert.Contains("hostbridge", Options.Parse(["-s", "help"]).HelpText);
         Assert.Contains("com1", Options.Parse(["-l", "help"]).HelpText);

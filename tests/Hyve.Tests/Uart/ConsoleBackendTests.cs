@@ -234,3 +234,136 @@ public unsafe class ConsoleBackendTests
         finally { File.Delete(path); }
     }
 }
+
+public unsafe partial class TerminalRawModeTests
+{
+    [System.Runtime.InteropServices.DllImport("libc", SetLastError = true)]
+    private static extern int posix_openpt(int flags);
+
+    [System.Runtime.InteropServices.DllImport("libc")]
+    private static extern int grantpt(int fd);
+
+    [System.Runtime.InteropServices.DllImport("libc")]
+    private static extern int unlockpt(int fd);
+
+    [System.Runtime.InteropServices.DllImport("libc")]
+    private static extern int ptsname_r(int fd, byte* buf, nint len);
+
+    private const uint ICANON = 0x2, ECHO = 0x8, OPOST = 0x1;
+
+    private static (uint oflag, uint lflag) Modes(int fd)
+    {
+        byte* t = stackalloc byte[64];
+        Assert.Equal(0, ConsoleNative.tcgetattr(fd, t));
+        return (*(uint*)(t + 4), *(uint*)(t + 12));
+    }
+
+    [Fact]
+    public void TerminalIsRawWhileTheBackendLivesAndRestoredAfter()
+    {
+        int master = posix_openpt(ConsoleNative.O_RDWR | ConsoleNative.O_NOCTTY);
+        if (master < 0) return; // no pty support in this sandbox: nothing to test
+        byte* name = stackalloc byte[128];
+        Assert.Equal(0, grantpt(master));
+        Assert.Equal(0, unlockpt(master));
+        Assert.Equal(0, ptsname_r(master, name, 128));
+        string slavePath = new((sbyte*)name);
+        int slave = ConsoleNative.open(slavePath, ConsoleNative.O_RDWR | ConsoleNative.O_NOCTTY, 0);
+        Assert.True(slave >= 0);
+        try
+        {
+            var before = Modes(slave);
+            Assert.NotEqual(0u, before.lflag & ICANON);
+
+            var backend = new FdConsoleBackend(slave, slave, ownsFds: false, makeRaw: true);
+            Assert.True(ConsoleTerminal.IsRaw);
+            var raw = Modes(slave);
+            Assert.Equal(0u, raw.lflag & (ICANON | ECHO));
+            Assert.Equal(0u, raw.oflag & OPOST);
+
+            var uart = new Uart16550(0x3F8, null, backend);
+            // Raw input: a key arrives at once, no line editing, no echo.
+            byte k = (byte)'k';
+            Assert.Equal(1, (int)ConsoleNative.write(master, &k, 1));
+            var deadline = DateTime.UtcNow.AddSeconds(5);
+            while ((uart.PortRead(0x3FD, 1) & 1) == 0 && DateTime.UtcNow < deadline) Thread.Sleep(2);
+            Assert.Equal((uint)'k', uart.PortRead(0x3F8, 1));
+            // Raw output: "\n" is not turned into "\r\n".
+            uart.PortWrite(0x3F8, 1, 'o');
+            uart.PortWrite(0x3F8, 1, '\n');
+            byte* got = stackalloc byte[8];
+            int n = 0;
+            while (n < 2 && DateTime.UtcNow < deadline)
+            {
+                nint r = ConsoleNative.read(master, got + n, 8 - n);
+                if (r > 0) n += (int)r;
+            }
+            Assert.Equal("o\n", new string((sbyte*)got, 0, n));
+
+            backend.Dispose();
+            Assert.False(ConsoleTerminal.IsRaw);
+            var after = Modes(slave);
+            Assert.Equal(before, after);
+            ConsoleTerminal.RestoreTerminal(); // harmless when nothing is raw
+        }
+        finally
+        {
+            ConsoleNative.close(slave);
+            ConsoleNative.close(master);
+        }
+    }
+}
+
+public class LpcComPortsTests
+{
+    private sealed class Lines : Hyve.Vmm.IIrqLines
+    {
+        public readonly List<string> Log = [];
+        public void IsaAssert(int irq) => Log.Add($"+{irq}");
+        public void IsaDeassert(int irq) => Log.Add($"-{irq}");
+        public void IsaPulse(int irq) => Log.Add($"^{irq}");
+        public void IoapicAssert(int pin) { }
+        public void IoapicDeassert(int pin) { }
+        public void IoapicPulse(int pin) { }
+        public void Msi(ulong address, ulong data) { }
+    }
+
+    [Fact]
+    public void BuildsAllFourPortsOnTheirLegacyPortsAndIrqs()
+    {
+        string log = Path.Combine(Path.GetTempPath(), $"hyve-{Guid.NewGuid():N}.log");
+        var config = Options.Parse(["-l", $"com2,{log}", "vm"]).Config;
+        var bus = new Hyve.Vmm.PortBus();
+        var lines = new Lines();
+        try
+        {
+            using (var coms = LpcComPorts.Create(config, bus, lines))
+            {
+                Assert.Same(coms.Ports[0], bus.Find(0x3F8));
+                Assert.Same(coms.Ports[1], bus.Find(0x2FF));
+                Assert.Same(coms.Ports[2], bus.Find(0x3E8));
+                Assert.Same(coms.Ports[3], bus.Find(0x2E8));
+                Assert.Null(coms.Ports[0].Backend);
+
+                bus.Write(0x2F9, 1, 0x02);           // COM2 IER: THRE interrupt
+                Assert.Equal(["+3"], lines.Log);
+                Assert.Equal(0x02u, bus.Read(0x2FA, 1));
+                Assert.Equal(["+3", "-3"], lines.Log);
+                foreach (char c in "com2\n") bus.Write(0x2F8, 1, c);
+                bus.Write(0x3F8, 1, 'x');            // COM1 has no backend: dropped
+            }
+            Assert.Equal("com2\n", File.ReadAllText(log));
+            Assert.Null(bus.Find(0x2F8));
+        }
+        finally { File.Delete(log); }
+    }
+
+    [Fact]
+    public void BadBackendFailsCleanly()
+    {
+        var config = Options.Parse(["-l", "com1,/nonexistent-dir/x", "vm"]).Config;
+        var bus = new Hyve.Vmm.PortBus();
+        Assert.Throws<ConfigException>(() => LpcComPorts.Create(config, bus, new Lines()));
+        Assert.Null(bus.Find(0x3F8));
+    }
+}
