@@ -1,9 +1,50 @@
 // SPDX-License-Identifier: BSD-2-Clause
+using Hyve.Config;
+using Hyve.Devices;
+using Hyve.Vmm.Control;
+
 namespace Hyve;
 
 /// <summary>The hyve executable's entry point.</summary>
 public static class Program
 {
-    /// <summary>Runs hyve with bhyve(8)'s command line.</summary>
-    public static int Main(string[] args) => 4;
+    /// <summary>Runs hyve with bhyve(8)'s command line; returns bhyve's exit status
+    /// (0 reboot, 1 power off, 2 halt, 3 triple fault, 4 error).</summary>
+    public static int Main(string[] args)
+    {
+        var r = Options.Parse(args);
+        if (r.Error is not null)
+        {
+            Console.Error.WriteLine($"hyve: {r.Error}");
+            if (r.ShowUsage) Console.Error.Write(Options.Usage());
+            return 4;
+        }
+        if (r.HelpText is not null)
+        {
+            Console.Out.Write(r.HelpText);
+            return 0;
+        }
+        if (r.DumpConfig)
+        {
+            // bhyve prints the tree and exits with status 1 without starting the VM.
+            Console.Out.Write(r.Config.Dump());
+            return 1;
+        }
+        try
+        {
+            using var machine = new Machine(r);
+            return machine.Run();
+        }
+        catch (Exception e) when (e is HostConfigException or ConfigException or ControlServerException or IOException)
+        {
+            ConsoleTerminal.RestoreTerminal();
+            Console.Error.WriteLine($"hyve: {e.Message}");
+            return 4;
+        }
+        finally
+        {
+            ConsoleBackend.FlushAll();
+            ConsoleTerminal.RestoreTerminal();
+        }
+    }
 }

@@ -9,7 +9,7 @@ namespace Hyve.Config;
 /// <item><c>-l bootrom,ROM[,VARS][,k=v...]</c>: <c>lpc.bootrom=ROM</c>, <c>lpc.bootvars=VARS</c>, other pairs under <c>lpc</c>.</item>
 /// <item><c>-l fwcfg,bhyve|qemu</c>: <c>lpc.fwcfg</c> (default <c>bhyve</c>).</item>
 /// <item><c>-l debug-exit[,iobase=N][,iosize=N]</c> (hyve's, after QEMU's isa-debug-exit): <c>lpc.debug_exit.iobase</c>
-/// (default 0x501) and <c>lpc.debug_exit.iosize</c> (1, 2 or 4; default 2). The node's presence enables the device.</item>
+/// (default 0xf4) and <c>lpc.debug_exit.iosize</c> (1, 2 or 4; default 4). The node's presence enables the device.</item>
 /// <item><c>-l pc-testdev</c>: <c>lpc.pc-testdev=true</c>; <c>-l tpm,TYPE,PATH</c>: <c>tpm.type</c>, <c>tpm.path</c>, <c>tpm.version=2.0</c>.</item>
 /// </list>
 /// </summary>
@@ -21,11 +21,11 @@ public static class LpcOption
     /// <summary>The device names <c>-l</c> accepts (what <c>-l help</c> prints).</summary>
     public static IReadOnlyList<string> KnownDevices => ["bootrom", "com1", "com2", "com3", "com4", "debug-exit", "fwcfg", "pc-testdev", "tpm"];
 
-    /// <summary>Default I/O base of the debug-exit port (QEMU's isa-debug-exit default).</summary>
-    public const int DebugExitDefaultIobase = 0x501;
+    /// <summary>Default I/O base of the debug-exit port (0xf4, where test kernels written for QEMU usually put it).</summary>
+    public const int DebugExitDefaultIobase = 0xf4;
 
     /// <summary>Default width in bytes of the debug-exit port.</summary>
-    public const int DebugExitDefaultIosize = 2;
+    public const int DebugExitDefaultIosize = 4;
 
     /// <summary>Parses one <c>-l</c> argument into <paramref name="config"/>; throws <see cref="ConfigException"/> when malformed.</summary>
     public static void Parse(ConfigTree config, string opt)

@@ -184,8 +184,8 @@ public class OptionsTests
         Assert.Equal("/rom.fd", r.Config.Get("lpc.bootrom"));
         Assert.Equal("/vars.fd", r.Config.Get("lpc.bootvars"));
         Assert.Equal("qemu", r.Config.Get("lpc.fwcfg"));
-        Assert.Equal("0x501", r.Config.Get("lpc.debug_exit.iobase"));
-        Assert.Equal("2", r.Config.Get("lpc.debug_exit.iosize"));
+        Assert.Equal("0xf4", r.Config.Get("lpc.debug_exit.iobase"));
+        Assert.Equal("4", r.Config.Get("lpc.debug_exit.iosize"));
     }
 
     [Fact]

@@ -1,0 +1,142 @@
+// SPDX-License-Identifier: BSD-2-Clause
+using System.Runtime.InteropServices;
+using Hyve.Config;
+using Hyve.Devices;
+using Hyve.Kvm;
+using Hyve.Vmm;
+using Hyve.Vmm.Control;
+
+namespace Hyve;
+
+/// <summary>
+/// What bhyve(8) builds in user space around the VMM: guest memory, the boot ROM, the LPC devices, the control
+/// socket, and the run loop that turns suspends into exit statuses and restarts the VM in place after a reset.
+/// </summary>
+public sealed class Machine : IDisposable
+{
+    private readonly ConfigTree _config;
+    private readonly List<IDisposable> _owned = [];
+    private readonly TimerQueue _clock;
+    private readonly Func<Vm, ICpuBackend> _createBackend;
+    private PosixSignalRegistration? _sigterm;
+
+    /// <summary>Builds the machine the options describe; throws <see cref="HostConfigException"/>,
+    /// <see cref="ConfigException"/> or <see cref="ControlServerException"/> with a one-line reason.</summary>
+    public Machine(ParseResult options)
+    {
+        _config = options.Config;
+        string name = _config.Get("name") ?? throw new HostConfigException("no VM name");
+        var t = options.Topology;
+        try
+        {
+            _createBackend = ChooseBackend(_config.Get("accel") ?? "auto");
+            _clock = Own(new TimerQueue());
+            var memory = Own(new GuestMemory(options.MemorySize, _config.GetBool("memory.guest_in_core", false)));
+            Vm = new Vm(name, new CpuTopology(t.Sockets, t.Cores, t.Threads, t.MaxCpus), memory, _clock)
+            {
+                StrictMsr = _config.GetBool("x86.strictmsr", true),
+                Pinning = ReadPinning(_config, t.Cpus),
+            };
+            // The control socket comes first: a second hyve with the same name must stop before touching anything.
+            Own(ControlServer.Start(Vm));
+
+            Vm.Ports.Register(ResetControl.Port, 1, new ResetControl(Vm));
+            var kbc = new I8042(Vm);
+            Vm.Ports.Register(I8042.DataPort, 1, kbc);
+            Vm.Ports.Register(I8042.CommandPort, 1, kbc);
+
+            string? rom = _config.Get("lpc.bootrom");
+            if (rom is not null) BootRom.Load(memory, rom, _config.Get("lpc.bootvars"));
+            else throw new HostConfigException("nothing to boot: give a boot ROM with -l bootrom,FILE");
+
+            var coms = Own(LpcComPorts.Create(_config, Vm.Ports, Vm.Irq));
+            Vm.Resetting += coms.Reset;
+        }
+        catch
+        {
+            Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>The VM.</summary>
+    public Vm Vm { get; } = null!;
+
+    /// <summary>Runs until the guest powers off, halts, triple faults or (with exit_on_reboot) resets; returns bhyve's exit status.</summary>
+    public int Run()
+    {
+        // Until ACPI lands, SIGTERM powers the guest off (status 1), as if its power were cut.
+        _sigterm = PosixSignalRegistration.Create(PosixSignal.SIGTERM, ctx =>
+        {
+            ctx.Cancel = true;
+            Vm.Suspend(SuspendHow.PowerOff);
+        });
+        bool exitOnReboot = _config.GetBool("exit_on_reboot", false);
+        while (true)
+        {
+            var stop = Vm.Run(_createBackend);
+            if (stop.Error is not null)
+            {
+                ConsoleBackend.FlushAll();
+                ConsoleTerminal.RestoreTerminal();
+                Console.Error.WriteLine($"hyve: {stop.Error}");
+                return 4;
+            }
+            if (stop.How == SuspendHow.Reset && !exitOnReboot)
+            {
+                // bhyve's reset: vCPUs and devices start over, memory and the RTC's time and NVRAM stay.
+                Vm.ResetDevices();
+                continue;
+            }
+            ConsoleBackend.FlushAll();
+            return stop.ExitStatus;
+        }
+    }
+
+    private static Func<Vm, ICpuBackend> ChooseBackend(string accel)
+    {
+        switch (accel)
+        {
+            case "kvm":
+            case "auto":
+                if (!KvmSystem.IsAvailable(out var reason))
+                    throw new HostConfigException(accel == "kvm" ? reason : $"{reason} (and the software CPU is not built yet)");
+                return vm => new KvmBackend(vm);
+            case "soft":
+                throw new HostConfigException("accel=soft: the software CPU is not built yet");
+            default:
+                throw new HostConfigException($"accel={accel}: expected kvm, soft or auto");
+        }
+    }
+
+    private static Dictionary<int, int[]>? ReadPinning(ConfigTree config, int cpus)
+    {
+        Dictionary<int, int[]>? pins = null;
+        for (int i = 0; i < cpus; i++)
+        {
+            string? set = config.Get($"vcpu.{i}.cpuset");
+            if (set is null) continue;
+            pins ??= [];
+            pins[i] = Options.ParseCpuSet(set, i.ToString(System.Globalization.CultureInfo.InvariantCulture));
+        }
+        return pins;
+    }
+
+    private T Own<T>(T d) where T : IDisposable
+    {
+        _owned.Add(d);
+        return d;
+    }
+
+    /// <summary>Closes the control socket, the consoles, the clock and guest memory.</summary>
+    public void Dispose()
+    {
+        _sigterm?.Dispose();
+        for (int i = _owned.Count - 1; i >= 0; i--)
+        {
+            try { _owned[i].Dispose(); }
+            catch (Exception e) when (e is IOException or ObjectDisposedException) { }
+        }
+        _owned.Clear();
+    }
+}
