@@ -51,6 +51,7 @@ public class FuzzTests
                     Assert.Equal(v, pic.InterruptAcknowledge());
                 else pic.InterruptAcknowledge();
                 pic.SetTriggerMode(r.Next(-1, 17), r.Next(2) == 0);
+                pic.Acknowledge(r.Next(-5, 300));
             }
         }
     }
