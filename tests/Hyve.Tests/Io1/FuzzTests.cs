@@ -111,6 +111,6 @@ public class FuzzTests
     private sealed class NullApic : IApicBus
     {
         public int Count;
-        public void DeliverMsi(ulong address, uint data) => Count++;
+        public void DeliverMsi(ulong address, ulong data) => Count++;
     }
 }
