@@ -181,6 +181,33 @@ public sealed class PendingEvents
         }
     }
 
+    /// <summary>Version of the state written by <see cref="Save"/>.</summary>
+    public const int StateVersion = 1;
+
+    /// <summary>Writes the pending events for a snapshot.</summary>
+    public void Save(BinaryWriter w)
+    {
+        lock (_lock)
+        {
+            w.Write(StateVersion);
+            w.Write(_hasException); w.Write(_exceptionVector); w.Write(_exceptionHasErrorCode); w.Write(_errorCode);
+            w.Write(_nmi); w.Write(_interruptVector); w.Write(_tripleFault);
+        }
+    }
+
+    /// <summary>Reads state written by <see cref="Save"/>; throws <see cref="InvalidDataException"/> on a version mismatch.</summary>
+    public void Restore(BinaryReader r)
+    {
+        int version = r.ReadInt32();
+        if (version != StateVersion) throw new InvalidDataException($"pending-event state version {version}, expected {StateVersion}");
+        lock (_lock)
+        {
+            _hasException = r.ReadBoolean(); _exceptionVector = r.ReadInt32() & 31; _exceptionHasErrorCode = r.ReadBoolean();
+            _errorCode = r.ReadUInt32(); _nmi = r.ReadBoolean(); _interruptVector = r.ReadInt32(); _tripleFault = r.ReadBoolean();
+            if (_interruptVector is < 16 or > 255) _interruptVector = -1;
+        }
+    }
+
     private void Set(int vector, uint errorCode)
     {
         _hasException = true;

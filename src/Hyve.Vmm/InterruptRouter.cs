@@ -82,7 +82,7 @@ public sealed class InterruptRouter : IIrqLines
     public void IoapicPulse(int pin) => Ioapic.Pulse(pin);
 
     /// <inheritdoc/>
-    public void Msi(ulong address, ulong data) => Apic.DeliverMsi(address, (uint)data);
+    public void Msi(ulong address, ulong data) => Apic.DeliverMsi(address, data & 0xffff_ffff);
 
     /// <summary>Sets an ISA IRQ edge- or level-triggered in the 8259 ELCR (bhyve's vm_isa_set_irq_trigger);
     /// false for IRQs that are always edge (0, 1, 2, 8, 13) or out of range. The IOAPIC's trigger mode is the

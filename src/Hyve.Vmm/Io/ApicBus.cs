@@ -8,8 +8,9 @@ namespace Hyve.Vmm.Io;
 /// </summary>
 public interface IApicBus
 {
-    /// <summary>Delivers one interrupt message in Intel's MSI format (see <see cref="MsiMessage"/>).</summary>
-    void DeliverMsi(ulong address, uint data);
+    /// <summary>Delivers one interrupt message in Intel's MSI format (see <see cref="MsiMessage"/>); only the low
+    /// 32 bits of <paramref name="data"/> are meaningful. (The signature matches the software CPU's LapicBus.)</summary>
+    void DeliverMsi(ulong address, ulong data);
 }
 
 /// <summary>Delivery modes of an interrupt message (SDM Vol 3, 11.11.2, and IOAPIC redirection entry bits 10:8).</summary>
@@ -49,10 +50,10 @@ public readonly record struct MsiMessage(int Destination, bool LogicalDestinatio
 
     /// <summary>Decodes an address/data pair. Destination includes the extended destination ID bits 11:5 of the
     /// address as bits 14:8 (KVM's extended-destination-ID convention), so plain 8-bit IDs decode unchanged.</summary>
-    public static MsiMessage Decode(ulong address, uint data)
+    public static MsiMessage Decode(ulong address, ulong data)
     {
         int dest = (int)(address >> 12 & 0xff) | (int)(address >> 5 & 0x7f) << 8;
         return new MsiMessage(dest, (address & 4) != 0, (address & 8) != 0, (DeliveryMode)(data >> 8 & 7),
-            (int)(data & 0xff), (data & 1u << 14) != 0, (data & 1u << 15) != 0);
+            (int)(data & 0xff), (data & 1ul << 14) != 0, (data & 1ul << 15) != 0);
     }
 }

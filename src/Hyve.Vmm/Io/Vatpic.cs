@@ -139,6 +139,31 @@ public sealed class Vatpic : IPortDevice
         return vector;
     }
 
+    /// <summary>Completes an INTA cycle for a vector obtained earlier from <see cref="TryGetPendingVector"/> and
+    /// already injected (bhyve's vatpic_intr_accepted): marks it in service (a slave vector also marks the cascade).
+    /// Vectors that belong to neither chip are ignored.</summary>
+    public void Acknowledge(int vector)
+    {
+        bool notify;
+        lock (_lock)
+        {
+            int pin = vector & 7;
+            if (_slave.Ready && (vector & ~7) == _slave.VectorBase && _slave.VectorBase != _master.VectorBase)
+            {
+                if (pin != 7 || (_slave.Irr & 0x80) != 0) _slave.Accept(pin);
+                _master.Accept(2);
+            }
+            else if ((vector & ~7) == _master.VectorBase)
+            {
+                // The spurious IR7 vector is not put in service.
+                if (pin != 7 || (_master.Irr & 0x80) != 0) _master.Accept(pin);
+            }
+            else return;
+            notify = Update();
+        }
+        if (notify) IntrChanged?.Invoke();
+    }
+
     /// <inheritdoc/>
     public uint PortRead(ushort port, int size)
     {

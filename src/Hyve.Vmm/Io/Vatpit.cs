@@ -583,6 +583,11 @@ public sealed class Vatpit : IPortDevice
             w.Write(NullUntil == long.MaxValue ? long.MaxValue : NullUntil - now);
         }
 
+        // Saved times are offsets from the save; a few years either way is plenty, more is a corrupt file whose
+        // sums would overflow.
+        private static long Relative(long ticks) => Math.Abs(ticks) < 1L << 48 ? ticks
+            : throw new InvalidDataException("8254 state has an impossible time");
+
         public void Restore(BinaryReader r, long now)
         {
             ModeBits = r.ReadInt32() & 7; Access = r.ReadInt32(); Bcd = r.ReadBoolean(); Gate = r.ReadBoolean();
@@ -590,11 +595,11 @@ public sealed class Vatpit : IPortDevice
             WriteMsbNext = r.ReadBoolean(); ReadMsbNext = r.ReadBoolean(); LatchMsbNext = r.ReadBoolean(); WriteLsb = r.ReadByte();
             CountLatched = r.ReadBoolean(); StatusLatched = r.ReadBoolean(); LatchedCount = r.ReadInt32() & 0xffff;
             LatchBytesLeft = r.ReadInt32(); LatchedStatus = r.ReadByte();
-            Counting = r.ReadBoolean(); StartTick = now + r.ReadInt64();
-            long paused = r.ReadInt64(); PausedAt = paused == long.MinValue ? -1 : Math.Max(0, now + paused);
+            Counting = r.ReadBoolean(); StartTick = now + Relative(r.ReadInt64());
+            long paused = r.ReadInt64(); PausedAt = paused == long.MinValue ? -1 : Math.Max(0, now + Relative(paused));
             N = r.ReadInt32(); HeldCe = r.ReadInt32() & 0xffff; HasPending = r.ReadBoolean(); PendingN = r.ReadInt32();
-            SwitchTick = now + r.ReadInt64();
-            long nul = r.ReadInt64(); NullUntil = nul == long.MaxValue ? long.MaxValue : now + nul;
+            SwitchTick = now + Relative(r.ReadInt64());
+            long nul = r.ReadInt64(); NullUntil = nul == long.MaxValue ? long.MaxValue : now + Relative(nul);
             // A corrupt file must not give the model impossible values that could loop or divide by zero.
             if (Access is < 1 or > 3) Access = 3;
             if (N is < 1 or > 65536) N = 65536;

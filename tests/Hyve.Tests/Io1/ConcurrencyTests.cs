@@ -12,7 +12,7 @@ public class ConcurrencyTests
     {
         public Vioapic? Ioapic;
         public int Count;
-        public void DeliverMsi(ulong address, uint data)
+        public void DeliverMsi(ulong address, ulong data)
         {
             Interlocked.Increment(ref Count);
             if ((data & 1u << 15) != 0 && Count % 3 == 0) Ioapic!.EndOfInterrupt((int)(data & 0xff));

@@ -8,9 +8,9 @@ namespace Hyve.Tests.Io1;
 internal sealed class RecordingApic : IApicBus
 {
     public readonly List<(ulong Address, uint Data)> Messages = [];
-    public void DeliverMsi(ulong address, uint data)
+    public void DeliverMsi(ulong address, ulong data)
     {
-        lock (Messages) Messages.Add((address, data));
+        lock (Messages) Messages.Add((address, (uint)data));
     }
 }
 

@@ -51,6 +51,7 @@ public class FuzzTests
                     Assert.Equal(v, pic.InterruptAcknowledge());
                 else pic.InterruptAcknowledge();
                 pic.SetTriggerMode(r.Next(-1, 17), r.Next(2) == 0);
+                pic.Acknowledge(r.Next(-5, 300));
             }
         }
     }
@@ -110,6 +111,62 @@ public class FuzzTests
     private sealed class NullApic : IApicBus
     {
         public int Count;
-        public void DeliverMsi(ulong address, uint data) => Count++;
+        public void DeliverMsi(ulong address, ulong data) => Count++;
+    }
+}
+
+/// <summary>Corrupt snapshot data is a host error (an exception from Restore), never a device that later throws.</summary>
+public class CorruptStateTests
+{
+    private static void RestoreGarbage(int version, Action<BinaryReader> restore, Action exercise, int seed)
+    {
+        var r = new Random(seed);
+        for (int i = 0; i < 2000; i++)
+        {
+            var bytes = new byte[r.Next(0, 600)];
+            r.NextBytes(bytes);
+            if (bytes.Length >= 4 && r.Next(4) != 0) BitConverter.GetBytes(version).CopyTo(bytes, 0);
+            try { restore(new BinaryReader(new MemoryStream(bytes))); }
+            catch (InvalidDataException) { }
+            catch (EndOfStreamException) { }
+            exercise();
+        }
+    }
+
+    [Fact]
+    public void Devices()
+    {
+        var clock = new ManualClock();
+        var apic = new RecordingApic();
+        var pic = new Vatpic();
+        var io = new Vioapic(apic);
+        var pit = new Vatpit(clock, new RecordingIrq());
+        var pm = new Vpmtmr(clock);
+        var ev = new PendingEvents();
+        var r = new Random(9);
+        void Exercise()
+        {
+            for (int i = 0; i < 20; i++)
+            {
+                pic.PortWrite((ushort)(0x20 + r.Next(2) * 0x80 + r.Next(2)), 1, (uint)r.Next(256));
+                pic.InterruptAcknowledge();
+                pic.Pulse(r.Next(16));
+                io.MmioWrite(0, 4, (ulong)r.Next(0x50));
+                io.MmioWrite(0x10, 4, (ulong)r.Next());
+                io.EndOfInterrupt(r.Next(256));
+                io.Assert(r.Next(32));
+                pit.PortWrite((ushort)(0x40 + r.Next(4)), 1, (uint)r.Next(256));
+                pit.PortRead((ushort)(0x40 + r.Next(3)), 1);
+                pit.PortRead(0x61, 1);
+                pm.PortRead(0x408, 4);
+                ev.TryTake(true, false, out _);
+            }
+            clock.Advance(r.Next(1_000_000));
+        }
+        RestoreGarbage(Vatpic.StateVersion, pic.Restore, Exercise, 1);
+        RestoreGarbage(Vioapic.StateVersion, io.Restore, Exercise, 2);
+        RestoreGarbage(Vatpit.StateVersion, pit.Restore, Exercise, 3);
+        RestoreGarbage(Vpmtmr.StateVersion, pm.Restore, Exercise, 4);
+        RestoreGarbage(PendingEvents.StateVersion, ev.Restore, Exercise, 5);
     }
 }

@@ -188,6 +188,23 @@ public class ExceptionNestingTests
     }
 
     [Fact]
+    public void PendingEventsSaveRestore()
+    {
+        var q = new PendingEvents();
+        q.RaiseException(14, 6);
+        q.RaiseNmi();
+        var ms = new MemoryStream();
+        q.Save(new BinaryWriter(ms));
+        var q2 = new PendingEvents();
+        ms.Position = 0;
+        q2.Restore(new BinaryReader(ms));
+        Assert.True(q2.TryTake(false, false, out var e));
+        Assert.Equal(new PendingEvent(PendingEventKind.Exception, 14, true, 6), e);
+        Assert.True(q2.TryTake(false, false, out e));
+        Assert.Equal(PendingEventKind.Nmi, e.Kind);
+    }
+
+    [Fact]
     public void PendingEventsCombineNestedExceptions()
     {
         var q = new PendingEvents();

@@ -264,6 +264,20 @@ public class VatpicTests
     }
 
     [Fact]
+    public void PeekThenAcknowledgeLikeTheKvmGlue()
+    {
+        _pic.Pulse(14);
+        Assert.True(_pic.TryGetPendingVector(out int v));
+        Assert.Equal(0x2E, v);
+        _pic.Acknowledge(v);
+        Assert.Equal(0x04u, Isr(0x20));
+        Assert.Equal(0x40u, Isr(0xA0));
+        Assert.False(_pic.IntrAsserted);
+        _pic.Acknowledge(0x99);                    // not ours: ignored
+        Assert.Equal(0x04u, Isr(0x20));
+    }
+
+    [Fact]
     public void IntrChangedIsRaisedOnEdgesOfTheOutput()
     {
         int events = 0;
