@@ -68,7 +68,7 @@ public sealed unsafe class KvmBackend : ICpuBackend
     public IVcpuBackend CreateVcpu(int id) => new KvmVcpu(this, id);
 
     /// <summary>Delivers an MSI through KVM_SIGNAL_MSI (the IOAPIC, HPET and PCI devices end here).</summary>
-    public void DeliverMsi(ulong address, uint data)
+    public void DeliverMsi(ulong address, ulong data)
     {
         var msi = new KvmMsi { AddressLo = (uint)address, AddressHi = (uint)(address >> 32), Data = (uint)data };
         Libc.Ioctl(VmFd, KvmApi.SignalMsi, &msi);

@@ -276,7 +276,7 @@ public sealed class Vm : IVmControl
     /// <summary>Sends interrupt messages to whichever CPU engine is running (dropped between runs, as during a reset).</summary>
     private sealed class ApicBusForwarder(Vm vm) : IApicBus
     {
-        public void DeliverMsi(ulong address, uint data) => vm.Backend?.DeliverMsi(address, data);
+        public void DeliverMsi(ulong address, ulong data) => vm.Backend?.DeliverMsi(address, data);
     }
 
     /// <summary>Per-vCPU run-control state kept across resets.</summary>
