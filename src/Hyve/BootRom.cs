@@ -14,6 +14,25 @@ public static class BootRom
     public const long MaxSize = 16 << 20;
     private const ulong Top = 1ul << 32;
 
+    /// <summary>Size of the legacy BIOS area below 1 MiB (0xE0000-0xFFFFF).</summary>
+    public const int LegacyAreaSize = 128 * 1024;
+
+    /// <summary>
+    /// Shadows the ROM's last 128 KiB (or all of a smaller ROM) into RAM just below 1 MiB, as a PC chipset aliases
+    /// the BIOS there: real-mode code addresses itself through segment F000 (base 0xF0000), and legacy firmware
+    /// such as SeaBIOS expects that shadow to be writable RAM. Done at start and again at every reset.
+    /// </summary>
+    public static void ShadowLegacyArea(GuestMemory memory)
+    {
+        foreach (var seg in memory.Segments)
+        {
+            if (seg.Name != "bootrom") continue;
+            int n = (int)Math.Min((ulong)LegacyAreaSize, seg.Length);
+            if (!memory.TryGetSpan(0x100000ul - (ulong)n, n, MemProt.Write, out var shadow)) return;
+            seg.Slice(seg.Length - (ulong)n, n).CopyTo(shadow);
+        }
+    }
+
     /// <summary>Loads and maps the ROM; throws <see cref="HostConfigException"/> with a one-line reason when it is unusable.</summary>
     public static void Load(GuestMemory memory, string romPath, string? varsPath)
     {

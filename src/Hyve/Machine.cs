@@ -46,7 +46,12 @@ public sealed class Machine : IDisposable
             Vm.Ports.Register(I8042.CommandPort, 1, kbc);
 
             string? rom = _config.Get("lpc.bootrom");
-            if (rom is not null) BootRom.Load(memory, rom, _config.Get("lpc.bootvars"));
+            if (rom is not null)
+            {
+                BootRom.Load(memory, rom, _config.Get("lpc.bootvars"));
+                BootRom.ShadowLegacyArea(memory);
+                Vm.Resetting += () => BootRom.ShadowLegacyArea(memory);
+            }
             else throw new HostConfigException("nothing to boot: give a boot ROM with -l bootrom,FILE");
 
             var coms = Own(LpcComPorts.Create(_config, Vm.Ports, Vm.Irq));
