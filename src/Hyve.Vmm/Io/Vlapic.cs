@@ -416,7 +416,7 @@ public sealed class Vlapic : IMmioDevice
             if (((old ^ next) & TimerModeMask) != 0)
             {
                 // Switching between TSC-deadline and count modes disarms the timer (SDM 11.5.4.1), as KVM does.
-                bool deadlineInvolved = ((old | next) & TimerModeMask) == TimerTscDeadline;
+                bool deadlineInvolved = (old & TimerModeMask) == TimerTscDeadline || (next & TimerModeMask) == TimerTscDeadline;
                 if (deadlineInvolved)
                 {
                     _timer.Stop();
