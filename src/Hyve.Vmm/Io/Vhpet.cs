@@ -28,8 +28,9 @@ public sealed class Vhpet : IMmioDevice
     private const int TimerBase = 0x100, TimerStride = 0x20;
     private const ulong ConfEnable = 1;
     private const ulong TnIntTypeLevel = 1ul << 1, TnIntEnable = 1ul << 2, TnPeriodic = 1ul << 3, TnPeriodicCap = 1ul << 4;
-    private const ulong TnValSet = 1ul << 6, Tn32Mode = 1ul << 8, TnRouteMask = 0x1Ful << 9, TnFsbEnable = 1ul << 14, TnFsbCap = 1ul << 15;
-    private const ulong TnWritable = TnIntTypeLevel | TnIntEnable | TnPeriodic | TnValSet | Tn32Mode | TnRouteMask | TnFsbEnable;
+    private const ulong TnValSet = 1ul << 6, TnRouteMask = 0x1Ful << 9, TnFsbEnable = 1ul << 14, TnFsbCap = 1ul << 15;
+    // Tn_32MODE_CNF is not writable: every timer is 32 bits wide already (Tn_SIZE_CAP = 0), so it reads 0 as in bhyve.
+    private const ulong TnWritable = TnIntTypeLevel | TnIntEnable | TnPeriodic | TnValSet | TnRouteMask | TnFsbEnable;
     private const long NsPerSec = 1_000_000_000;
     // A periodic timer never interrupts more often than this, so a tiny period cannot flood the host thread.
     private const long MinPeriodicIntervalNs = 100_000;
@@ -68,6 +69,11 @@ public sealed class Vhpet : IMmioDevice
         }
         ResetLocked();
     }
+
+    /// <summary>bhyve's route capability for an IOAPIC with <paramref name="ioapicPins"/> pins: its four highest pins
+    /// (pins 24-31 from 32 pins up, none below 20 pins).</summary>
+    public static uint RouteCapabilityFor(int ioapicPins) =>
+        ioapicPins >= 32 ? 0xFF00_0000u : ioapicPins >= 20 ? 0xFu << (ioapicPins - 4) : 0u;
 
     /// <summary>The general capabilities and ID register: period, vendor 0x8086, 8 timers, 32-bit counter, no legacy route, revision 1.</summary>
     public static ulong Capabilities => ((ulong)PeriodFs << 32) | (0x8086ul << 16) | ((ulong)(TimerCount - 1) << 8) | 0x01;
@@ -218,9 +224,11 @@ public sealed class Vhpet : IMmioDevice
                 return;
             }
             case RegCounter:
-                // The counter is writable only while halted (bhyve ignores writes while it runs); it is 32 bits wide.
-                if (Enabled || (mask & 0xFFFF_FFFF) == 0) return;
+                // The spec asks software to halt the counter before writing it; a write while it runs restarts counting from
+                // the new value, as bhyve does. The counter is 32 bits wide, so a write to the upper half changes nothing.
+                if ((mask & 0xFFFF_FFFF) == 0) return;
                 _counterBase = (uint)value;
+                _baseNs = now;
                 for (int i = 0; i < TimerCount; i++) Arm(i, now);
                 return;
         }
@@ -238,6 +246,7 @@ public sealed class Vhpet : IMmioDevice
                 const ulong delivery = TnIntTypeLevel | TnIntEnable | TnRouteMask | TnFsbEnable;
                 if (((old ^ next) & delivery) != 0) LowerLevel(n);
                 t.Config = next;
+                if ((next & TnPeriodic) == 0) t.Period = 0; // a later switch to periodic needs a new period (bhyve)
                 Arm(n, now);
                 return;
             }

@@ -50,7 +50,8 @@ public class VhpetTests
         _h.MmioWrite(Conf, 4, 1);
         _clock.Advance(1_000_000_000);
         Assert.Equal(1000ul + 16_777_216, _h.MmioRead(Counter, 8));
-        _h.MmioWrite(Counter, 8, 5); // ignored while running
+        _h.MmioWrite(Counter, 8, 5); // accepted while running (bhyve): counting restarts from 5
+        Assert.Equal(5ul, _h.MmioRead(Counter, 8));
         _h.MmioWrite(Conf, 4, 0);
         ulong halted = _h.MmioRead(Counter, 4);
         _clock.Advance(1_000_000_000);
@@ -143,6 +144,16 @@ public class VhpetTests
         _clock.Advance(1);
         Assert.Equal(1, _irq.PinPulses(20));
         Assert.True(_h.MmioRead(Counter, 8) < 0x20);
+    }
+
+    [Fact]
+    public void RouteCapabilityFollowsBhyvesRule()
+    {
+        Assert.Equal(0x00F0_0000u, Vhpet.RouteCapabilityFor(24));
+        Assert.Equal(0xFF00_0000u, Vhpet.RouteCapabilityFor(32));
+        Assert.Equal(0u, Vhpet.RouteCapabilityFor(16));
+        _h.MmioWrite(TConf(0), 8, 1 << 8); // Tn_32MODE_CNF: read-only 0 on a 32-bit timer
+        Assert.Equal(0ul, _h.MmioRead(TConf(0), 4) & (1 << 8));
     }
 
     [Fact]
