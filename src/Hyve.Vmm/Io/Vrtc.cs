@@ -66,9 +66,10 @@ public sealed class Vrtc : IPortDevice
         _clock = clock;
         _irq = irq;
         _timer = clock.CreateTimer(OnTimer);
-        _ram[RegA] = ADividerRunning | 0x06; // what firmware programs: 32.768 kHz, 1024 Hz periodic rate
+        _ram[RegA] = ADividerRunning; // as bhyve: the divider keeps time, everything else off (no periodic rate)
         _ram[RegB] = B24Hour;
         _ram[RegD] = DVrt;
+        _index = RegD; // a harmless index until the guest picks one (bhyve does the same)
         long now = clock.NowNs;
         _secsAtPhase = unixSeconds + utcOffsetSeconds;
         _phaseNs = now;
@@ -168,7 +169,7 @@ public sealed class Vrtc : IPortDevice
         return v;
     }
 
-    /// <summary>Writes an NVRAM byte; offsets 0x00-0x0D (time and control) and beyond 127 are refused.</summary>
+    /// <summary>Writes an NVRAM byte; offsets 0x00-0x0D (time and control), the century byte and beyond 127 are refused.</summary>
     public void NvramWrite(int offset, byte value)
     {
         if (!TryNvramWrite(offset, value)) throw new ArgumentException($"RTC offset 0x{offset:x} is not NVRAM", nameof(offset));
@@ -187,10 +188,10 @@ public sealed class Vrtc : IPortDevice
         }
     }
 
-    /// <summary>Writes an NVRAM byte, false for a refused offset.</summary>
+    /// <summary>Writes an NVRAM byte, false for a refused offset (also the century byte, part of the date, as bhyve refuses it).</summary>
     public bool TryNvramWrite(int offset, byte value)
     {
-        if (offset < FirstNvramOffset || offset >= NvramSize) return false;
+        if (offset < FirstNvramOffset || offset >= NvramSize || offset == CenturyOffset) return false;
         lock (_lock) _ram[offset] = value;
         return true;
     }
@@ -333,16 +334,21 @@ public sealed class Vrtc : IPortDevice
             long secs = CurrentSecs(now);
             if (secs != _shownSecs)
             {
-                _shownSecs = secs;
-                if (!RenderTime(secs))
+                // With AIE set every second passed is checked against the alarm (as bhyve does), up to a day of them;
+                // otherwise only the second now shown is, which is all a guest polling AF can tell apart.
+                long first = (_ram[RegB] & BAie) != 0 && secs > _shownSecs && secs - _shownSecs <= 86_400 ? _shownSecs + 1 : secs;
+                for (long t = first; t <= secs; t++)
                 {
-                    _broken = true;
-                    _secsAtPhase = secs;
+                    if (!RenderTime(t))
+                    {
+                        _broken = true;
+                        _secsAtPhase = t;
+                        break;
+                    }
+                    if (AlarmMatches()) _ram[RegC] |= CAf;
                 }
+                _shownSecs = secs;
                 _ram[RegC] |= CUf;
-                // Only the second now shown is compared: a lazily caught-up gap of several seconds raises one alarm at most
-                // (the timer runs every second while AIE is set, so an enabled alarm is checked every second).
-                if (AlarmMatches()) _ram[RegC] |= CAf;
             }
         }
         UpdateIrq();
@@ -419,6 +425,7 @@ public sealed class Vrtc : IPortDevice
             case RegD:
                 break; // read-only
             default:
+                if (i == 0) b &= 0x7F; // bit 7 of the seconds register is read-only (bhyve)
                 _ram[i] = b;
                 // Writing a date field or the century while the clock runs sets the time at once (some guests skip SET).
                 bool timeField = i <= 9 && i != 1 && i != 3 && i != 5;

@@ -231,6 +231,30 @@ public class VrtcTests
         Assert.True(r.TryNvramWrite(0x0E, 7));
         Assert.Equal(7, r.NvramRead(0x0E));
         Assert.Equal(0x20, r.NvramRead(Vrtc.CenturyOffset));
+        Assert.False(r.TryNvramWrite(Vrtc.CenturyOffset, 0x19)); // part of the date: refused as bhyve does
+    }
+
+    [Fact]
+    public void AlarmSecondIsNotLostWhenCIsReadLate()
+    {
+        var r = Make(Evening);
+        Wr(r, 0x0B, 0x22); // AIE
+        Wr(r, 1, 0x05); Wr(r, 3, 0xFF); Wr(r, 5, 0xFF); // every minute at :05
+        _irq.OnIsaAssert = null;
+        // Read C only after ten seconds: the second :05 lies in between.
+        _clock.Advance(10 * Sec);
+        Assert.Equal(0xA0, Rd(r, 0x0C) & 0xA0);
+    }
+
+    [Fact]
+    public void PowerOnStateIsBhyves()
+    {
+        var r = Make(Evening);
+        Assert.Equal(0x0D, r.Index);
+        Assert.Equal(0x20, Rd(r, 0x0A));
+        Assert.Equal(0x02, Rd(r, 0x0B));
+        _clock.Advance(10 * Sec);
+        Assert.Equal(0x10, Rd(r, 0x0C)); // UF only: no periodic rate selected
     }
 
     [Fact]
@@ -283,6 +307,6 @@ public class VrtcTests
         var r = Make(Evening);
         Assert.Equal(0xFFFF_FFFFu, r.PortRead(0x71, 2));
         r.PortWrite(0x70, 4, 0x40);
-        Assert.Equal(0, r.Index);
+        Assert.Equal(0x0D, r.Index); // unchanged
     }
 }
