@@ -157,7 +157,8 @@ public sealed class Vrtc : IPortDevice
             Sync(now);
             _broken = false;
             Rebase(unixSeconds, now);
-            if ((_ram[RegB] & BSet) == 0) RenderTime(unixSeconds);
+            // Rendered even while SET is held, so the guest's clearing of SET picks up the host's time.
+            RenderTime(unixSeconds);
             Rearm(now);
         }
     }

@@ -102,6 +102,17 @@ public class VhpetTests
     }
 
     [Fact]
+    public void TinyPeriodCannotFloodTheHost()
+    {
+        _h.MmioWrite(TConf(1), 8, IntEnb | Periodic | ValSet | Route(21));
+        _h.MmioWrite(TCmp(1), 4, 10);
+        _h.MmioWrite(TCmp(1), 4, 1); // one tick, 60 ns
+        _h.MmioWrite(Conf, 4, 1);
+        _clock.Advance(1_000_000);
+        Assert.InRange(_irq.PinPulses(21), 1, 11); // at most one per 100 us
+    }
+
+    [Fact]
     public void FsbDeliveryUsesTheRouteRegistersAddressAndData()
     {
         _h.MmioWrite(TFsb(2), 4, 0x4041);           // data (low half)

@@ -93,6 +93,16 @@ public class VlapicTests
     }
 
     [Fact]
+    public void TinyPeriodicCountCannotFloodTheHost()
+    {
+        W(0, R.TimerDivide, 0xB);
+        W(0, R.LvtTimer, (1u << 17) | 0x41);
+        W(0, R.TimerInitialCount, 1); // 1 ns period
+        _clock.Advance(1_000_000);
+        Assert.InRange(_cpu[0].Pending, 1, 1 + 1_000_000 / Vlapic.MinPeriodicIntervalNs);
+    }
+
+    [Fact]
     public void ChangingTheDividerScalesTheRemainingTime()
     {
         W(0, R.TimerDivide, 0xB); // 1
