@@ -358,6 +358,8 @@ public sealed class Vlapic : IMmioDevice
                 _esrPending = 0;
                 return true;
             case IcrLow:
+                // x2APIC faults on the ICR's reserved bits (31:20, 17:16, 13) as KVM does; xAPIC ignores them.
+                if (x2 && (v & 0xFFF3_2000u) != 0) return false;
                 _icrLow = v & 0x000C_CFFF; // vector, mode, dest mode, level, trigger, shorthand; delivery status reads 0
                 if (x2) _icrHigh = hi;
                 o = PrepareIpi(x2);

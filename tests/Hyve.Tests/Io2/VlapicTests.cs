@@ -389,6 +389,7 @@ public class VlapicTests
         Assert.False(l.WriteMsr(0x828, 1));                                     // ESR must be written with 0
         Assert.False(l.WriteMsr(0x808, 1ul << 32));                             // upper half reserved
         Assert.False(l.ReadMsr(0x831, out _));                                  // no ICR high in x2APIC
+        Assert.False(l.WriteMsr(0x830, 1u << 16 | 0x40));                       // ICR reserved bit
         Assert.Equal(ulong.MaxValue >> 32, l.MmioRead(R.Tpr, 4));               // MMIO page not decoded
         Assert.True(l.WriteMsr(0x83F, 0x66));
         Assert.True(Bit2(l, 0x66));
