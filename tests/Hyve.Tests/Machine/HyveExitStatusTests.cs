@@ -1,0 +1,106 @@
+// SPDX-License-Identifier: BSD-2-Clause
+using Iced.Intel;
+using Xunit;
+using static Iced.Intel.AssemblerRegisters;
+
+namespace Hyve.Tests.Machine;
+
+/// <summary>bhyve(8)'s exit statuses from the real ./hyve with boot ROMs assembled here.</summary>
+public class HyveExitStatusTests
+{
+    private static string Rom(Action<Assembler> code) => GuestRom.ToFile(GuestRom.RealMode(code));
+
+    private static string Name() => "t" + Guid.NewGuid().ToString("N")[..10];
+
+    [SkippableKvmFact]
+    public void PrintsOnCom1AndHaltsWithStatus2()
+    {
+        string rom = Rom(a => { GuestRom.Print(a, "hello from the rom\n"); a.cli(); a.hlt(); });
+        using var p = HyveProcess.Run("-l", $"bootrom,{rom}", "-l", "com1,stdio", Name());
+        Assert.Equal("hello from the rom\n", p.Stdout);
+        Assert.Equal(2, p.ExitCode);
+    }
+
+    [SkippableKvmFact]
+    public void EmptyIdtAndAnExceptionIsATripleFaultWithStatus3()
+    {
+        // A zero-limit IDT: the #BP cannot be delivered (#GP), nor can that (#DF), so the CPU shuts down.
+        string rom = Rom(a =>
+        {
+            a.xor(ax, ax);
+            a.mov(ds, ax);
+            a.mov(__word_ptr[0x600], 0);
+            a.mov(__dword_ptr[0x602], 0);
+            a.lidt(__[0x600]);
+            a.int3();
+            a.hlt();
+        });
+        using var p = HyveProcess.Run("-l", $"bootrom,{rom}", Name());
+        Assert.True(p.ExitCode == 3, $"status {p.ExitCode}, stderr: {p.Stderr}");
+    }
+
+    // Prints the banner; on the first boot (a RAM flag, which survives a reset, is clear) sets the flag and
+    // resets through <paramref name="reset"/>; on the second boot halts.
+    private static string ResettingRom(Action<Assembler> reset) => Rom(a =>
+    {
+        var second = a.CreateLabel();
+        GuestRom.Print(a, "banner\n");
+        a.xor(ax, ax);
+        a.mov(ds, ax);
+        a.cmp(__byte_ptr[0x500], 0x5a);
+        a.je(second);
+        a.mov(__byte_ptr[0x500], 0x5a);
+        reset(a);
+        a.hlt();
+        a.Label(ref second);
+        a.cli();
+        a.hlt();
+    });
+
+    private static void ResetControl(Assembler a)
+    {
+        a.mov(dx, 0xcf9);
+        a.mov(al, 0x06);
+        a.@out(dx, al);
+    }
+
+    [SkippableKvmFact]
+    public void ResetControlRestartsTheVmInProcessKeepingMemory()
+    {
+        using var p = HyveProcess.Run("-l", $"bootrom,{ResettingRom(ResetControl)}", "-l", "com1,stdio", Name());
+        Assert.Equal("banner\nbanner\n", p.Stdout);
+        Assert.Equal(2, p.ExitCode);
+    }
+
+    [SkippableKvmFact]
+    public void ResetWithExitOnRebootEndsWithStatus0()
+    {
+        using var p = HyveProcess.Run("-o", "exit_on_reboot=true", "-l", $"bootrom,{ResettingRom(ResetControl)}", "-l", "com1,stdio", Name());
+        Assert.Equal("banner\n", p.Stdout);
+        Assert.Equal(0, p.ExitCode);
+    }
+
+    [SkippableKvmFact]
+    public void KeyboardControllerResetCommandRestartsTheVm()
+    {
+        string rom = ResettingRom(a =>
+        {
+            a.mov(al, 0xfe);
+            a.@out(0x64, al);
+        });
+        using var p = HyveProcess.Run("-l", $"bootrom,{rom}", "-l", "com1,stdio", Name());
+        Assert.Equal("banner\nbanner\n", p.Stdout);
+        Assert.Equal(2, p.ExitCode);
+    }
+
+    [SkippableKvmFact]
+    public void SigtermPowersOffWithStatus1()
+    {
+        string rom = Rom(a => { GuestRom.Print(a, "up\n"); var l = a.CreateLabel(); a.Label(ref l); a.jmp(l); });
+        using var p = HyveProcess.Start("-l", $"bootrom,{rom}", "-l", "com1,stdio", Name());
+        p.WaitForOutput("up\n");
+        p.Signal(15);
+        p.WaitForExit();
+        Assert.Equal(1, p.ExitCode);
+    }
+}
