@@ -386,7 +386,12 @@ public sealed unsafe partial class InstructionEngine
         ulong a;
         if (mem) { if (!e.ReadLoc(loc, out a)) return Exec.Fault; }
         else a = GetGpr(c, i.Op0Register);
-        if (count == 0) return Exec.Next; // no flags change, but a memory operand was still accessed
+        if (count == 0)
+        {
+            // No flags change; a 32-bit register destination is still written (zero-extended), as hardware does.
+            if (!mem) SetGpr(c, i.Op0Register, a);
+            return Exec.Next;
+        }
         int bits = 8 * size;
         ulong msk = Mask(size), sb = 1ul << (bits - 1);
         a &= msk;
