@@ -100,7 +100,7 @@ public sealed unsafe partial class InstructionEngine
         _bitness = cpu.CodeBitness;
         var buf = _reader.Buf;
         AccessResult fetchFault = default;
-        int got = Fetch(buf, ref fetchFault);
+        int got = Fetch(buf, 0, ref fetchFault);
         if (got == 0) return FromAccess(fetchFault, Code.INVALID);
         return DecodeAndExecute(got, fetchFault);
     }
@@ -116,7 +116,10 @@ public sealed unsafe partial class InstructionEngine
         _bitness = cpu.CodeBitness;
         int n = Math.Min(bytes.Length, 15);
         bytes[..n].CopyTo(_reader.Buf);
-        return DecodeAndExecute(n, default);
+        AccessResult fetchFault = default;
+        if (n < 15) n = Fetch(_reader.Buf, n, ref fetchFault);
+        if (n == 0) return FromAccess(fetchFault, Code.INVALID);
+        return DecodeAndExecute(n, fetchFault);
     }
 
     private StepResult DecodeAndExecute(int got, AccessResult fetchFault)
@@ -164,10 +167,9 @@ public sealed unsafe partial class InstructionEngine
     };
 
     // Reads up to 15 instruction bytes at CS:RIP; stops at the first byte that cannot be fetched and records why.
-    private int Fetch(byte[] buf, ref AccessResult fault)
+    private int Fetch(byte[] buf, int got, ref AccessResult fault)
     {
         var cpu = _cpu;
-        int got = 0;
         while (got < 15)
         {
             ulong off = cpu.Rip + (ulong)got;

@@ -391,6 +391,83 @@ public class EngineTests
     }
 
     [Fact]
+    public void Mov_moffs_forms_use_the_address_size()
+    {
+        var cpu = Long64();
+        _mem.Write64(0x3000, 0x8877665544332211);
+        // 48 A1 moffs64: mov rax,[0x3000]; A2 moffs64: mov [0x3010],al; 67 A1 moffs32: mov eax,[0x3004]; 67 A3: mov [0x3020],eax
+        _mem.Write(Code, new byte[] { 0x48, 0xa1, 0, 0x30, 0, 0, 0, 0, 0, 0,
+                                      0xa2, 0x10, 0x30, 0, 0, 0, 0, 0, 0,
+                                      0x67, 0xa1, 0x04, 0x30, 0, 0,
+                                      0x67, 0xa3, 0x20, 0x30, 0, 0 });
+        Assert.True(_engine.Step(cpu).IsOk);
+        Assert.Equal(0x8877665544332211ul, cpu.Gpr[0]);
+        Assert.True(_engine.Step(cpu).IsOk);
+        Assert.Equal(0x11, _mem.Ram[0x3010]);
+        Assert.True(_engine.Step(cpu).IsOk);
+        Assert.Equal(0x88776655ul, cpu.Gpr[0]);
+        Assert.True(_engine.Step(cpu).IsOk);
+        Assert.Equal(0x88776655u, _mem.Read32(0x3020));
+        Assert.Equal(Code + 31, cpu.Rip);
+    }
+
+    [Fact]
+    public void Step_with_caller_supplied_bytes_fetches_the_rest()
+    {
+        var cpu = Long64();
+        Load(Code, a => a.mov(rax, 0x1122334455667788));
+        var r = _engine.Step(cpu, null, _mem.Ram.AsSpan((int)Code, 3));
+        Assert.True(r.IsOk);
+        Assert.Equal(0x1122334455667788ul, cpu.Gpr[0]);
+        Assert.Equal(Code + 10, cpu.Rip);
+    }
+
+    [Fact]
+    public void Protection_keys_deny_user_page_data_access()
+    {
+        var cpu = Long64();
+        cpu.Cr4 |= CpuState.Cr4Pke;
+        _mem.Write64(0x80000, 0x81000 | 7); _mem.Write64(0x81000, 0x82000 | 7);
+        _mem.Write64(0x82000 + 8 * 2, (2ul << 21) | 0x87 | (5ul << 59)); // 4-6 MiB: user page, key 5
+        cpu.Pkru = 2u << (2 * 5); // WD for key 5
+        var w = _engine.Memory.Walker;
+        Assert.True(w.Translate(cpu, 0x400000, PageAccess.Read, out _).IsOk);
+        var r = w.Translate(cpu, 0x400000, PageAccess.Write, out _);
+        Assert.Equal(0x23u, r.Exception.ErrorCode); // P | W | PK
+        cpu.Pkru = 1u << (2 * 5); // AD
+        Assert.Equal(0x21u, w.Translate(cpu, 0x400000, PageAccess.Read, out _).Exception.ErrorCode);
+        Assert.True(w.Translate(cpu, 0x400000, PageAccess.Execute, out _).IsOk); // keys do not apply to fetches
+    }
+
+    [Fact]
+    public void Steady_state_steps_do_not_allocate()
+    {
+        var cpu = Long64();
+        var dev = _mem.AddMmio(Mmio1, 0x100);
+        var ports = new TestPorts();
+        Load(Code, a =>
+        {
+            a.add(__qword_ptr[rbx + 8], rax); a.@lock.cmpxchg(__dword_ptr[rbx], ecx); a.rep.movsb(); a.@out(dx, al);
+            a.bts(__dword_ptr[rbx], eax); a.fnstcw(__word_ptr[rbx + 16]); a.push(__qword_ptr[rbx]); a.pop(rcx);
+        });
+        void Run()
+        {
+            for (int k = 0; k < 200; k++)
+            {
+                cpu.Rip = Code; cpu.Gpr[3] = 0x3000; cpu.Gpr[4] = 0x9000; cpu.Gpr[6] = Mmio1; cpu.Gpr[7] = 0x5000; cpu.Gpr[1] = 4;
+                for (int s = 0; s < 8; s++) _engine.Step(cpu, ports);
+            }
+        }
+        Run();
+        dev.Log.Clear(); ports.Log.Clear();
+        dev.Log.Capacity = 10000; ports.Log.Capacity = 10000;
+        long before = GC.GetAllocatedBytesForCurrentThread();
+        Run();
+        long allocated = GC.GetAllocatedBytesForCurrentThread() - before;
+        Assert.Equal(0, allocated);
+    }
+
+    [Fact]
     public void Fuzz_random_bytes_never_throw()
     {
         var rng = new Random(99);
