@@ -78,6 +78,26 @@ public sealed unsafe partial class InstructionEngine
             Mnemonic.Lea => &Lea,
             Mnemonic.Shl or Mnemonic.Sal or Mnemonic.Shr or Mnemonic.Sar => &Shift,
             Mnemonic.Clc or Mnemonic.Stc or Mnemonic.Cmc or Mnemonic.Cld or Mnemonic.Std => &FlagOp,
+            Mnemonic.Jo or Mnemonic.Jno or Mnemonic.Jb or Mnemonic.Jae or Mnemonic.Je or Mnemonic.Jne or Mnemonic.Jbe
+                or Mnemonic.Ja or Mnemonic.Js or Mnemonic.Jns or Mnemonic.Jp or Mnemonic.Jnp or Mnemonic.Jl
+                or Mnemonic.Jge or Mnemonic.Jle or Mnemonic.Jg => &Jcc,
+            Mnemonic.Jmp => &Jmp,
+            Mnemonic.Call => &Call,
+            Mnemonic.Ret => &Ret,
+            Mnemonic.Cmovo or Mnemonic.Cmovno or Mnemonic.Cmovb or Mnemonic.Cmovae or Mnemonic.Cmove or Mnemonic.Cmovne
+                or Mnemonic.Cmovbe or Mnemonic.Cmova or Mnemonic.Cmovs or Mnemonic.Cmovns or Mnemonic.Cmovp
+                or Mnemonic.Cmovnp or Mnemonic.Cmovl or Mnemonic.Cmovge or Mnemonic.Cmovle or Mnemonic.Cmovg => &Cmovcc,
+            Mnemonic.Seto or Mnemonic.Setno or Mnemonic.Setb or Mnemonic.Setae or Mnemonic.Sete or Mnemonic.Setne
+                or Mnemonic.Setbe or Mnemonic.Seta or Mnemonic.Sets or Mnemonic.Setns or Mnemonic.Setp
+                or Mnemonic.Setnp or Mnemonic.Setl or Mnemonic.Setge or Mnemonic.Setle or Mnemonic.Setg => &Setcc,
+            Mnemonic.Cbw or Mnemonic.Cwde or Mnemonic.Cdqe or Mnemonic.Cwd or Mnemonic.Cdq or Mnemonic.Cqo => &SignExtendAcc,
+            Mnemonic.Xadd => &Xadd,
+            Mnemonic.Bswap => &Bswap,
+            Mnemonic.Bsf or Mnemonic.Bsr or Mnemonic.Tzcnt or Mnemonic.Lzcnt or Mnemonic.Popcnt => &BitScan,
+            Mnemonic.Mul or Mnemonic.Imul => &Mul,
+            Mnemonic.Div or Mnemonic.Idiv => &Div,
+            Mnemonic.Rol or Mnemonic.Ror or Mnemonic.Rcl or Mnemonic.Rcr => &Rotate,
+            Mnemonic.Pushf or Mnemonic.Pushfd or Mnemonic.Pushfq => &Pushf,
             _ => null,
         };
     }

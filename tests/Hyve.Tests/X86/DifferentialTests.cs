@@ -232,6 +232,88 @@ public sealed unsafe class DifferentialTests : IDisposable
         Compare("sar r64,1", a => a.sar(rax, 1), AF); Compare("shr m32,5", a => a.shr(__dword_ptr[rsi], 5), AF | OF);
     }
 
+    [Fact]
+    public void Branches_cmov_setcc_match_the_host()
+    {
+        var ccs = new (string, Action<Assembler, Label>)[]
+        {
+            ("jo", (a, l) => a.jo(l)), ("jno", (a, l) => a.jno(l)), ("jb", (a, l) => a.jb(l)), ("jae", (a, l) => a.jae(l)),
+            ("je", (a, l) => a.je(l)), ("jne", (a, l) => a.jne(l)), ("jbe", (a, l) => a.jbe(l)), ("ja", (a, l) => a.ja(l)),
+            ("js", (a, l) => a.js(l)), ("jns", (a, l) => a.jns(l)), ("jp", (a, l) => a.jp(l)), ("jnp", (a, l) => a.jnp(l)),
+            ("jl", (a, l) => a.jl(l)), ("jge", (a, l) => a.jge(l)), ("jle", (a, l) => a.jle(l)), ("jg", (a, l) => a.jg(l)),
+        };
+        foreach (var (name, jcc) in ccs)
+            Compare(name, a => { var l = a.CreateLabel(); jcc(a, l); a.mov(r15, 0x1234); a.Label(ref l); a.nop(); }, 0, 24);
+        Compare("cmovl r64", a => a.cmovl(rax, rbx)); Compare("cmovbe r32 (zero-extends when false)", a => a.cmovbe(eax, ebx));
+        Compare("cmovp r16,m16", a => a.cmovp(cx, __word_ptr[rsi + 2])); Compare("cmovg r32,m32", a => a.cmovg(ecx, __dword_ptr[rsi + 4]));
+        Compare("setg r8", a => a.setg(al)); Compare("seta m8", a => a.seta(__byte_ptr[rsi + 1])); Compare("setnp r8h", a => a.setnp(ah));
+        Compare("jmp rel + call/ret", a =>
+        {
+            var f = a.CreateLabel(); var end = a.CreateLabel();
+            a.call(f); a.jmp(end); a.Label(ref f); a.add(rax, rbx); a.ret(); a.Label(ref end); a.nop();
+        });
+        Compare("jmp r64", a =>
+        {
+            var t = a.CreateLabel();
+            a.lea(r14, __[t]); a.jmp(r14); a.mov(r15, 1); a.Label(ref t); a.nop();
+        });
+    }
+
+    [Fact]
+    public void Mul_div_and_sign_extension_match_the_host()
+    {
+        // MUL/IMUL: SF, ZF, AF and PF are undefined. DIV/IDIV: all six are undefined.
+        const ulong mulU = SF | ZF | AF | PF;
+        Compare("mul r8", a => a.mul(bl), mulU); Compare("mul r16", a => a.mul(bx), mulU);
+        Compare("mul r32", a => a.mul(ebx), mulU); Compare("mul m64", a => a.mul(__qword_ptr[rsi + 8]), mulU);
+        Compare("imul r8", a => a.imul(bl), mulU); Compare("imul r16", a => a.imul(bx), mulU);
+        Compare("imul r32", a => a.imul(ebx), mulU); Compare("imul r64", a => a.imul(rbx), mulU);
+        Compare("imul r16,r16", a => a.imul(ax, bx), mulU); Compare("imul r32,m32", a => a.imul(ecx, __dword_ptr[rsi]), mulU);
+        Compare("imul r64,r64", a => a.imul(rax, rbx), mulU); Compare("imul r64,r64,imm", a => a.imul(rcx, rbx, -77), mulU);
+        Compare("imul r16,r16,imm8", a => a.imul(cx, bx, 5), mulU);
+        Action<ulong[]> divOk(int size, bool signed) => r =>
+        {
+            ulong m = size == 8 ? ulong.MaxValue : (1ul << (8 * size)) - 1;
+            if ((r[3] & m) == 0) r[3] |= 7;
+            if (signed)
+            {
+                if ((r[3] & m) == m) r[3] ^= 2; // not -1
+                ulong sign = size == 1 ? ((r[0] & 0x80) != 0 ? 0xff00ul : 0) : 0;
+                if (size == 1) r[0] = (r[0] & ~0xff00ul) | sign;
+                else r[2] = (r[2] & ~m) | (((r[0] >> (8 * size - 1)) & 1) != 0 ? m : 0);
+            }
+            else if (size == 1) r[0] &= ~0xff00ul;
+            else r[2] &= ~m;
+        };
+        const ulong all = Status;
+        Compare("div r8", a => a.div(bl), all, 40, divOk(1, false)); Compare("div r16", a => a.div(bx), all, 40, divOk(2, false));
+        Compare("div r32", a => a.div(ebx), all, 40, divOk(4, false)); Compare("div r64", a => a.div(rbx), all, 40, divOk(8, false));
+        Compare("idiv r8", a => a.idiv(bl), all, 40, divOk(1, true)); Compare("idiv r16", a => a.idiv(bx), all, 40, divOk(2, true));
+        Compare("idiv r32", a => a.idiv(ebx), all, 40, divOk(4, true)); Compare("idiv r64", a => a.idiv(rbx), all, 40, divOk(8, true));
+        Compare("cbw", a => a.cbw()); Compare("cwde", a => a.cwde()); Compare("cdqe", a => a.cdqe());
+        Compare("cwd", a => a.cwd()); Compare("cdq", a => a.cdq()); Compare("cqo", a => a.cqo());
+    }
+
+    [Fact]
+    public void Rotates_xadd_bit_scans_match_the_host()
+    {
+        // Rotates: OF undefined unless the masked count is 1.
+        Func<ulong[], ulong> ofUnlessOne(int size) => r => (r[1] & (size == 8 ? 63u : 31u)) == 1 ? 0 : OF;
+        Compare("rol r8,cl", a => a.rol(bl, cl), 0, 40, null, ofUnlessOne(1)); Compare("ror r16,cl", a => a.ror(bx, cl), 0, 40, null, ofUnlessOne(2));
+        Compare("rcl r32,cl", a => a.rcl(ebx, cl), 0, 40, null, ofUnlessOne(4)); Compare("rcr r64,cl", a => a.rcr(rbx, cl), 0, 40, null, ofUnlessOne(8));
+        Compare("rcl r8,cl", a => a.rcl(bl, cl), 0, 40, null, ofUnlessOne(1)); Compare("rcr r16,cl", a => a.rcr(bx, cl), 0, 40, null, ofUnlessOne(2));
+        Compare("rol m32,1", a => a.rol(__dword_ptr[rsi], 1)); Compare("ror r64,1", a => a.ror(rax, 1));
+        Compare("xadd r32", a => a.xadd(ebx, ecx)); Compare("lock xadd m64", a => a.@lock.xadd(__qword_ptr[rsi + 8], rbx));
+        Compare("xadd r8", a => a.xadd(al, ch));
+        Compare("bswap r32", a => a.bswap(ebx)); Compare("bswap r64", a => a.bswap(r11));
+        // BSF/BSR: only ZF is defined.
+        const ulong bsU = CF | OF | SF | AF | PF;
+        Compare("bsf r64", a => a.bsf(rax, rbx), bsU); Compare("bsr r32", a => a.bsr(eax, ebx), bsU); Compare("bsr r16,m16", a => a.bsr(ax, __word_ptr[rsi]), bsU);
+        // TZCNT/LZCNT: CF and ZF defined; POPCNT: all defined.
+        Compare("tzcnt r64", a => a.tzcnt(rax, rbx), OF | SF | AF | PF); Compare("lzcnt r32", a => a.lzcnt(eax, ebx), OF | SF | AF | PF);
+        Compare("popcnt r16", a => a.popcnt(ax, bx));
+    }
+
     private static void SetupString(ulong[] r, NativeRunner run, ulong count)
     {
         r[6] = (ulong)run.Data + 0x1000;

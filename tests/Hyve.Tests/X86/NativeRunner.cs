@@ -125,12 +125,23 @@ public sealed unsafe class NativeRunner : IGuestPhysicalMemory, IDisposable
         rflags = _ctx[16];
     }
 
-    /// <summary>Runs the loaded instruction under the engine in flat 64-bit mode.</summary>
+    /// <summary>
+    /// Runs the loaded body under the engine in flat 64-bit mode until RIP reaches its end (bodies may hold a few
+    /// instructions, e.g. a branch and its targets). The engine's stack is the unused top of the page-table area.
+    /// </summary>
     public StepResult RunEngine(CpuState cpu, ulong insn, IGuestPorts? ports = null)
     {
         cpu.SetFlatLongMode((ulong)Tables);
         cpu.Rip = insn;
-        return _engine.Step(cpu, ports);
+        cpu.Gpr[4] = (ulong)Tables + 0x3f00;
+        ulong end = insn + (ulong)InsnLength;
+        StepResult r = default;
+        for (int n = 0; n < 16 && cpu.Rip != end; n++)
+        {
+            r = _engine.Step(cpu, ports);
+            if (!r.IsOk) break;
+        }
+        return r;
     }
 
     public Span<byte> DataSpan => new(Data, DataSize);
