@@ -134,6 +134,8 @@ public sealed unsafe partial class InstructionEngine
         if (err != DecoderError.None)
         {
             if (err == DecoderError.NoMoreBytes && fetchFault.Status != AccessStatus.Ok) return FromAccess(fetchFault, Code.INVALID);
+            // More than 15 bytes of prefixes and opcode: #GP(0), not #UD (SDM Vol. 2 2.3.11).
+            if (got == 15 && _reader.Pos >= 15) return new StepResult(StepStatus.Exception, PendingException.Gp0, 0, Code.INVALID);
             return new StepResult(StepStatus.Exception, PendingException.Ud, 0, Code.INVALID);
         }
         var code = instr.Code;

@@ -109,6 +109,9 @@ public sealed unsafe partial class InstructionEngine
 
     private static Exec Nop(InstructionEngine e, ref Instruction i) => Exec.Next;
 
+    /// <summary>UD0/UD1/UD2: defined to raise #UD (a real one, unlike an unsupported instruction).</summary>
+    private static Exec Undefined(InstructionEngine e, ref Instruction i) => e.Raise(PendingException.Ud);
+
     private static Exec Hlt(InstructionEngine e, ref Instruction i) => e._cpu.Cpl != 0 ? e.Raise(PendingException.Gp0) : Exec.Halt;
 
     private static Exec FlagOp(InstructionEngine e, ref Instruction i)

@@ -55,6 +55,9 @@ public sealed unsafe partial class InstructionEngine
             case Code.Stmxcsr_m32: return &Stmxcsr;
             case Code.VEX_Bextr_r32_rm32_r32: case Code.VEX_Bextr_r64_rm64_r64: return &Bextr;
             case Code.Hlt: return &Hlt;
+            case Code.Ud2: case Code.Ud0: case Code.Ud0_r16_rm16: case Code.Ud0_r32_rm32: case Code.Ud0_r64_rm64:
+            case Code.Ud1_r16_rm16: case Code.Ud1_r32_rm32: case Code.Ud1_r64_rm64:
+                return &Undefined;
             case Code.Nopw: case Code.Nopd: case Code.Nopq: case Code.Nop_rm16: case Code.Nop_rm32: case Code.Nop_rm64:
                 return &Nop;
         }

@@ -3,6 +3,7 @@ using Hyve.X86;
 using Iced.Intel;
 using Xunit;
 using static Iced.Intel.AssemblerRegisters;
+using IcedCode = Iced.Intel.Code;
 
 namespace Hyve.Tests.X86;
 
@@ -332,8 +333,19 @@ public class EngineTests
         Assert.Equal(Vector.PF, r.Exception.Vector);
         Assert.Equal(0x10u, r.Exception.ErrorCode);
         cpu.Rip = Code;
-        _mem.Write(Code, new byte[] { 0x0f, 0x0b }); // UD2 decodes, is a real #UD instruction: not implemented -> Unsupported
-        Assert.Equal(StepStatus.Unsupported, _engine.Step(cpu).Status);
+        _mem.Write(Code, new byte[] { 0x0f, 0xa2 }); // CPUID: valid, but not the engine's business -> Unsupported with #UD ready
+        r = _engine.Step(cpu);
+        Assert.Equal(StepStatus.Unsupported, r.Status);
+        Assert.Equal(IcedCode.Cpuid, r.Code);
+        Assert.Equal(Vector.UD, r.Exception.Vector);
+        _mem.Write(Code, new byte[] { 0x0f, 0x0b }); // UD2 is a real #UD
+        Assert.Equal(StepStatus.Exception, _engine.Step(cpu).Status);
+        var longInsn = new byte[16];
+        Array.Fill(longInsn, (byte)0x66);
+        longInsn[15] = 0x90;
+        _mem.Write(Code, longInsn); // 16-byte instruction: #GP(0)
+        r = _engine.Step(cpu);
+        Assert.Equal(Vector.GP, r.Exception.Vector);
         _mem.Write(Code, new byte[] { 0x06 }); // PUSH ES is invalid in 64-bit mode
         r = _engine.Step(cpu);
         Assert.Equal(StepStatus.Exception, r.Status);
@@ -485,9 +497,21 @@ public class EngineTests
             for (int r = 0; r < 16; r++) cpu.Gpr[r] = rng.Next(3) switch { 0 => (ulong)rng.Next(0x100000), 1 => Mmio1 + (ulong)rng.Next(0x1000), _ => (ulong)rng.NextInt64() };
             cpu.Gpr[1] &= 0xff;
             cpu.Rflags = 2 | ((ulong)rng.Next() & 0xcd5);
-            var mode = n % 3;
-            if (mode == 1) cpu.Segs[(int)Seg.Cs].Descriptor = new SegmentDescriptor(0, 0xffffffff, 0xc09b);
-            if (mode == 2) cpu.Cr4 |= CpuState.Cr4La57;
+            switch (n % 6)
+            {
+                case 1: cpu.Segs[(int)Seg.Cs].Descriptor = new SegmentDescriptor(0, 0xffffffff, 0xc09b); break; // compatibility
+                case 2: cpu.Cr4 |= CpuState.Cr4La57; break;
+                case 3: // real mode
+                    cpu.Cr0 = 0x10; cpu.Efer = 0;
+                    for (int s = 0; s < 6; s++) cpu.Segs[s] = new SegmentRegister(0, new SegmentDescriptor(0, 0xffff, s == 1 ? 0x9bu : 0x93u));
+                    break;
+                case 4: cpu.SetFlatProtectedMode(); cpu.Rip = Code; break;
+                case 5: // CPL 3 with CR0.TS and IOPL 0
+                    cpu.Segs[(int)Seg.Ss].Descriptor = cpu.Segs[(int)Seg.Ss].Descriptor with { Access = 0xc0f3 };
+                    cpu.Cr0 |= CpuState.Cr0Ts | CpuState.Cr0Am;
+                    cpu.Rflags |= CpuState.FlagAc;
+                    break;
+            }
             if ((n & 1) == 0) _engine.Step(cpu, ports, bytes);
             else { _mem.Write(Code, bytes); _engine.Step(cpu, ports); }
         }
