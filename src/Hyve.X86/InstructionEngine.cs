@@ -51,6 +51,14 @@ internal enum Exec
 /// the semantics found in a table indexed by Iced's <see cref="Code"/> against a <see cref="CpuState"/>.
 /// One engine per vCPU (it reuses its decoder and buffers); nothing on the step path allocates.
 /// </summary>
+/// <remarks>
+/// Use: <c>var engine = new InstructionEngine(guestMemory);</c> once per vCPU, then per instruction
+/// <c>var r = engine.Step(cpu, ports);</c> (or <c>engine.Step(cpu, ports, insnBytes)</c> when the caller already has the
+/// bytes, as after a KVM emulation failure). On <see cref="StepStatus.Exception"/> inject <see cref="StepResult.Exception"/>
+/// (CR2 is not written: delivery does that); on <see cref="StepStatus.Unsupported"/> the caller chooses between another
+/// emulator and injecting the prepared #UD. A REP instruction that reaches <see cref="MaxRepIterations"/> returns Ok with RIP
+/// still on it and the registers advanced, to be resumed by the next step.
+/// </remarks>
 public sealed unsafe partial class InstructionEngine
 {
     private sealed class BufferReader : CodeReader

@@ -480,6 +480,51 @@ public class EngineTests
     }
 
     [Fact]
+    public void Real_mode_rep_movsb_wraps_si_at_64K_and_keeps_upper_bits()
+    {
+        var cpu = new CpuState();
+        for (int s = 0; s < 6; s++) cpu.Segs[s] = new SegmentRegister(0, new SegmentDescriptor(0, 0xffff, s == 1 ? 0x9bu : 0x93u));
+        cpu.Segs[(int)Seg.Ds] = new SegmentRegister(0x1000, new SegmentDescriptor(0x10000, 0xffff, 0x93));
+        cpu.Rip = 0x500;
+        _mem.Write(0x500, new byte[] { 0xf3, 0xa4 }); // rep movsb
+        _mem.Ram[0x1ffff] = 0xaa; _mem.Ram[0x10000] = 0xbb;
+        cpu.Gpr[6] = 0x1234_0000_ffff; cpu.Gpr[7] = 0x100; cpu.Gpr[1] = 0xabcd_0002;
+        Assert.True(_engine.Step(cpu).IsOk);
+        Assert.Equal(0x1234_0000_0001ul, cpu.Gpr[6]);
+        Assert.Equal(0x102ul, cpu.Gpr[7]);
+        Assert.Equal(0xabcd_0000ul, cpu.Gpr[1]);
+        Assert.Equal(new byte[] { 0xaa, 0xbb }, _mem.Ram.AsSpan(0x100, 2).ToArray());
+        Assert.Equal(0x502ul, cpu.Rip);
+    }
+
+    [Fact]
+    public void Address_size_override_in_64_bit_mode_uses_and_zero_extends_edi_ecx()
+    {
+        var cpu = Long64();
+        _mem.Write(Code, new byte[] { 0x67, 0xf3, 0xaa }); // rep stosb with 32-bit addressing
+        cpu.Gpr[0] = 0x5a; cpu.Gpr[7] = 0xffff_ffff_0000_5000; cpu.Gpr[1] = 0x1_0000_0003;
+        Assert.True(_engine.Step(cpu).IsOk);
+        Assert.Equal(0x5003ul, cpu.Gpr[7]);
+        Assert.Equal(0ul, cpu.Gpr[1]);
+        Assert.Equal(new byte[] { 0x5a, 0x5a, 0x5a }, _mem.Ram.AsSpan(0x5000, 3).ToArray());
+    }
+
+    [Fact]
+    public void Repe_cmpsb_stops_at_first_difference_with_flags_of_that_compare()
+    {
+        var cpu = Long64();
+        Load(Code, a => a.repe.cmpsb());
+        _mem.Write(0x5000, new byte[] { 1, 2, 3, 4 });
+        _mem.Write(0x6000, new byte[] { 1, 2, 9, 4 });
+        cpu.Gpr[6] = 0x5000; cpu.Gpr[7] = 0x6000; cpu.Gpr[1] = 4;
+        Assert.True(_engine.Step(cpu).IsOk);
+        Assert.Equal(1ul, cpu.Gpr[1]);
+        Assert.Equal(0x5003ul, cpu.Gpr[6]);
+        Assert.Equal(0ul, cpu.Rflags & CpuState.FlagZf);
+        Assert.NotEqual(0ul, cpu.Rflags & CpuState.FlagCf); // 3 - 9 borrows
+    }
+
+    [Fact]
     public void Fuzz_random_bytes_never_throw()
     {
         var rng = new Random(99);
