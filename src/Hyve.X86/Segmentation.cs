@@ -1,0 +1,66 @@
+// SPDX-License-Identifier: BSD-2-Clause
+namespace Hyve.X86;
+
+/// <summary>
+/// Logical (segment:offset) to linear address translation with the protection checks of SDM Vol. 3
+/// 5.3-5.5 (limit, expand-down, type) and the 64-bit canonical check (SDM Vol. 1 3.3.7.1).
+/// </summary>
+public static class Segmentation
+{
+    /// <summary>True when <paramref name="la"/> is canonical for the current linear-address width (48, or 57 with CR4.LA57).</summary>
+    public static bool IsCanonical(CpuState cpu, ulong la)
+    {
+        int bits = (cpu.Cr4 & CpuState.Cr4La57) != 0 ? 57 : 48;
+        long s = (long)la << (64 - bits) >> (64 - bits);
+        return (ulong)s == la;
+    }
+
+    /// <summary>
+    /// Translates <paramref name="offset"/> in segment <paramref name="seg"/> for an access of <paramref name="size"/> bytes.
+    /// The offset must already be reduced to the address size. Violations give #SS(0) for SS and #GP(0) otherwise.
+    /// </summary>
+    public static AccessResult Linearize(CpuState cpu, Seg seg, ulong offset, int size, PageAccess access, out ulong linear)
+    {
+        ref readonly var sr = ref cpu.Segs[(int)seg];
+        var fault = seg == Seg.Ss ? PendingException.Ss0 : PendingException.Gp0;
+        var mode = cpu.Mode;
+        if (mode == CpuMode.Long64)
+        {
+            // In 64-bit mode only FS and GS have a base, and no limit or type is checked.
+            linear = seg is Seg.Fs or Seg.Gs ? sr.Descriptor.Base + offset : offset;
+            if (!IsCanonical(cpu, linear) || (size > 1 && !IsCanonical(cpu, linear + (ulong)(size - 1))))
+                return AccessResult.Fault(fault);
+            return AccessResult.Ok;
+        }
+        var d = sr.Descriptor;
+        linear = 0;
+        if (mode != CpuMode.Real && mode != CpuMode.Virtual8086)
+        {
+            if ((d.Access & SegmentDescriptor.Unusable) != 0 || !d.Present) return AccessResult.Fault(fault);
+            uint type = d.Access & 0xf;
+            bool code = (type & 8) != 0;
+            if ((access & PageAccess.Write) != 0)
+            {
+                if (code || (type & 2) == 0) return AccessResult.Fault(fault);
+            }
+            else if ((access & PageAccess.Execute) == 0 && code && (type & 2) == 0)
+            {
+                return AccessResult.Fault(fault); // execute-only code segment read
+            }
+        }
+        ulong last = offset + (ulong)(size - 1);
+        uint t = d.Access & 0xf;
+        bool expandDown = (d.Access & 0x10) != 0 && (t & 0xc) == 0x4;
+        if (expandDown)
+        {
+            ulong upper = d.Default32 ? 0xffffffffu : 0xffffu;
+            if (offset <= d.Limit || last > upper || last < offset) return AccessResult.Fault(fault);
+        }
+        else if (last > d.Limit || last < offset)
+        {
+            return AccessResult.Fault(fault);
+        }
+        linear = (d.Base + offset) & 0xffffffff;
+        return AccessResult.Ok;
+    }
+}

@@ -1,0 +1,107 @@
+// SPDX-License-Identifier: BSD-2-Clause
+using Iced.Intel;
+
+namespace Hyve.X86;
+
+public sealed unsafe partial class InstructionEngine
+{
+    // The semantics table: one slot per Iced Code. Handlers are chosen by mnemonic (forms of one
+    // mnemonic share semantics and read their operands generically) or by exact code where a mnemonic
+    // is shared with an unrelated instruction (MOVSD string vs. SSE MOVSD). Adding an instruction is
+    // adding a case here and a handler.
+    private static delegate*<InstructionEngine, ref Instruction, Exec>[] BuildTable()
+    {
+        var codes = Enum.GetValues<Code>();
+        var t = new delegate*<InstructionEngine, ref Instruction, Exec>[codes.Length + 1];
+        foreach (var c in codes)
+        {
+            if ((int)c >= t.Length) continue;
+            t[(int)c] = Select(c);
+        }
+        return t;
+    }
+
+    private static delegate*<InstructionEngine, ref Instruction, Exec> Select(Code c)
+    {
+        switch (c)
+        {
+            case Code.Movsb_m8_m8: case Code.Movsw_m16_m16: case Code.Movsd_m32_m32: case Code.Movsq_m64_m64:
+                return &Movs;
+            case Code.Cmpsb_m8_m8: case Code.Cmpsw_m16_m16: case Code.Cmpsd_m32_m32: case Code.Cmpsq_m64_m64:
+                return &Cmps;
+            case Code.Stosb_m8_AL: case Code.Stosw_m16_AX: case Code.Stosd_m32_EAX: case Code.Stosq_m64_RAX:
+                return &Stos;
+            case Code.Lodsb_AL_m8: case Code.Lodsw_AX_m16: case Code.Lodsd_EAX_m32: case Code.Lodsq_RAX_m64:
+                return &Lods;
+            case Code.Scasb_AL_m8: case Code.Scasw_AX_m16: case Code.Scasd_EAX_m32: case Code.Scasq_RAX_m64:
+                return &Scas;
+            case Code.Insb_m8_DX: case Code.Insw_m16_DX: case Code.Insd_m32_DX:
+                return &Ins;
+            case Code.Outsb_DX_m8: case Code.Outsw_DX_m16: case Code.Outsd_DX_m32:
+                return &Outs;
+            case Code.Fninit: return &Fninit;
+            case Code.Finit: return &Finit;
+            case Code.Wait: return &Fwait;
+            case Code.Fnstcw_m2byte: return &Fnstcw;
+            case Code.Fstcw_m2byte: return &Fstcw;
+            case Code.Fldcw_m2byte: return &Fldcw;
+            case Code.Fnstsw_AX: case Code.Fnstsw_m2byte: return &Fnstsw;
+            case Code.Fstsw_AX: case Code.Fstsw_m2byte: return &Fstsw;
+            case Code.Fnclex: return &Fnclex;
+            case Code.Fclex: return &Fclex;
+            case Code.Fxsave_m512byte: case Code.Fxsave64_m512byte: return &Fxsave;
+            case Code.Fxrstor_m512byte: case Code.Fxrstor64_m512byte: return &Fxrstor;
+            case Code.Ldmxcsr_m32: return &Ldmxcsr;
+            case Code.Stmxcsr_m32: return &Stmxcsr;
+            case Code.VEX_Bextr_r32_rm32_r32: case Code.VEX_Bextr_r64_rm64_r64: return &Bextr;
+            case Code.Hlt: return &Hlt;
+            case Code.Ud2: case Code.Ud0: case Code.Ud0_r16_rm16: case Code.Ud0_r32_rm32: case Code.Ud0_r64_rm64:
+            case Code.Ud1_r16_rm16: case Code.Ud1_r32_rm32: case Code.Ud1_r64_rm64:
+                return &Undefined;
+            case Code.Nopw: case Code.Nopd: case Code.Nopq: case Code.Nop_rm16: case Code.Nop_rm32: case Code.Nop_rm64:
+                return &Nop;
+        }
+        // Only legacy/VEX general-purpose forms below; SSE/AVX variants sharing a mnemonic stay unsupported.
+        if (c.Encoding() != EncodingKind.Legacy) return null;
+        return c.Mnemonic() switch
+        {
+            Mnemonic.Mov => &Mov,
+            Mnemonic.Movzx => &Movzx,
+            Mnemonic.Movsx or Mnemonic.Movsxd => &Movsx,
+            Mnemonic.Add or Mnemonic.Or or Mnemonic.Adc or Mnemonic.Sbb or Mnemonic.And or Mnemonic.Sub
+                or Mnemonic.Xor or Mnemonic.Cmp or Mnemonic.Test => &Alu,
+            Mnemonic.Not or Mnemonic.Neg or Mnemonic.Inc or Mnemonic.Dec => &Unary,
+            Mnemonic.Bt or Mnemonic.Bts or Mnemonic.Btr or Mnemonic.Btc => &BitTest,
+            Mnemonic.Xchg => &Xchg,
+            Mnemonic.Cmpxchg => &Cmpxchg,
+            Mnemonic.Push => &Push,
+            Mnemonic.Pop => &Pop,
+            Mnemonic.In => &In,
+            Mnemonic.Out => &Out,
+            Mnemonic.Lea => &Lea,
+            Mnemonic.Shl or Mnemonic.Sal or Mnemonic.Shr or Mnemonic.Sar => &Shift,
+            Mnemonic.Clc or Mnemonic.Stc or Mnemonic.Cmc or Mnemonic.Cld or Mnemonic.Std => &FlagOp,
+            Mnemonic.Jo or Mnemonic.Jno or Mnemonic.Jb or Mnemonic.Jae or Mnemonic.Je or Mnemonic.Jne or Mnemonic.Jbe
+                or Mnemonic.Ja or Mnemonic.Js or Mnemonic.Jns or Mnemonic.Jp or Mnemonic.Jnp or Mnemonic.Jl
+                or Mnemonic.Jge or Mnemonic.Jle or Mnemonic.Jg => &Jcc,
+            Mnemonic.Jmp => &Jmp,
+            Mnemonic.Call => &Call,
+            Mnemonic.Ret => &Ret,
+            Mnemonic.Cmovo or Mnemonic.Cmovno or Mnemonic.Cmovb or Mnemonic.Cmovae or Mnemonic.Cmove or Mnemonic.Cmovne
+                or Mnemonic.Cmovbe or Mnemonic.Cmova or Mnemonic.Cmovs or Mnemonic.Cmovns or Mnemonic.Cmovp
+                or Mnemonic.Cmovnp or Mnemonic.Cmovl or Mnemonic.Cmovge or Mnemonic.Cmovle or Mnemonic.Cmovg => &Cmovcc,
+            Mnemonic.Seto or Mnemonic.Setno or Mnemonic.Setb or Mnemonic.Setae or Mnemonic.Sete or Mnemonic.Setne
+                or Mnemonic.Setbe or Mnemonic.Seta or Mnemonic.Sets or Mnemonic.Setns or Mnemonic.Setp
+                or Mnemonic.Setnp or Mnemonic.Setl or Mnemonic.Setge or Mnemonic.Setle or Mnemonic.Setg => &Setcc,
+            Mnemonic.Cbw or Mnemonic.Cwde or Mnemonic.Cdqe or Mnemonic.Cwd or Mnemonic.Cdq or Mnemonic.Cqo => &SignExtendAcc,
+            Mnemonic.Xadd => &Xadd,
+            Mnemonic.Bswap => &Bswap,
+            Mnemonic.Bsf or Mnemonic.Bsr or Mnemonic.Tzcnt or Mnemonic.Lzcnt or Mnemonic.Popcnt => &BitScan,
+            Mnemonic.Mul or Mnemonic.Imul => &Mul,
+            Mnemonic.Div or Mnemonic.Idiv => &Div,
+            Mnemonic.Rol or Mnemonic.Ror or Mnemonic.Rcl or Mnemonic.Rcr => &Rotate,
+            Mnemonic.Pushf or Mnemonic.Pushfd or Mnemonic.Pushfq => &Pushf,
+            _ => null,
+        };
+    }
+}
