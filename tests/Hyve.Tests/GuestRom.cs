@@ -26,6 +26,49 @@ public static class GuestRom
         return rom;
     }
 
+    /// <summary>Linear address of the 32-bit code in a <see cref="ProtectedMode32"/> ROM.</summary>
+    public const uint Code32Base = 0xffff1000;
+
+    /// <summary>
+    /// A 64 KiB ROM that enters 32-bit protected mode with flat segments (CS 0x08, DS/ES/SS 0x10, ESP 0x7000,
+    /// interrupts off) and runs <paramref name="code32"/> at <see cref="Code32Base"/> straight from the ROM.
+    /// </summary>
+    public static byte[] ProtectedMode32(Action<Assembler> code32)
+    {
+        const int size = 64 * 1024, gdtOffset = 0xff00;
+        var a32 = new Assembler(32);
+        a32.mov(AssemblerRegisters.ax, 0x10);
+        a32.mov(AssemblerRegisters.ds, AssemblerRegisters.ax);
+        a32.mov(AssemblerRegisters.es, AssemblerRegisters.ax);
+        a32.mov(AssemblerRegisters.ss, AssemblerRegisters.ax);
+        a32.mov(AssemblerRegisters.esp, 0x7000);
+        code32(a32);
+        var ms = new MemoryStream();
+        a32.Assemble(new StreamCodeWriter(ms), Code32Base);
+
+        var rom = RealMode(a =>
+        {
+            a.cli();
+            // CS still has the reset base 0xFFFF0000, so CS-relative offsets reach the ROM's own bytes.
+            a.db(0x2e, 0x0f, 0x01, 0x16, gdtOffset & 0xff, gdtOffset >> 8); // lgdt cs:[gdtOffset]
+            a.mov(AssemblerRegisters.eax, AssemblerRegisters.cr0);
+            a.or(AssemblerRegisters.eax, 1);
+            a.mov(AssemblerRegisters.cr0, AssemblerRegisters.eax);
+            // jmp dword 0x08:Code32Base
+            a.db(0x66, 0xea);
+            a.dd(Code32Base);
+            a.dw(0x08);
+        }, size);
+        if (ms.Length > 0xe000) throw new ArgumentException("32-bit code does not fit");
+        ms.ToArray().CopyTo(rom, (int)(Code32Base - 0xffff0000));
+        // GDTR at 0xff00 (limit, base), the GDT itself at 0xff08: null, flat 32-bit code, flat data.
+        BitConverter.GetBytes((ushort)23).CopyTo(rom, gdtOffset);
+        BitConverter.GetBytes(0xffff0000u + gdtOffset + 8).CopyTo(rom, gdtOffset + 2);
+        BitConverter.GetBytes(0x00cf9a000000fffful).CopyTo(rom, gdtOffset + 16);
+        BitConverter.GetBytes(0x00cf92000000fffful).CopyTo(rom, gdtOffset + 24);
+        return rom;
+    }
+
     /// <summary>Writes <paramref name="rom"/> to a temporary file and returns its path.</summary>
     public static string ToFile(byte[] rom)
     {

@@ -24,17 +24,16 @@ public class HyveExitStatusTests
     [SkippableKvmFact]
     public void EmptyIdtAndAnExceptionIsATripleFaultWithStatus3()
     {
-        // A zero-limit IDT: the #BP cannot be delivered (#GP), nor can that (#DF), so the CPU shuts down.
-        string rom = Rom(a =>
+        // In protected mode with a zero-limit IDT the #BP cannot be delivered (#GP), nor can that (#DF):
+        // the CPU shuts down.
+        string rom = GuestRom.ToFile(GuestRom.ProtectedMode32(a =>
         {
-            a.xor(ax, ax);
-            a.mov(ds, ax);
-            a.mov(__word_ptr[0x600], 0);
-            a.mov(__dword_ptr[0x602], 0);
+            a.mov(__dword_ptr[0x600], 0);
+            a.mov(__word_ptr[0x604], 0);
             a.lidt(__[0x600]);
             a.int3();
             a.hlt();
-        });
+        }));
         using var p = HyveProcess.Run("-l", $"bootrom,{rom}", Name());
         Assert.True(p.ExitCode == 3, $"status {p.ExitCode}, stderr: {p.Stderr}");
     }
