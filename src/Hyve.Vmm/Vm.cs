@@ -165,14 +165,19 @@ public sealed class Vm : IVmControl
             foreach (var s in _slots)
             {
                 long exits = s.Vcpu!.ExitCount;
-                if (exits != s.ExitsAtProbe || s.ProbedState == VcpuRunState.Running)
+                if (exits != s.ExitsAtProbe)
                 {
+                    // It did something since the last look: what it is doing now is unknown.
                     s.ExitsAtProbe = exits;
-                    s.ProbedState = VcpuRunState.Running;
+                    s.ProbedState = null;
+                }
+                if (s.ProbedState is null or VcpuRunState.Running)
+                {
                     s.ProbeRequested = true;
                     s.Vcpu.Kick();
                 }
-                if (s.ProbedState != VcpuRunState.WaitingForStartup) s.Active = true;
+                if (exits > 0 || s.ProbedState is VcpuRunState.Running or VcpuRunState.Halted or VcpuRunState.HaltedInterruptsDisabled)
+                    s.Active = true;
                 if (s.Active) anyActive = true;
                 if (s.Active && s.ProbedState != VcpuRunState.HaltedInterruptsDisabled) allHalted = false;
             }
@@ -289,7 +294,7 @@ public sealed class Vm : IVmControl
         public int Id { get; } = id;
         public IVcpuBackend? Vcpu { get; private set; }
         public volatile bool ProbeRequested;
-        public volatile VcpuRunState ProbedState = VcpuRunState.Running;
+        public VcpuRunState? ProbedState; // null until a probe answers (written by the vCPU thread, read by the monitor)
         public long ExitsAtProbe = -1;
         public volatile bool Active;
 
@@ -297,8 +302,8 @@ public sealed class Vm : IVmControl
         {
             Vcpu = vcpu;
             Active = Id == 0;
-            ProbedState = VcpuRunState.Running;
-            ExitsAtProbe = -1;
+            ProbedState = null;
+            ExitsAtProbe = 0;
             lock (_gate) _attached = true;
         }
 
