@@ -51,8 +51,10 @@ public static class CtlMain
         new("gs", Reg.Gs, true), new("ss", Reg.Ss, true), new("tr", Reg.Tr, true), new("ldtr", Reg.Ldtr, true),
     ];
 
-    /// <summary>One readable item: printed when its --get- option or --get-all is given, in table order.</summary>
-    private sealed record Query(string Option, Action<Session> Print);
+    /// <summary>One readable item: printed when its --get- option or --get-all is given, in table order.
+    /// <paramref name="Set"/>, when present, runs first whether or not the item is printed: bhyvectl writes the
+    /// RTC NVRAM and time just before reading them back, in the middle of its reads.</summary>
+    private sealed record Query(string Option, Action<Session> Print, Action<Session>? Set = null);
 
     private static readonly Query[] Queries = BuildQueries();
 
@@ -73,12 +75,19 @@ public static class CtlMain
         public ulong DescBase;
         public uint DescLimit, DescAccess;
         public bool ForceReset, ForcePoweroff;
+        public bool InjectNmi;
+        // bhyvectl's assert_lapic_lvt: -1 (its default, also accepted as a value) means no assertion.
+        public int AssertLapicLvt = -1;
+        public long? RtcTime;
+        public byte? RtcNvramValue;
+        public int RtcNvramOffset;
     }
 
-    private sealed class Session(ControlClient vm, int cpu, TextWriter o)
+    private sealed class Session(ControlClient vm, Request req, TextWriter o)
     {
         public readonly ControlClient Vm = vm;
-        public readonly int Cpu = cpu;
+        public readonly Request Req = req;
+        public readonly int Cpu = req.Cpu;
         public readonly TextWriter Out = o;
 
         public void Line(string s)
@@ -136,7 +145,7 @@ public static class CtlMain
         {
             try
             {
-                Execute(req, new Session(client, req.Cpu, stdout));
+                Execute(req, new Session(client, req, stdout));
                 return 0;
             }
             catch (ControlErrorException e)
@@ -154,7 +163,9 @@ public static class CtlMain
         }
     }
 
-    /// <summary>Writes first, then reads, then suspends: bhyvectl's order, so --set-rip=X --get-rip shows X.</summary>
+    /// <summary>Writes first, then NMI and LVT assertion, then reads, then suspends: bhyvectl's order, so
+    /// --set-rip=X --get-rip shows X. With --cpu=-1, --assert-lapic-lvt reaches every vCPU, as bhyve's
+    /// vm_lapic_local_irq does; every other per-vCPU operation refuses vCPU -1.</summary>
     private static void Execute(Request req, Session s)
     {
         foreach (RegisterRow r in Registers)
@@ -167,10 +178,17 @@ public static class CtlMain
         foreach (RegisterRow r in Selectors)
             if (req.SelectorSets.TryGetValue(r.Reg, out ulong v))
                 s.Vm.SetRegister(s.Cpu, r.Reg, v);
+        if (req.InjectNmi)
+            s.Vm.InjectNmi(s.Cpu);
+        if (req.AssertLapicLvt != -1)
+            s.Vm.AssertLapicLvt(s.Cpu, req.AssertLapicLvt);
 
         foreach (Query q in Queries)
+        {
+            q.Set?.Invoke(s);
             if (req.GetAll || req.Gets.Contains(q.Option))
                 q.Print(s);
+        }
 
         if (req.ForceReset)
             s.Vm.Suspend(SuspendHow.Reset);
@@ -203,6 +221,24 @@ public static class CtlMain
         }
         foreach (RegisterRow r in Selectors)
             q.Add(new("get-" + r.Name, s => s.Line($"{r.Name}[{s.Cpu}]\t\t0x{Hex(s.Vm.GetRegister(s.Cpu, r.Reg), 4)}")));
+        q.Add(new("get-rtc-nvram", PrintRtcNvram, s =>
+        {
+            if (s.Req.RtcNvramValue is byte v)
+                s.Vm.SetRtcNvram(s.Req.RtcNvramOffset, v);
+        }));
+        q.Add(new("get-rtc-time", s => s.Line(RtcTimeLine(s.Vm.GetRtcTime())), s =>
+        {
+            if (s.Req.RtcTime is long t)
+                s.Vm.SetRtcTime(t);
+        }));
+        q.Add(new("get-intinfo", s =>
+        {
+            // bhyvectl's labels: info1 (the event being delivered at the last exit) is "pending",
+            // info2 (the event queued for the next entry) is "current".
+            (ulong info1, ulong info2) = s.Vm.GetIntinfo(s.Cpu);
+            s.Line(IntinfoLine("pending", info1));
+            s.Line(IntinfoLine("current", info2));
+        }));
         q.Add(new("get-active-cpus", s => s.Line(CpuSet("active cpus", s.Vm.ActiveCpus()))));
         q.Add(new("get-suspended-cpus", s => s.Line(CpuSet("suspended cpus", s.Vm.SuspendedCpus()))));
         q.Add(new("get-cpu-topology", s =>
@@ -235,8 +271,14 @@ public static class CtlMain
                 (r, v) => r.SelectorSets[reg.Reg] = ParseValue("set-" + reg.Name, v)));
         foreach (DescRow d in Descriptors)
             o.Add(new("set-desc-" + d.Name, false, "", (r, _) => r.DescSets.Add(d.Reg)));
+        o.Add(new("assert-lapic-lvt", true, "<pin>", (r, v) => r.AssertLapicLvt = ParseInt("assert-lapic-lvt", v)));
+        o.Add(new("inject-nmi", false, "", (r, _) => r.InjectNmi = true));
         o.Add(new("force-reset", false, "", (r, _) => r.ForceReset = true));
         o.Add(new("force-poweroff", false, "", (r, _) => r.ForcePoweroff = true));
+        // strtoul then C conversions, as bhyvectl: time_t, uint8_t (the value is cut to its low byte), int.
+        o.Add(new("set-rtc-time", true, "<secs>", (r, v) => r.RtcTime = (long)ParseValue("set-rtc-time", v)));
+        o.Add(new("set-rtc-nvram", true, "<val>", (r, v) => r.RtcNvramValue = (byte)ParseValue("set-rtc-nvram", v)));
+        o.Add(new("rtc-nvram-offset", true, "<offset>", (r, v) => r.RtcNvramOffset = (int)ParseValue("rtc-nvram-offset", v)));
         return o.ToArray();
     }
 
@@ -332,6 +374,11 @@ public static class CtlMain
         return x <= uint.MaxValue ? (uint)x : throw new UsageException($"value '{v}' for --{option} does not fit in 32 bits");
     }
 
+    private static int ParseInt(string option, string v) =>
+        int.TryParse(v, NumberStyles.AllowLeadingWhite | NumberStyles.AllowLeadingSign, CultureInfo.InvariantCulture, out int c)
+            ? c
+            : throw new UsageException($"invalid value '{v}' for --{option}");
+
     private static int ParseCpu(string v) =>
         int.TryParse(v, NumberStyles.AllowLeadingWhite | NumberStyles.AllowLeadingSign, CultureInfo.InvariantCulture, out int c)
             ? c
@@ -390,6 +437,82 @@ public static class CtlMain
             sb.Append("   ");
             s.Line(sb.ToString());
         }
+    }
+
+    /// <summary>bhyvectl's "rtc nvram[%03d]: 0x%02x" (offset in decimal). Under --get-all alone an offset the VM
+    /// refuses prints nothing: bhyve lets every offset be read, so its --get-all shows the default offset 0 (the
+    /// seconds register), but hyve's RTC refuses the time and control registers, and --get-all must still work.</summary>
+    private static void PrintRtcNvram(Session s)
+    {
+        int offset = s.Req.RtcNvramOffset;
+        byte v;
+        try
+        {
+            v = s.Vm.GetRtcNvram(offset);
+        }
+        catch (ControlErrorException e) when (e.Status == ControlStatus.InvalidArgument && !s.Req.Gets.Contains("get-rtc-nvram"))
+        {
+            return;
+        }
+        s.Line($"rtc nvram[{offset.ToString("000", CultureInfo.InvariantCulture)}]: 0x{Hex(v, 2)}");
+    }
+
+    private static readonly string[] WeekDays = ["Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"];
+    private static readonly string[] Months = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
+
+    /// <summary>bhyvectl's "rtc time %#lx: %s %s %02d %02d:%02d:%02d %d" of gmtime_r(secs). bhyvectl breaks the
+    /// seconds down as UTC whatever the host's zone: the RTC's seconds are the guest's wall clock (a localtime RTC
+    /// already has the offset in them), so hyvectl does the same and never applies the host's zone.</summary>
+    internal static string RtcTimeLine(long secs)
+    {
+        // Days since the epoch, floored, then the proleptic Gregorian civil date of that day number.
+        long days = secs / 86400, sod = secs % 86400;
+        if (sod < 0)
+        {
+            sod += 86400;
+            days--;
+        }
+        long z = days + 719468; // shift the epoch to 0000-03-01, so leap days fall at the end of a year
+        long era = (z >= 0 ? z : z - 146096) / 146097;
+        long doe = z - era * 146097;                                   // day of the 400-year era
+        long yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365; // year of the era
+        long doy = doe - (365 * yoe + yoe / 4 - yoe / 100);            // day of the March-based year
+        long mp = (5 * doy + 2) / 153;                                 // March-based month
+        long mday = doy - (153 * mp + 2) / 5 + 1;
+        long mon = mp < 10 ? mp + 2 : mp - 10;                         // 0 = January
+        long year = yoe + era * 400 + (mon <= 1 ? 1 : 0);
+        long wday = ((days % 7) + 7 + 4) % 7;                          // 1970-01-01 was a Thursday
+        // %#lx: no prefix for zero, two's complement for a negative time_t.
+        string hex = secs == 0 ? "0" : "0x" + ((ulong)secs).ToString("x", CultureInfo.InvariantCulture);
+        var inv = CultureInfo.InvariantCulture;
+        return $"rtc time {hex}: {WeekDays[wday]} {Months[mon]} {mday.ToString("00", inv)} " +
+            $"{(sod / 3600).ToString("00", inv)}:{(sod / 60 % 60).ToString("00", inv)}:{(sod % 60).ToString("00", inv)} " +
+            year.ToString(inv);
+    }
+
+    /// <summary>bhyvectl's print_intinfo: "banner:\t" then "n/a", or the event's kind (VMX IDT-vectoring type in
+    /// bits 10:8: 0 external interrupt, 2 NMI, 4 software interrupt, anything else an exception), " vector %d",
+    /// and " errcode %#x" when bit 11 says an error code is delivered (it sits in bits 63:32).</summary>
+    internal static string IntinfoLine(string banner, ulong info)
+    {
+        const ulong Valid = 1ul << 31, DelErrcode = 1ul << 11;
+        var sb = new StringBuilder(banner).Append(":\t");
+        if ((info & Valid) == 0)
+            return sb.Append("n/a").ToString();
+        sb.Append(((info >> 8) & 7) switch
+        {
+            0 => "extint",
+            2 => "nmi",
+            4 => "swint",
+            _ => "exception",
+        });
+        sb.Append(" vector ").Append((info & 0xff).ToString(CultureInfo.InvariantCulture));
+        if ((info & DelErrcode) != 0)
+        {
+            uint err = (uint)(info >> 32);
+            sb.Append(" errcode ").Append(err == 0 ? "0" : "0x" + err.ToString("x", CultureInfo.InvariantCulture));
+        }
+        return sb.ToString();
     }
 
     private static string SegName(MemSegInfo m) => string.IsNullOrEmpty(m.Name) ? "sysmem" : m.Name;

@@ -2,6 +2,7 @@
 using System.Runtime.InteropServices;
 using System.Text;
 using Hyve.Vmm;
+using Hyve.Vmm.Io;
 using Hyve.Vmm.Native;
 using Hyve.X86;
 
@@ -415,6 +416,78 @@ internal sealed unsafe class KvmVcpu : IVcpuBackend
     {
         buf[6] = 0;
         fixed (ulong* p = buf) Check(Libc.Ioctl(_fd, SetDebugRegsIoctl, p), "KVM_SET_DEBUGREGS");
+    }
+
+    public void InjectNmi() => Check(Libc.Ioctl(_fd, KvmApi.Nmi, 0), "KVM_NMI");
+
+    // KVM has no LINT pins to raise: as api.rst says for KVM_NMI, read the local APIC, see what the LVT entry
+    // asks for, and deliver that (a fixed vector as a message to this APIC, an NMI with KVM_NMI).
+    private static readonly int[] LvtOffsets =
+    [
+        LapicRegisters.LvtLint0, LapicRegisters.LvtLint1, LapicRegisters.LvtTimer, LapicRegisters.LvtError,
+        LapicRegisters.LvtPerformance, LapicRegisters.LvtThermal, LapicRegisters.LvtCmci,
+    ];
+
+    public void AssertLocalInterrupt(int lvt)
+    {
+        if ((uint)lvt >= (uint)LvtOffsets.Length) throw new ArgumentException($"LVT index {lvt} out of range 0-6");
+        byte* page = stackalloc byte[1024];
+        Check(Libc.Ioctl(_fd, KvmApi.GetLapic, page), "KVM_GET_LAPIC");
+        uint entry = *(uint*)(page + LvtOffsets[lvt]);
+        uint svr = *(uint*)(page + LapicRegisters.Svr);
+        if ((entry & (1u << 16)) != 0 || (svr & 0x100) == 0) return; // masked, or the APIC is software-disabled
+        switch ((entry >> 8) & 7)
+        {
+            case 0: // fixed
+                uint id = *(uint*)(page + LapicRegisters.Id) >> 24;
+                _vm.DeliverMsi(0xfee00000ul | (ulong)id << 12, entry & 0xff);
+                break;
+            case 4: // NMI
+                InjectNmi();
+                break;
+        }
+    }
+
+    // struct kvm_vcpu_events: exception {injected, nr, has_error_code, pending, error_code} at 0,
+    // interrupt {injected, nr, soft, shadow} at 8, nmi {injected, pending, masked} at 12, flags at 20.
+    public (ulong Info1, ulong Info2) GetIntinfo()
+    {
+        byte* ev = stackalloc byte[64];
+        Check(Libc.Ioctl(_fd, KvmApi.GetVcpuEvents, ev), "KVM_GET_VCPU_EVENTS");
+        ulong info1 = 0, info2 = 0;
+        if (ev[0] != 0 || ev[3] != 0)
+        {
+            info1 = ev[1] | 3u << 8 | 1u << 31; // hardware exception
+            if (ev[2] != 0) info1 |= 1u << 11 | (ulong)*(uint*)(ev + 4) << 32;
+        }
+        if (ev[8] != 0) info2 = ev[9] | (ev[10] != 0 ? 4u : 0u) << 8 | 1u << 31;
+        else if (ev[12] != 0 || ev[13] != 0) info2 = 2 | 2u << 8 | 1u << 31;
+        return (info1, info2);
+    }
+
+    public void InjectException(int vector, uint errorCode = 0)
+    {
+        if ((uint)vector > 31 || vector == 2) throw new ArgumentException($"vector {vector} is not a hardware exception");
+        byte* ev = stackalloc byte[64];
+        Check(Libc.Ioctl(_fd, KvmApi.GetVcpuEvents, ev), "KVM_GET_VCPU_EVENTS");
+        if (ev[0] != 0)
+        {
+            // An exception is already on its way: the SDM's table decides what the pair becomes.
+            var r = ExceptionNesting.Combine(ev[1], vector);
+            if (r.Kind == NestingKind.TripleFault)
+            {
+                _owner.Suspend(Hyve.Vmm.Control.SuspendHow.TripleFault);
+                return;
+            }
+            if (r.Kind == NestingKind.DoubleFault) { vector = ExceptionNesting.DoubleFaultVector; errorCode = 0; }
+        }
+        new Span<byte>(ev, 64).Clear();
+        ev[0] = 1;
+        ev[1] = (byte)vector;
+        ev[2] = ExceptionNesting.HasErrorCode(vector) ? (byte)1 : (byte)0;
+        *(uint*)(ev + 4) = errorCode;
+        // flags = 0: leave NMI, SIPI and interrupt-shadow state as they are.
+        Check(Libc.Ioctl(_fd, KvmApi.SetVcpuEvents, ev), "KVM_SET_VCPU_EVENTS");
     }
 
     public void Dispose()

@@ -73,6 +73,20 @@ public interface IVcpuBackend : IDisposable
 
     /// <summary>Writes the hidden part of a segment or descriptor-table register.</summary>
     void SetDescriptor(Reg reg, SegmentDescriptor desc);
+
+    /// <summary>Queues an NMI.</summary>
+    void InjectNmi();
+
+    /// <summary>Triggers a local vector table entry as its programming says (fixed vector, NMI, ExtINT; nothing when masked).</summary>
+    void AssertLocalInterrupt(int lvt);
+
+    /// <summary>Pending event information in VMX IDT-vectoring format: vector[7:0], type[10:8], error code valid[11],
+    /// valid[31], error code[63:32]. Info1 is an exception being delivered, info2 an interrupt or NMI queued for entry.</summary>
+    (ulong Info1, ulong Info2) GetIntinfo();
+
+    /// <summary>Raises hardware exception <paramref name="vector"/> in the guest (with an error code where the vector takes one).
+    /// A second exception while one is pending combines by the SDM's rules into #DF, then a triple fault.</summary>
+    void InjectException(int vector, uint errorCode = 0);
 }
 
 /// <summary>A CPU engine for one VM incarnation: created at start and after every reset.

@@ -28,8 +28,9 @@ public sealed class Vm : IVmControl
     private string? _error;
     private volatile bool _running;
 
-    /// <summary>Creates a VM around its memory and clock; devices register on <see cref="Ports"/> and <see cref="Mmio"/>.</summary>
-    public Vm(string name, CpuTopology topology, GuestMemory memory, IClock clock)
+    /// <summary>Creates a VM around its memory and clock; devices register on <see cref="Ports"/> and <see cref="Mmio"/>.
+    /// The RTC starts at the host's time shifted by <paramref name="rtcUtcOffsetSeconds"/> (local time; 0 keeps UTC).</summary>
+    public Vm(string name, CpuTopology topology, GuestMemory memory, IClock clock, long rtcUtcOffsetSeconds = 0)
     {
         Name = name;
         Topology = topology;
@@ -45,10 +46,15 @@ public sealed class Vm : IVmControl
         Irq = new InterruptRouter(Pic, Ioapic, apic);
         Pit = new Vatpit(clock, Irq);
         PmTimer = new Vpmtmr(clock);
+        Rtc = new Vrtc(clock, Irq, DateTimeOffset.UtcNow.ToUnixTimeSeconds(), rtcUtcOffsetSeconds);
+        Rtc.SetMemorySize(memory.LowMemSize, memory.HighMemSize);
+        Hpet = new Vhpet(clock, Irq, Vhpet.RouteCapabilityFor(Ioapic.PinCount));
         Pic.RegisterPorts(Ports);
         Pit.RegisterPorts(Ports);
-        Ports.Register(Vpmtmr.DefaultPort, 4, PmTimer);
+        PmTimer.RegisterPorts(Ports);
+        Ports.Register(0x70, 2, Rtc);
         Mmio.Register(Vioapic.DefaultBase, Vioapic.Size, Ioapic, "ioapic");
+        Mmio.Register(Vhpet.DefaultBase, Vhpet.Size, Hpet, "hpet");
         // The BSP takes the 8259's INTR (ExtINT through LINT0): wake it to inject.
         Pic.IntrChanged += () => _slots[0].Vcpu?.Kick();
         Resetting += () =>
@@ -56,6 +62,9 @@ public sealed class Vm : IVmControl
             Pic.Reset();
             Ioapic.Reset();
             Pit.Reset();
+            PmTimer.Reset();
+            Hpet.Reset();
+            Rtc.Reset(); // keeps time and NVRAM, as bhyve's vrtc does across a reset
         };
     }
 
@@ -67,6 +76,10 @@ public sealed class Vm : IVmControl
     public Vatpit Pit { get; }
     /// <summary>The ACPI PM timer.</summary>
     public Vpmtmr PmTimer { get; }
+    /// <summary>The MC146818 RTC with its NVRAM.</summary>
+    public Vrtc Rtc { get; }
+    /// <summary>The HPET.</summary>
+    public Vhpet Hpet { get; }
     /// <summary>The VM interrupt API (ISA, IOAPIC, MSI) that devices drive.</summary>
     public InterruptRouter Irq { get; }
 
@@ -277,6 +290,36 @@ public sealed class Vm : IVmControl
 
     /// <inheritdoc/>
     public void SetDescriptor(int vcpu, Reg reg, SegmentDescriptor desc) => OnVcpu(vcpu, v => { v.SetDescriptor(reg, desc); return 0; });
+
+    /// <inheritdoc/>
+    public long GetRtcTime() => Rtc.GetTime();
+
+    /// <inheritdoc/>
+    public void SetRtcTime(long unixSeconds) => Rtc.SetTime(unixSeconds);
+
+    /// <inheritdoc/>
+    public byte GetRtcNvram(int offset) => Rtc.NvramRead(offset);
+
+    /// <inheritdoc/>
+    public void SetRtcNvram(int offset, byte value) => Rtc.NvramWrite(offset, value);
+
+    /// <inheritdoc/>
+    public void InjectNmi(int vcpu) => OnVcpu(vcpu, v => { v.InjectNmi(); return 0; });
+
+    /// <inheritdoc/>
+    public void AssertLapicLvt(int vcpu, int lvt)
+    {
+        if ((uint)lvt > 6) throw new ArgumentException($"LVT index {lvt} out of range 0-6");
+        if (vcpu == -1)
+        {
+            foreach (var s in _slots) OnVcpu(s.Id, v => { v.AssertLocalInterrupt(lvt); return 0; });
+            return;
+        }
+        OnVcpu(vcpu, v => { v.AssertLocalInterrupt(lvt); return 0; });
+    }
+
+    /// <inheritdoc/>
+    public (ulong Info1, ulong Info2) GetIntinfo(int vcpu) => OnVcpu(vcpu, v => v.GetIntinfo());
 
     /// <summary>Sends interrupt messages to whichever CPU engine is running (dropped between runs, as during a reset).</summary>
     private sealed class ApicBusForwarder(Vm vm) : IApicBus

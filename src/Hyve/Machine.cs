@@ -32,7 +32,10 @@ public sealed class Machine : IDisposable
             _createBackend = ChooseBackend(_config.Get("accel") ?? "auto");
             _clock = Own(new TimerQueue());
             var memory = Own(new GuestMemory(options.MemorySize, _config.GetBool("memory.guest_in_core", false)));
-            Vm = new Vm(name, new CpuTopology(t.Sockets, t.Cores, t.Threads, t.MaxCpus), memory, _clock)
+            // rtc.use_localtime (default true; -u clears it): the RTC counts local time unless asked for UTC.
+            long rtcOffset = _config.GetBool("rtc.use_localtime", true)
+                ? (long)TimeZoneInfo.Local.GetUtcOffset(DateTime.UtcNow).TotalSeconds : 0;
+            Vm = new Vm(name, new CpuTopology(t.Sockets, t.Cores, t.Threads, t.MaxCpus), memory, _clock, rtcOffset)
             {
                 StrictMsr = _config.GetBool("x86.strictmsr", true),
                 Pinning = ReadPinning(_config, t.Cpus),

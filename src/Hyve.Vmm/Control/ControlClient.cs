@@ -174,6 +174,72 @@ public sealed class ControlClient : IVmControl, IDisposable
         new FrameReader(Send()).End();
     }
 
+    /// <inheritdoc />
+    public long GetRtcTime()
+    {
+        var r = new FrameReader(Call(ControlOp.GetRtcTime));
+        long secs = r.I64();
+        r.End();
+        return secs;
+    }
+
+    /// <inheritdoc />
+    public void SetRtcTime(long unixSeconds)
+    {
+        Begin(ControlOp.SetRtcTime);
+        _writer.I64(unixSeconds);
+        new FrameReader(Send()).End();
+    }
+
+    /// <inheritdoc />
+    public byte GetRtcNvram(int offset)
+    {
+        Begin(ControlOp.GetRtcNvram);
+        _writer.I32(offset);
+        var r = new FrameReader(Send());
+        byte v = r.U8();
+        r.End();
+        return v;
+    }
+
+    /// <inheritdoc />
+    public void SetRtcNvram(int offset, byte value)
+    {
+        Begin(ControlOp.SetRtcNvram);
+        _writer.I32(offset);
+        _writer.U8(value);
+        new FrameReader(Send()).End();
+    }
+
+    /// <inheritdoc />
+    public void InjectNmi(int vcpu)
+    {
+        Begin(ControlOp.InjectNmi);
+        _writer.I32(vcpu);
+        new FrameReader(Send()).End();
+    }
+
+    /// <inheritdoc />
+    public void AssertLapicLvt(int vcpu, int lvt)
+    {
+        Begin(ControlOp.AssertLapicLvt);
+        _writer.I32(vcpu);
+        _writer.I32(lvt);
+        new FrameReader(Send()).End();
+    }
+
+    /// <inheritdoc />
+    public (ulong Info1, ulong Info2) GetIntinfo(int vcpu)
+    {
+        Begin(ControlOp.GetIntinfo);
+        _writer.I32(vcpu);
+        var r = new FrameReader(Send());
+        ulong info1 = r.U64();
+        ulong info2 = r.U64();
+        r.End();
+        return (info1, info2);
+    }
+
     private byte[] Call(ControlOp op)
     {
         Begin(op);

@@ -108,7 +108,21 @@ public enum ControlOp : ushort
     SetDescriptor = 10,
     /// <summary>u8 how (<see cref="SuspendHow"/>) → (empty).</summary>
     Suspend = 11,
-    // Reserved for later: RTC time and NVRAM, NMI injection, LAPIC LVT assert, intinfo, snapshot.
+    /// <summary>→ i64 RTC time in Unix seconds.</summary>
+    GetRtcTime = 12,
+    /// <summary>i64 Unix seconds → (empty).</summary>
+    SetRtcTime = 13,
+    /// <summary>i32 offset → u8 value.</summary>
+    GetRtcNvram = 14,
+    /// <summary>i32 offset, u8 value → (empty).</summary>
+    SetRtcNvram = 15,
+    /// <summary>i32 vcpu → (empty).</summary>
+    InjectNmi = 16,
+    /// <summary>i32 vcpu (-1 for every vCPU), i32 lvt → (empty).</summary>
+    AssertLapicLvt = 17,
+    /// <summary>i32 vcpu → u64 info1, u64 info2.</summary>
+    GetIntinfo = 18,
+    // Reserved for later: snapshot.
 }
 
 /// <summary>Response codes. Values are part of the wire format.</summary>
@@ -183,6 +197,8 @@ public sealed class FrameWriter
     public void I32(int v) => BinaryPrimitives.WriteInt32LittleEndian(Take(4), v);
     /// <summary>Appends a u64.</summary>
     public void U64(ulong v) => BinaryPrimitives.WriteUInt64LittleEndian(Take(8), v);
+    /// <summary>Appends an i64.</summary>
+    public void I64(long v) => BinaryPrimitives.WriteInt64LittleEndian(Take(8), v);
 
     /// <summary>Appends a string as u16 byte count and UTF-8, cut to <see cref="ControlProtocol.MaxStringBytes"/>.</summary>
     public void String(string s)
@@ -229,6 +245,8 @@ public ref struct FrameReader
     public int I32() => BinaryPrimitives.ReadInt32LittleEndian(Take(4));
     /// <summary>Reads a u64.</summary>
     public ulong U64() => BinaryPrimitives.ReadUInt64LittleEndian(Take(8));
+    /// <summary>Reads an i64.</summary>
+    public long I64() => BinaryPrimitives.ReadInt64LittleEndian(Take(8));
 
     /// <summary>Reads a string written by <see cref="FrameWriter.String"/>.</summary>
     public string String()

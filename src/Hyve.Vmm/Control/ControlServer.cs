@@ -460,6 +460,56 @@ public sealed class ControlServer : IDisposable
                 _vm.Suspend((SuspendHow)how);
                 return true;
             }
+            case ControlOp.GetRtcTime:
+                r.End();
+                w.I64(_vm.GetRtcTime());
+                return true;
+            case ControlOp.SetRtcTime:
+            {
+                long secs = r.I64();
+                r.End();
+                _vm.SetRtcTime(secs);
+                return true;
+            }
+            case ControlOp.GetRtcNvram:
+            {
+                int offset = r.I32();
+                r.End();
+                w.U8(_vm.GetRtcNvram(offset));
+                return true;
+            }
+            case ControlOp.SetRtcNvram:
+            {
+                int offset = r.I32();
+                byte value = r.U8();
+                r.End();
+                _vm.SetRtcNvram(offset, value);
+                return true;
+            }
+            case ControlOp.InjectNmi:
+            {
+                int vcpu = r.I32();
+                r.End();
+                _vm.InjectNmi(vcpu);
+                return true;
+            }
+            case ControlOp.AssertLapicLvt:
+            {
+                int vcpu = r.I32();
+                int lvt = r.I32();
+                r.End();
+                _vm.AssertLapicLvt(vcpu, lvt);
+                return true;
+            }
+            case ControlOp.GetIntinfo:
+            {
+                int vcpu = r.I32();
+                r.End();
+                (ulong info1, ulong info2) = _vm.GetIntinfo(vcpu);
+                w.U64(info1);
+                w.U64(info2);
+                return true;
+            }
             default:
                 return false;
         }

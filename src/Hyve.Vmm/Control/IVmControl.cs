@@ -72,4 +72,27 @@ public interface IVmControl
 
     /// <summary>Asks the VM to stop (reset or power off from hyvectl --force-reset / --force-poweroff).</summary>
     void Suspend(SuspendHow how);
+
+    /// <summary>RTC time in Unix seconds (bhyvectl --get-rtc-time).</summary>
+    long GetRtcTime();
+
+    /// <summary>Sets the RTC time (bhyvectl --set-rtc-time).</summary>
+    void SetRtcTime(long unixSeconds);
+
+    /// <summary>Reads an RTC NVRAM byte; time and control registers (0x00-0x0D) and offsets past 127 throw ArgumentException.</summary>
+    byte GetRtcNvram(int offset);
+
+    /// <summary>Writes an RTC NVRAM byte, with the same refusals as <see cref="GetRtcNvram"/>.</summary>
+    void SetRtcNvram(int offset, byte value);
+
+    /// <summary>Injects an NMI into a vCPU (bhyvectl --inject-nmi).</summary>
+    void InjectNmi(int vcpu);
+
+    /// <summary>Triggers local vector table entry <paramref name="lvt"/> (bhyve's numbering: 0 LINT0, 1 LINT1, 2 timer,
+    /// 3 error, 4 performance, 5 thermal, 6 CMCI) on one vCPU, or on every vCPU when <paramref name="vcpu"/> is -1.</summary>
+    void AssertLapicLvt(int vcpu, int lvt);
+
+    /// <summary>The vCPU's pending event information in VMX IDT-vectoring format (bhyvectl --get-intinfo):
+    /// info1 an event being delivered when the vCPU last left the guest, info2 an event queued for the next entry.</summary>
+    (ulong Info1, ulong Info2) GetIntinfo(int vcpu);
 }

@@ -103,4 +103,71 @@ internal sealed class FakeVm : IVmControl
         lock (_lock)
             Suspends.Add(how);
     }
+
+    /// <summary>The RTC's time in Unix seconds: 2025-11-25 13:00:00 UTC.</summary>
+    public long RtcTime { get; set; } = 1764075600;
+
+    /// <summary>The RTC's 128 bytes; offsets 0x00-0x0D are time and control registers the control socket may not touch.</summary>
+    public byte[] Nvram { get; } = new byte[128];
+
+    public List<int> Nmis { get; } = [];
+    public List<(int Vcpu, int Lvt)> LvtAsserts { get; } = [];
+    public Dictionary<int, (ulong, ulong)> Intinfo { get; } = new();
+
+    public long GetRtcTime()
+    {
+        lock (_lock)
+            return RtcTime;
+    }
+
+    public void SetRtcTime(long unixSeconds)
+    {
+        lock (_lock)
+            RtcTime = unixSeconds;
+    }
+
+    // As IVmControl says (and Vrtc does): time and control registers and offsets past 127 are refused.
+    private static void CheckNvram(int offset)
+    {
+        if (offset < 0x0e || offset >= 128)
+            throw new ArgumentException($"RTC offset 0x{offset:x} is not NVRAM", nameof(offset));
+    }
+
+    public byte GetRtcNvram(int offset)
+    {
+        CheckNvram(offset);
+        lock (_lock)
+            return Nvram[offset];
+    }
+
+    public void SetRtcNvram(int offset, byte value)
+    {
+        CheckNvram(offset);
+        lock (_lock)
+            Nvram[offset] = value;
+    }
+
+    public void InjectNmi(int vcpu)
+    {
+        Check(vcpu);
+        lock (_lock)
+            Nmis.Add(vcpu);
+    }
+
+    public void AssertLapicLvt(int vcpu, int lvt)
+    {
+        if (vcpu != -1)
+            Check(vcpu);
+        if ((uint)lvt > 6)
+            throw new ArgumentException($"LVT index {lvt} out of range 0-6");
+        lock (_lock)
+            LvtAsserts.Add((vcpu, lvt));
+    }
+
+    public (ulong Info1, ulong Info2) GetIntinfo(int vcpu)
+    {
+        Check(vcpu);
+        lock (_lock)
+            return Intinfo.TryGetValue(vcpu, out var i) ? i : (0, 0);
+    }
 }

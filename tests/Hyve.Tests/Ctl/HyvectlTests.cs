@@ -226,6 +226,10 @@ public sealed class HyvectlTests : IDisposable
             "ss[0]\t\t0x0000\n" +
             "tr[0]\t\t0x0000\n" +
             "ldtr[0]\t\t0x0000\n" +
+            // No "rtc nvram" line: --get-all reads the default offset 0, which hyve's RTC refuses.
+            "rtc time 0x6925a850: Tue Nov 25 13:00:00 2025\n" +
+            "pending:\tn/a\n" +
+            "current:\tn/a\n" +
             "active cpus:\t 0, 1\n" +
             "suspended cpus:\t (none)\n" +
             "cpu_topology:\tsockets=2, cores=2, threads=1, maxcpus=4\n";
