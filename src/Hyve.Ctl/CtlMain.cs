@@ -439,21 +439,11 @@ public static class CtlMain
         }
     }
 
-    /// <summary>bhyvectl's "rtc nvram[%03d]: 0x%02x" (offset in decimal). Under --get-all alone an offset the VM
-    /// refuses prints nothing: bhyve lets every offset be read, so its --get-all shows the default offset 0 (the
-    /// seconds register), but hyve's RTC refuses the time and control registers, and --get-all must still work.</summary>
+    /// <summary>bhyvectl's "rtc nvram[%03d]: 0x%02x" (offset in decimal; every offset reads, as in bhyve).</summary>
     private static void PrintRtcNvram(Session s)
     {
         int offset = s.Req.RtcNvramOffset;
-        byte v;
-        try
-        {
-            v = s.Vm.GetRtcNvram(offset);
-        }
-        catch (ControlErrorException e) when (e.Status == ControlStatus.InvalidArgument && !s.Req.Gets.Contains("get-rtc-nvram"))
-        {
-            return;
-        }
+        byte v = s.Vm.GetRtcNvram(offset);
         s.Line($"rtc nvram[{offset.ToString("000", CultureInfo.InvariantCulture)}]: 0x{Hex(v, 2)}");
     }
 

@@ -79,10 +79,10 @@ public interface IVmControl
     /// <summary>Sets the RTC time (bhyvectl --set-rtc-time).</summary>
     void SetRtcTime(long unixSeconds);
 
-    /// <summary>Reads an RTC NVRAM byte; time and control registers (0x00-0x0D) and offsets past 127 throw ArgumentException.</summary>
+    /// <summary>Reads an RTC byte (any offset 0-127, as bhyve allows); offsets past 127 throw ArgumentException.</summary>
     byte GetRtcNvram(int offset);
 
-    /// <summary>Writes an RTC NVRAM byte, with the same refusals as <see cref="GetRtcNvram"/>.</summary>
+    /// <summary>Writes an RTC NVRAM byte; the time and control registers (0x00-0x0D), the century byte and offsets past 127 throw ArgumentException.</summary>
     void SetRtcNvram(int offset, byte value);
 
     /// <summary>Injects an NMI into a vCPU (bhyvectl --inject-nmi).</summary>

@@ -176,14 +176,15 @@ public sealed class Vrtc : IPortDevice
         if (!TryNvramWrite(offset, value)) throw new ArgumentException($"RTC offset 0x{offset:x} is not NVRAM", nameof(offset));
     }
 
-    /// <summary>Reads an NVRAM byte, false for a refused offset.</summary>
+    /// <summary>Reads any of the 128 bytes as the control tool sees them (bhyve lets every offset be read; only writes to
+    /// the time and control registers are refused). Reading register C this way does not clear it. False past 127.</summary>
     public bool TryNvramRead(int offset, out byte value)
     {
         value = 0;
-        if (offset < FirstNvramOffset || offset >= NvramSize) return false;
+        if (offset < 0 || offset >= NvramSize) return false;
         lock (_lock)
         {
-            if (offset == CenturyOffset) Sync(_clock.NowNs);
+            Sync(_clock.NowNs);
             value = _ram[offset];
             return true;
         }

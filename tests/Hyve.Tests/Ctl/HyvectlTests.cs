@@ -226,7 +226,7 @@ public sealed class HyvectlTests : IDisposable
             "ss[0]\t\t0x0000\n" +
             "tr[0]\t\t0x0000\n" +
             "ldtr[0]\t\t0x0000\n" +
-            // No "rtc nvram" line: --get-all reads the default offset 0, which hyve's RTC refuses.
+            "rtc nvram[000]: 0x00\n" +
             "rtc time 0x6925a850: Tue Nov 25 13:00:00 2025\n" +
             "pending:\tn/a\n" +
             "current:\tn/a\n" +
