@@ -1,5 +1,6 @@
 // SPDX-License-Identifier: BSD-2-Clause
 using System.Runtime.InteropServices;
+using Hyve.X86;
 
 namespace Hyve.Kvm;
 
@@ -89,6 +90,27 @@ internal struct KvmSegment
     public uint Limit;
     public ushort Selector;
     public byte Type, Present, Dpl, Db, S, L, G, Avl, Unusable, Padding;
+
+    /// <summary>The hidden part in Hyve's (VMX) access-rights layout.</summary>
+    public readonly SegmentDescriptor ToDescriptor() => new(Base, Limit,
+        Type | (uint)S << 4 | (uint)Dpl << 5 | (uint)Present << 7 | (uint)Avl << 12
+        | (uint)L << 13 | (uint)Db << 14 | (uint)G << 15 | (uint)Unusable << 16);
+
+    /// <summary>Loads the hidden part from Hyve's layout.</summary>
+    public void SetDescriptor(in SegmentDescriptor d)
+    {
+        Base = d.Base;
+        Limit = d.Limit;
+        Type = (byte)(d.Access & 0xf);
+        S = (byte)(d.Access >> 4 & 1);
+        Dpl = (byte)(d.Access >> 5 & 3);
+        Present = (byte)(d.Access >> 7 & 1);
+        Avl = (byte)(d.Access >> 12 & 1);
+        L = (byte)(d.Access >> 13 & 1);
+        Db = (byte)(d.Access >> 14 & 1);
+        G = (byte)(d.Access >> 15 & 1);
+        Unusable = (byte)(d.Access >> 16 & 1);
+    }
 }
 
 /// <summary>struct kvm_dtable.</summary>

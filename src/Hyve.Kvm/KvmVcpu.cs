@@ -23,6 +23,7 @@ internal sealed unsafe class KvmVcpu : IVcpuBackend
     private volatile int _tid;
     private volatile bool _kickRequested;
     private long _exits;
+    private KvmFallback? _fallback;
 
     public KvmVcpu(KvmBackend vm, int id)
     {
@@ -142,7 +143,8 @@ internal sealed unsafe class KvmVcpu : IVcpuBackend
                 case KvmApi.ExitDebug:
                     return VcpuEvent.Debug;
                 case KvmApi.ExitInternalError:
-                    return Fail(DescribeInternalError());
+                    if (!EmulateInUserSpace()) return Fail(LastError.Length > 0 ? LastError : DescribeInternalError());
+                    break;
                 case KvmApi.ExitFailEntry:
                     return Fail($"VM entry failed (hardware reason 0x{*(ulong*)(_run + KvmApi.RunExitData):x})");
                 default:
@@ -237,6 +239,20 @@ internal sealed unsafe class KvmVcpu : IVcpuBackend
         // reads give 0 and writes are ignored.
         e[0] = _owner.StrictMsr ? (byte)1 : (byte)0;
         if (!write) *(ulong*)(e + 16) = 0;
+    }
+
+    // KVM_INTERNAL_ERROR_EMULATION: the kernel could not emulate the instruction; hyve's engine does it.
+    private bool EmulateInUserSpace()
+    {
+        byte* e = _run + KvmApi.RunExitData;
+        if (*(uint*)e != KvmApi.InternalErrorEmulation) return false;
+        ReadOnlySpan<byte> bytes = default;
+        if (*(uint*)(e + 4) >= 1 && (*(ulong*)(e + 8) & KvmApi.InternalErrorEmulationFlagInstructionBytes) != 0)
+            bytes = new ReadOnlySpan<byte>(e + 17, Math.Min((int)e[16], 15));
+        _fallback ??= new KvmFallback(_owner, _fd);
+        if (_fallback.Emulate(bytes, out var error) != KvmFallback.Outcome.Failed) return true;
+        LastError = error;
+        return false;
     }
 
     private string DescribeInternalError()
@@ -354,10 +370,7 @@ internal sealed unsafe class KvmVcpu : IVcpuBackend
         var s = GetSregs();
         if (reg == Reg.Gdtr) return new SegmentDescriptor(s.Gdt.Base, s.Gdt.Limit, 0);
         if (reg == Reg.Idtr) return new SegmentDescriptor(s.Idt.Base, s.Idt.Limit, 0);
-        var seg = SegmentOf(&s, reg);
-        uint access = seg->Type | (uint)seg->S << 4 | (uint)seg->Dpl << 5 | (uint)seg->Present << 7 | (uint)seg->Avl << 12
-            | (uint)seg->L << 13 | (uint)seg->Db << 14 | (uint)seg->G << 15 | (uint)seg->Unusable << 16;
-        return new SegmentDescriptor(seg->Base, seg->Limit, access);
+        return SegmentOf(&s, reg)->ToDescriptor();
     }
 
     public void SetDescriptor(Reg reg, SegmentDescriptor d)
@@ -367,18 +380,7 @@ internal sealed unsafe class KvmVcpu : IVcpuBackend
         else if (reg == Reg.Idtr) { s.Idt.Base = d.Base; s.Idt.Limit = (ushort)d.Limit; }
         else
         {
-            var seg = SegmentOf(&s, reg);
-            seg->Base = d.Base;
-            seg->Limit = d.Limit;
-            seg->Type = (byte)(d.Access & 0xf);
-            seg->S = (byte)(d.Access >> 4 & 1);
-            seg->Dpl = (byte)(d.Access >> 5 & 3);
-            seg->Present = (byte)(d.Access >> 7 & 1);
-            seg->Avl = (byte)(d.Access >> 12 & 1);
-            seg->L = (byte)(d.Access >> 13 & 1);
-            seg->Db = (byte)(d.Access >> 14 & 1);
-            seg->G = (byte)(d.Access >> 15 & 1);
-            seg->Unusable = (byte)(d.Access >> 16 & 1);
+            SegmentOf(&s, reg)->SetDescriptor(d);
         }
         Check(Libc.Ioctl(_fd, KvmApi.SetSregs, &s), "KVM_SET_SREGS");
     }

@@ -77,6 +77,33 @@ public static class GuestRom
         return path;
     }
 
+    /// <summary>Emits real-mode code that prints AX as four hex digits on COM1 (clobbers AX, BX, CX, DX).</summary>
+    public static void PrintHexAx(Assembler a, ushort port = 0x3f8)
+    {
+        a.mov(AssemblerRegisters.bx, AssemblerRegisters.ax);
+        a.mov(AssemblerRegisters.cx, 4);
+        var digit = a.CreateLabel();
+        var wait = a.CreateLabel();
+        var isDigit = a.CreateLabel();
+        a.Label(ref digit);
+        a.rol(AssemblerRegisters.bx, 4);
+        a.mov(AssemblerRegisters.dx, (ushort)(port + 5));
+        a.Label(ref wait);
+        a.@in(AssemblerRegisters.al, AssemblerRegisters.dx);
+        a.test(AssemblerRegisters.al, 0x20);
+        a.jz(wait);
+        a.mov(AssemblerRegisters.al, AssemblerRegisters.bl);
+        a.and(AssemblerRegisters.al, 0x0f);
+        a.add(AssemblerRegisters.al, (byte)'0');
+        a.cmp(AssemblerRegisters.al, (byte)'9');
+        a.jbe(isDigit);
+        a.add(AssemblerRegisters.al, (byte)('a' - '9' - 1));
+        a.Label(ref isDigit);
+        a.mov(AssemblerRegisters.dx, port);
+        a.@out(AssemblerRegisters.dx, AssemblerRegisters.al);
+        a.loop(digit);
+    }
+
     /// <summary>Emits code that prints <paramref name="text"/> on the UART at <paramref name="port"/> (polling LSR.THRE).</summary>
     public static void Print(Assembler a, string text, ushort port = 0x3f8)
     {
