@@ -59,6 +59,10 @@ public sealed class Vm : IVmControl
     /// <summary>Interrupt lines for devices, once the interrupt controllers are wired.</summary>
     public IIrqLines? Irq { get; set; }
 
+    /// <summary>vCPU 0's initial state for a direct kernel boot, loaded on its thread before its first run in every
+    /// <see cref="Run"/>; null leaves it at the reset vector.</summary>
+    public BootCpuState? BootState { get; set; }
+
     /// <summary>Device reset hooks, called between a guest reset and the restart.</summary>
     public event Action? Resetting;
 
@@ -151,6 +155,7 @@ public sealed class Vm : IVmControl
         {
             PinThread(slot.Id);
             vcpu.AttachThread();
+            if (slot.Id == 0) BootState?.Apply(vcpu);
             while (_suspendHow < 0)
             {
                 slot.RunPendingWork();
