@@ -163,18 +163,15 @@ public sealed class BootCpuState
 
     /// <summary>
     /// Loads the state into <paramref name="vcpu"/> (on its thread). Order matters to KVM, which checks every
-    /// KVM_SET_SREGS for consistency: descriptor tables, then CR4, CR3, CR0 (with PG this is PAE paging for a
-    /// moment), then EFER with LME and LMA together, then the segments (CS.L is only legal once LMA is set),
+    /// KVM_SET_SREGS for consistency: descriptor tables, then CR0/CR3/CR4/EFER in one step (long mode needs
+    /// CR0.PG with EFER.LME|LMA together), then the segments (CS.L is only legal once EFER.LMA is set),
     /// then the general-purpose registers, RFLAGS and RIP.
     /// </summary>
     public void Apply(IVcpuBackend vcpu)
     {
-        vcpu.SetDescriptor(Reg.Gdtr, Gdtr);
-        vcpu.SetDescriptor(Reg.Idtr, Idtr);
-        vcpu.SetRegister(Reg.Cr4, Cr4);
-        vcpu.SetRegister(Reg.Cr3, Cr3);
-        vcpu.SetRegister(Reg.Cr0, Cr0);
-        vcpu.SetRegister(Reg.Efer, Efer);
+        Step(vcpu, "GDTR", v => v.SetDescriptor(Reg.Gdtr, Gdtr));
+        Step(vcpu, "IDTR", v => v.SetDescriptor(Reg.Idtr, Idtr));
+        Step(vcpu, "CR0/CR3/CR4/EFER", v => v.SetControlRegisters(Cr0, Cr3, Cr4, Efer));
         LoadSegment(vcpu, Reg.Cs, Cs);
         LoadSegment(vcpu, Reg.Ds, Ds);
         LoadSegment(vcpu, Reg.Es, Es);
@@ -188,11 +185,18 @@ public sealed class BootCpuState
         vcpu.SetRegister(Reg.Rip, Rip);
     }
 
-    private static void LoadSegment(IVcpuBackend vcpu, Reg reg, BootSegment seg)
+    // Names the register whose load the CPU engine refused, so a failed boot says where it stopped.
+    private static void Step(IVcpuBackend vcpu, string what, Action<IVcpuBackend> set)
     {
-        vcpu.SetDescriptor(reg, seg.Descriptor);
-        vcpu.SetRegister(reg, seg.Selector);
+        try { set(vcpu); }
+        catch (IOException e) { throw new IOException($"loading the boot state's {what}: {e.Message}", e); }
     }
+
+    private static void LoadSegment(IVcpuBackend vcpu, Reg reg, BootSegment seg) => Step(vcpu, reg.ToString().ToUpperInvariant(), v =>
+    {
+        v.SetDescriptor(reg, seg.Descriptor);
+        v.SetRegister(reg, seg.Selector);
+    });
 
     private void SetupGdt(GuestMemory memory, ulong gdtBase, uint codeAccess)
     {

@@ -72,6 +72,19 @@ public interface IVcpuBackend : IDisposable
 
     /// <summary>Writes the hidden part of a segment or descriptor-table register.</summary>
     void SetDescriptor(Reg reg, SegmentDescriptor desc);
+
+    /// <summary>
+    /// Writes CR0, CR3, CR4 and EFER as one step, as a loader entering long mode directly needs: KVM checks each
+    /// state write for consistency, and no order of single-register writes reaches CR0.PG with EFER.LME|LMA.
+    /// The default writes them one at a time (CR4, CR3, EFER, CR0).
+    /// </summary>
+    void SetControlRegisters(ulong cr0, ulong cr3, ulong cr4, ulong efer)
+    {
+        SetRegister(Reg.Cr4, cr4);
+        SetRegister(Reg.Cr3, cr3);
+        SetRegister(Reg.Efer, efer);
+        SetRegister(Reg.Cr0, cr0);
+    }
 }
 
 /// <summary>A CPU engine for one VM incarnation: created at start and after every reset.</summary>
