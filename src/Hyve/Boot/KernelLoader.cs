@@ -87,7 +87,7 @@ public static class KernelLoader
 
     /// <summary>Loads a kernel (and initrd) given as bytes; otherwise as the file overload.</summary>
     public static LoadedKernel Load(GuestMemory memory, byte[] kernel, byte[]? initrd, string? cmdline,
-        E820Map? e820 = null, ulong acpiRsdp = 0, string kernelName = "kernel", string initrdName = "initrd")
+        E820Map? e820 = null, ulong acpiRsdp = 0, string kernelName = "image", string initrdName = "initrd")
     {
         if (kernel.Length == 0) throw new HostConfigException($"kernel {kernelName} is empty");
         InitrdSource? source = null;
