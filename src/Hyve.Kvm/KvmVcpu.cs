@@ -365,6 +365,13 @@ internal sealed unsafe class KvmVcpu : IVcpuBackend
         Check(Libc.Ioctl(_fd, KvmApi.SetSregs, &s), "KVM_SET_SREGS");
     }
 
+    public void SetControlRegisters(ulong cr0, ulong cr3, ulong cr4, ulong efer)
+    {
+        var s = GetSregs();
+        s.Cr0 = cr0; s.Cr3 = cr3; s.Cr4 = cr4; s.Efer = efer;
+        Check(Libc.Ioctl(_fd, KvmApi.SetSregs, &s), "KVM_SET_SREGS");
+    }
+
     public SegmentDescriptor GetDescriptor(Reg reg)
     {
         var s = GetSregs();

@@ -87,6 +87,19 @@ public interface IVcpuBackend : IDisposable
     /// <summary>Raises hardware exception <paramref name="vector"/> in the guest (with an error code where the vector takes one).
     /// A second exception while one is pending combines by the SDM's rules into #DF, then a triple fault.</summary>
     void InjectException(int vector, uint errorCode = 0);
+
+    /// <summary>
+    /// Writes CR0, CR3, CR4 and EFER as one step, as a loader entering long mode directly needs: KVM checks each
+    /// state write for consistency, and no order of single-register writes reaches CR0.PG with EFER.LME|LMA.
+    /// The default writes them one at a time (CR4, CR3, EFER, CR0).
+    /// </summary>
+    void SetControlRegisters(ulong cr0, ulong cr3, ulong cr4, ulong efer)
+    {
+        SetRegister(Reg.Cr4, cr4);
+        SetRegister(Reg.Cr3, cr3);
+        SetRegister(Reg.Efer, efer);
+        SetRegister(Reg.Cr0, cr0);
+    }
 }
 
 /// <summary>A CPU engine for one VM incarnation: created at start and after every reset.

@@ -104,6 +104,10 @@ public sealed class Vm : IVmControl
     public bool StrictMsr { get; set; } = true;
     /// <summary>Host CPUs each vCPU is pinned to (-p), or null.</summary>
     public IReadOnlyDictionary<int, int[]>? Pinning { get; set; }
+    /// <summary>vCPU 0's initial state for a direct kernel boot, loaded on its thread before its first run in every
+    /// <see cref="Run"/>; null leaves it at the reset vector.</summary>
+    public BootCpuState? BootState { get; set; }
+
     /// <summary>Device reset hooks, called between a guest reset and the restart.</summary>
     public event Action? Resetting;
 
@@ -205,6 +209,7 @@ public sealed class Vm : IVmControl
         {
             PinThread(slot.Id);
             vcpu.AttachThread();
+            if (slot.Id == 0) BootState?.Apply(vcpu);
             while (_suspendHow < 0)
             {
                 slot.RunPendingWork();
