@@ -27,9 +27,11 @@ public class PciDeviceTests
     public void HostBridgeIdsCanBeOverridden()
     {
         using var rig = new PciTestRig();
-        rig.Bus.AddFromConfig([Slot(0, 0, 0, "hostbridge", ("vendor", "0x8086"), ("devid", "4663"))], PciDeviceRegistry.CreateDefault());
+        rig.Bus.AddFromConfig([Slot(0, 0, 0, "hostbridge", ("vendor", "0x8086"), ("devid", "4663"), ("subvendor", "0x1af4"), ("subdevid", "0x1100"))],
+            PciDeviceRegistry.CreateDefault());
         rig.Bus.Build();
         Assert.Equal(0x1237_8086u, rig.Cf8Read(0, 0, 0, 0, 4));
+        Assert.Equal(0x1100_1af4u, rig.Cf8Read(0, 0, 0, 0x2c, 4));
         Assert.Equal(0x0600u, rig.Cf8Read(0, 0, 0, 0x0a, 2));
     }
 
@@ -83,6 +85,26 @@ public class PciDeviceTests
         rig.Bus.AddFromConfig([Slot(0, 5, 0, "test", ("devid", "0x1009"))], reg);
         rig.Bus.Build();
         Assert.Equal(0x1009_1af4u, rig.Cf8Read(0, 5, 0, 0, 4));
+    }
+
+    [Fact]
+    public void RouterAndFunctionStateSurviveSaveAndRestore()
+    {
+        using var rig = new PciTestRig();
+        var lpc = new LpcBridge(rig.Bus.Router);
+        rig.Bus.Add(lpc, 0, 31, 0);
+        var f = new TestFunction();
+        f.RequestIntx();
+        rig.Bus.Add(f, 0, 3, 0);
+        rig.Bus.Build();
+        rig.Cf8Write(0, 31, 0, 0x60, 4, 0x0e0b_0a09);
+        rig.Cf8Write(0, 3, 0, 0x3c, 1, 0x0e);
+        var saved = rig.Bus.SaveState();
+        rig.Bus.Reset();
+        Assert.NotEqual(0x0e0b_0a09u, rig.Cf8Read(0, 31, 0, 0x60, 4));
+        rig.Bus.RestoreState(saved);
+        Assert.Equal(0x0e0b_0a09u, rig.Cf8Read(0, 31, 0, 0x60, 4));
+        Assert.Equal(0x0eu, rig.Cf8Read(0, 3, 0, 0x3c, 1));
     }
 
     [Fact]
