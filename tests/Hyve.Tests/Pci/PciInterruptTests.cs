@@ -170,6 +170,31 @@ public class PciInterruptTests
     }
 
     [Fact]
+    public void SharedPirqRaisesItsIsaIrqOnceForAllSharers()
+    {
+        using var rig = new PciTestRig();
+        rig.Bus.Router.FixedMapping = true;
+        var a = new TestFunction();
+        var b = new TestFunction();
+        a.RequestIntx();
+        b.RequestIntx();
+        rig.Bus.Add(a, 0, 3, 0);
+        rig.Bus.Add(b, 0, 11, 0); // (4 + slot + pin) % 8 is the same for slots 3 and 11
+        rig.Bus.Build();
+        Assert.Equal(a.IntxRoute!.Pirq, b.IntxRoute!.Pirq);
+        int irq = rig.Bus.Router.PirqIrq(a.IntxRoute.Pirq), pin = a.IntxRoute.IoapicPin;
+        a.AssertIntx();
+        b.AssertIntx();
+        Assert.Equal(1, rig.Irq.Isa[irq]);
+        Assert.Equal(2, rig.Irq.Ioapic[pin]);
+        a.DeassertIntx();
+        Assert.Equal(1, rig.Irq.Isa[irq]);
+        b.DeassertIntx();
+        Assert.Equal(0, rig.Irq.Isa[irq]);
+        Assert.Equal(0, rig.Irq.Ioapic[pin]);
+    }
+
+    [Fact]
     public void MsiDeliversAddressAndDataWithVectorInLowBits()
     {
         using var rig = new PciTestRig();
