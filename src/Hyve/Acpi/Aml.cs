@@ -190,6 +190,9 @@ public static class Aml
             : [0x13, .. WithPkgLength([.. Integer((ulong)list.Count), .. body])];
     }
 
+    /// <summary>Encodes ASL's ToUUID("xxxxxxxx-xxxx-...") as its 16-byte Buffer (first three fields little-endian).</summary>
+    public static byte[] ToUuid(string uuid) => Buffer(Guid.Parse(uuid).ToByteArray());
+
     /// <summary>
     /// Encodes an EISA ID ("PNP0A03") as the DWord ASL's EisaId() makes: three letters of five bits and four
     /// hex digits, stored big-endian.
@@ -330,6 +333,9 @@ public static class Aml
 
     /// <summary>ShiftRight(value, count, target).</summary>
     public static byte[] ShiftRight(byte[] value, byte[] count, byte[]? target = null) => [0x7A, .. value, .. count, .. target ?? NoTarget];
+
+    /// <summary>LNotEqual(a, b), which AML spells LNot(LEqual(a, b)).</summary>
+    public static byte[] LNotEqual(byte[] a, byte[] b) => LNot(LEqual(a, b));
 
     /// <summary>Increment(name).</summary>
     public static byte[] Increment(byte[] name) => [0x75, .. name];

@@ -56,6 +56,7 @@ public static class DsdtBuilder
             Name("_BBN", Integer(d.EcamStartBus)),
             Name("_CRS", crs.ToBuffer()),
         };
+        terms.Add(Osc());
         // The LPC device comes before the _PRT that names its link devices, so the references resolve as they load.
         if (d.HasLpc) terms.Add(Device("ISA", [.. LpcTerms(d), .. LegacyDevices(d)]));
         else terms.AddRange(LegacyDevices(d));
@@ -65,6 +66,25 @@ public static class DsdtBuilder
                 Name("_CRS", new AmlResourceTemplate().Memory32Fixed((uint)d.HpetAddress, 0x400).ToBuffer())));
         return Device("PC00", terms);
     }
+
+    /// <summary>The PCI Firmware Specification's _OSC UUID for PCI Express host bridges.</summary>
+    public const string PcieOscUuid = "33DB4D5B-1FF7-401C-9657-7441C03DD766";
+
+    /// <summary>
+    /// _OSC: grants the OS every PCIe feature it asks for (native hotplug, PME, AER, capability structure control)
+    /// except SHPC hotplug, which no device here has; flags an unknown UUID or revision. Without it Linux logs
+    /// that _OSC failed and disables ASPM.
+    /// </summary>
+    private static byte[] Osc() => Method("_OSC", 4, true,
+        CreateDWordField(Arg(3), 0, "CDW1"),
+        If(LEqual(Arg(0), ToUuid(PcieOscUuid)),
+            CreateDWordField(Arg(3), 8, "CDW3"),
+            Store(Ref("CDW3"), Local(0)),
+            And(Local(0), Integer(0x1D), Ref("CDW3")),
+            If(LNotEqual(Arg(1), One), Or(Ref("CDW1"), Integer(0x08), Ref("CDW1"))),
+            If(LNotEqual(Local(0), Ref("CDW3")), Or(Ref("CDW1"), Integer(0x10), Ref("CDW1")))),
+        Else(Or(Ref("CDW1"), Integer(0x04), Ref("CDW1"))),
+        Return(Arg(3)));
 
     private static uint PrtAddress(int slot) => (uint)(slot << 16) | 0xFFFF;
 

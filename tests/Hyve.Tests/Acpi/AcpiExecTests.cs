@@ -90,4 +90,20 @@ public class AcpiExecTests
         Assert.Equal(["23 F8 DE 18 79 00"], Buffers(output));
         Assert.Matches(@"\\_S5 returned object.*\n\s+\[Package\] Contains 2 Elements:\n\s+\[Integer\] = 0000000000000005", output);
     }
+
+    [AcpiExecFact]
+    public void Osc_grants_pcie_control_except_shpc_and_rejects_other_uuids()
+    {
+        const string uuid = "(5B 4D DB 33 F7 1F 1C 40 96 57 74 41 C0 3D D7 66)";
+        const string other = "(5B 4D DB 33 F7 1F 1C 40 96 57 74 41 C0 3D D7 67)";
+        var output = Run(AcpiTablesTests.Sample(),
+            $"evaluate \\_SB.PC00._OSC {uuid} 1 3 (00 00 00 00 1F 00 00 00 1D 00 00 00)",
+            $"evaluate \\_SB.PC00._OSC {uuid} 1 3 (00 00 00 00 1F 00 00 00 1F 00 00 00)",
+            $"evaluate \\_SB.PC00._OSC {other} 1 3 (00 00 00 00 1F 00 00 00 1D 00 00 00)");
+        Assert.Equal([
+            "00 00 00 00 1F 00 00 00 1D 00 00 00",  // everything asked for is granted
+            "10 00 00 00 1F 00 00 00 1D 00 00 00",  // SHPC masked: "capabilities masked"
+            "04 00 00 00 1F 00 00 00 1D 00 00 00",  // "unrecognized UUID"
+        ], Buffers(output));
+    }
 }
