@@ -25,6 +25,10 @@ public static class MpTable
     /// <summary>Interrupt flags: polarity (bits 0-1: 1 high, 3 low) and trigger (bits 2-3: 1 edge, 3 level); 0 conforms to the bus.</summary>
     public const ushort FlagsActiveLowLevel = 0x3 | 0xC;
 
+    /// <summary>Extended entry type 128: a range of address type 0 (I/O), 1 (memory) or 2 (prefetch) on PCI bus 0.</summary>
+    private static void SystemAddressSpace(TableWriter w, byte type, AddressWindow range) =>
+        w.U8(128).U8(20).U8(PciBusId).U8(type).U64(range.Base).U64(range.Length);
+
     /// <summary>
     /// Builds the floating pointer (16 bytes at <paramref name="baseAddress"/>) and, right after it, the
     /// configuration table with its base and extended checksums.
@@ -73,7 +77,12 @@ public static class MpTable
         w.U8(EntryLocalInterrupt).U8(IntNmi).U16(0).U8(IsaBusId).U8(0).U8(0xFF).U8(1); count++;
         int baseLength = w.Position;
 
-        // Extended table: ISA hangs off PCI bus 0 with subtractive decode; PCI bus 0 also decodes the ISA I/O range.
+        // Extended table: the address ranges PCI bus 0 decodes (an OS that reads the extended table takes these
+        // as the host bridge's windows), ISA behind PCI bus 0 with subtractive decode, and PCI bus 0 also
+        // decoding the ISA I/O range.
+        foreach (var io in d.PciIoWindows) SystemAddressSpace(w, 0, io);
+        SystemAddressSpace(w, 1, d.PciMmio32Window);
+        if (d.PciMmio64Window is { } m64) SystemAddressSpace(w, 1, m64);
         w.U8(129).U8(8).U8(IsaBusId).U8(0x01).U8(PciBusId).Zeros(3);
         w.U8(130).U8(8).U8(PciBusId).U8(0x00).U32(0);
         var bytes = new byte[16 + w.Position];

@@ -62,6 +62,14 @@ public class MpTableTests
         foreach (var r in d.IntxRoutes)
             Assert.Contains(pci, e => e[5] == ((r.Slot << 2) | r.Pin) && e[7] == r.IoApicPin && e[2] == 0x0F);
 
+        var ext = new List<byte[]>();
+        for (int o = baseLen; o < baseLen + extLen; o += cfg[o + 1]) ext.Add(cfg.Slice(o, cfg[o + 1]).ToArray());
+        var sas = ext.Where(e => e[0] == 128).Select(e => (e[3], BinaryPrimitives.ReadUInt64LittleEndian(e.AsSpan(4)), BinaryPrimitives.ReadUInt64LittleEndian(e.AsSpan(12)))).ToList();
+        Assert.Equal([(0, 0ul, 0xCF8ul), (0, 0xD00ul, 0xF300ul), (1, 0xC0000000ul, 0x20000000ul), (1, 0x10_0000_0000ul, 0x10_0000_0000ul)], sas);
+        var hier = Assert.Single(ext, e => e[0] == 129);
+        Assert.Equal(new byte[] { 129, 8, 1, 1, 0 }, hier[..5]);       // ISA under PCI 0, subtractive decode
+        Assert.Single(ext, e => e[0] == 130);
+
         var lints = entries.Where(e => e[0] == 4).ToList();
         Assert.Equal([(3, 0), (1, 1)], lints.Select(e => ((int)e[1], (int)e[7])));
         Assert.All(lints, e => Assert.Equal(0xFF, e[6]));
