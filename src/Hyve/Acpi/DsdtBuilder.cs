@@ -6,7 +6,8 @@ namespace Hyve.Acpi;
 /// <summary>
 /// Writes the DSDT's AML for a <see cref="PlatformDescription"/>, with bhyve's namespace: \_S5, \PICM and \_PIC,
 /// the PCI root \_SB.PC00 (PCIe host bridge) with its windows and _PRT, the LPC bridge \_SB.PC00.ISA with the PIRQ
-/// registers and link devices LNKA-LNKH, the legacy ISA devices, the HPET and the motherboard resources.
+/// registers and link devices LNKA-LNKH, the legacy ISA devices, the HPET and the motherboard resources; plus one
+/// processor device (ACPI0007, _UID = the MADT's processor UID = vCPU number) per vCPU under \_SB.
 /// </summary>
 public static class DsdtBuilder
 {
@@ -91,16 +92,16 @@ public static class DsdtBuilder
     /// <summary>_PRT: GSIs in APIC mode; with an LPC bridge, link devices in PIC mode chosen by PICM (as bhyve's pci_emul.c).</summary>
     private static IEnumerable<byte[]> Prt(PlatformDescription d)
     {
-        var routes = d.IntxRoutes.Where(r => r.Slot is >= 0 and < 32 && r.Pin is >= 0 and < 4).ToList();
+        var routes = d.IntxRoutes.Where(r => r.IsDescribable).ToList();
         if (routes.Count == 0) yield break;
-        var aprt = Package(routes.Select(r => Package(DWord(PrtAddress(r.Slot)), Integer((ulong)r.Pin), Zero, Integer((ulong)r.IoApicPin))));
+        var aprt = Package(routes.Select(r => Package(DWord(PrtAddress(r.Slot)), Integer((ulong)r.Pin - 1), Zero, Integer((ulong)r.IoApicPin))));
         if (!d.HasLpc)
         {
             yield return Name("_PRT", aprt);
             yield break;
         }
-        var pprt = Package(routes.Select(r => Package(DWord(PrtAddress(r.Slot)), Integer((ulong)r.Pin),
-            Ref($"{LpcPath}.LNK{(char)('A' + (r.Pirq & 7))}"), Zero)));
+        var pprt = Package(routes.Select(r => Package(DWord(PrtAddress(r.Slot)), Integer((ulong)r.Pin - 1),
+            Ref($"{LpcPath}.LNK{(char)('A' + r.Pirq - 1)}"), Zero)));
         yield return Name("PPRT", pprt);
         yield return Name("APRT", aprt);
         yield return Method("_PRT", 0, false,

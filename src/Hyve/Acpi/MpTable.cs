@@ -68,8 +68,8 @@ public static class MpTable
         // PCI INTx: source IRQ is slot << 2 | pin; PCI interrupts are level, active low.
         foreach (var r in d.IntxRoutes)
         {
-            if (r.Slot is < 0 or > 31 || r.Pin is < 0 or > 3 || r.IoApicPin < 0 || r.IoApicPin >= d.IoApicPins) continue;
-            w.U8(EntryIoInterrupt).U8(IntInt).U16(FlagsActiveLowLevel).U8(PciBusId).U8((r.Slot << 2) | r.Pin).U8(d.IoApicId).U8(r.IoApicPin);
+            if (!r.IsDescribable || r.IoApicPin >= d.IoApicPins) continue;
+            w.U8(EntryIoInterrupt).U8(IntInt).U16(FlagsActiveLowLevel).U8(PciBusId).U8((r.Slot << 2) | (r.Pin - 1)).U8(d.IoApicId).U8(r.IoApicPin);
             count++;
         }
         // LINT0 takes the 8259s' ExtINT, LINT1 NMI, on every local APIC (destination 0xFF).

@@ -11,14 +11,20 @@ public readonly record struct AddressWindow(ulong Base, ulong Limit)
 }
 
 /// <summary>
-/// One PCI INTx route on bus 0: the pin of a slot goes to an IOAPIC pin (APIC mode) and to one of the
-/// eight PIRQ lines A-H of the LPC bridge's interrupt router (8259 mode).
+/// One PCI INTx route: the pin of a slot goes to an IOAPIC pin (APIC mode) and to one of the eight PIRQ links
+/// A-H of the LPC bridge's interrupt router (8259 mode). Numbered as the PCI router's own routes (Hyve.Pci), so
+/// they copy field by field. Only bus 0 is described (the root bus); routes on other buses are ignored.
 /// </summary>
+/// <param name="Bus">PCI bus number.</param>
 /// <param name="Slot">PCI device number 0-31.</param>
-/// <param name="Pin">Interrupt pin, 0 = INTA# .. 3 = INTD# (the _PRT numbering; PCI config space's INTERRUPT_PIN is this plus one).</param>
+/// <param name="Pin">Interrupt pin as config space's INTERRUPT_PIN: 1 = INTA# .. 4 = INTD# (the _PRT and the MP table use this minus one).</param>
 /// <param name="IoApicPin">The IOAPIC input (GSI) the pin drives, 16 and up on this platform.</param>
-/// <param name="Pirq">The PIRQ line, 0 = PIRQA .. 7 = PIRQH.</param>
-public readonly record struct PciIntxRoute(int Slot, int Pin, int IoApicPin, int Pirq);
+/// <param name="Pirq">The PIRQ link, 1 = PIRQA (LNKA) .. 8 = PIRQH (LNKH).</param>
+public readonly record struct IntxRoute(int Bus, int Slot, int Pin, int IoApicPin, int Pirq)
+{
+    /// <summary>Whether the route is on bus 0 with a slot, pin and PIRQ in range (the ones the tables describe).</summary>
+    public bool IsDescribable => Bus == 0 && Slot is >= 0 and < 32 && Pin is >= 1 and <= 4 && Pirq is >= 1 and <= 8 && IoApicPin >= 0;
+}
 
 /// <summary>A legacy 16550 serial port decoded by the LPC bridge.</summary>
 /// <param name="Unit">1 for COM1 .. 4 for COM4; becomes the ACPI _UID.</param>
@@ -93,7 +99,7 @@ public sealed record PlatformDescription
     public AddressWindow? PciMmio64Window { get; init; }
 
     /// <summary>INTx routes of the devices on bus 0.</summary>
-    public IReadOnlyList<PciIntxRoute> IntxRoutes { get; init; } = [];
+    public IReadOnlyList<IntxRoute> IntxRoutes { get; init; } = [];
 
     /// <summary>Whether the LPC (PCI-ISA) bridge exists. Without it there are no link devices and no 8259-mode _PRT, as in bhyve.</summary>
     public bool HasLpc { get; init; }

@@ -14,7 +14,7 @@ public class AcpiTablesTests
         ApicIds = [0, 2, 4, 6],
         HasLpc = lpc,
         ComPorts = [new(1, 0x3F8, 4), new(2, 0x2F8, 3)],
-        IntxRoutes = [new(3, 0, 16, 0), new(4, 0, 17, 1), new(4, 1, 18, 2), new(5, 3, 23, 7)],
+        IntxRoutes = [new(0, 3, 1, 16, 1), new(0, 4, 1, 17, 2), new(0, 4, 2, 18, 3), new(0, 5, 4, 23, 8), new(1, 0, 1, 19, 4)],
         PciMmio64Window = new AddressWindow(0x10_0000_0000, 0x1F_FFFF_FFFF),
     };
 

@@ -32,7 +32,7 @@ public class BiosTablesTests
     {
         var d = PlatformDescription.ForCpus(255) with
         {
-            IntxRoutes = Enumerable.Range(0, 32).SelectMany(s => Enumerable.Range(0, 4).Select(p => new PciIntxRoute(s, p, 16 + (s + p) % 16, (s + p) % 8))).ToList(),
+            IntxRoutes = Enumerable.Range(0, 32).SelectMany(s => Enumerable.Range(1, 4).Select(p => new IntxRoute(0, s, p, 16 + (s + p) % 16, 1 + (s + p) % 8))).ToList(),
         };
         Assert.True(MpTable.DefaultBase + (ulong)MpTable.Build(d).Length <= AcpiLayout.DefaultBase);
         using var mem = new GuestMemory(16ul << 20);

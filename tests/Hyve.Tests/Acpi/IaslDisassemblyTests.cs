@@ -80,6 +80,7 @@ public class IaslDisassemblyTests
         Assert.Contains("Package (0x04) { 0x0004FFFF, Zero, Zero, 0x11 }", flat);
         Assert.Contains("Package (0x04) { 0x0004FFFF, One, Zero, 0x12 }", flat);
         Assert.Contains("Package (0x04) { 0x0005FFFF, 0x03, Zero, 0x17 }", flat);
+        Assert.DoesNotContain("Zero, Zero, 0x13 }", flat); // the route on bus 1 belongs to no _PRT here
         Assert.Contains("Package (0x04) { 0x0003FFFF, Zero, \\_SB.PC00.ISA.LNKA, Zero }", flat);
         Assert.Contains("Package (0x04) { 0x0004FFFF, One, \\_SB.PC00.ISA.LNKC, Zero }", flat);
         Assert.Contains("Package (0x04) { 0x0005FFFF, 0x03, \\_SB.PC00.ISA.LNKH, Zero }", flat);
