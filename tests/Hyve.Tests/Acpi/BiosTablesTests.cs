@@ -14,7 +14,10 @@ public class BiosTablesTests
     public void An_os_scan_of_the_bios_area_finds_the_rsdp_and_the_mp_floating_pointer()
     {
         using var mem = new GuestMemory(16ul << 20);
-        ulong rsdp = BiosTables.Install(mem, AcpiTablesTests.Sample());
+        var at = BiosTables.Install(mem, AcpiTablesTests.Sample());
+        ulong rsdp = at.RsdpAddress;
+        Assert.Equal(AcpiLayout.DefaultBase, at.AcpiBase);
+        Assert.True(at.MpBase + (ulong)at.MpLength <= at.AcpiBase && at.AcpiBase + (ulong)at.AcpiLength <= 0x100000);
         Assert.True(mem.TryGetSpan(0xE0000, 0x20000, MemProt.Read, out var bios));
         ulong? foundRsdp = null, foundMp = null;
         for (int o = 0; o + 36 <= bios.Length; o += 16)
