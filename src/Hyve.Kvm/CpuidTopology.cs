@@ -1,5 +1,4 @@
 // SPDX-License-Identifier: BSD-2-Clause
-using System.Numerics;
 using Hyve.Vmm.Control;
 
 namespace Hyve.Kvm;
@@ -11,26 +10,11 @@ namespace Hyve.Kvm;
 /// </summary>
 internal static class CpuidTopology
 {
-    /// <summary>Bits of the APIC ID that number threads within a core.</summary>
-    public static int ThreadBits(CpuTopology t) => BitsFor(t.Threads);
-
-    /// <summary>Bits of the APIC ID that number cores within a socket.</summary>
-    public static int CoreBits(CpuTopology t) => BitsFor(t.Cores);
-
-    /// <summary>The initial APIC ID of vCPU <paramref name="vcpu"/>.</summary>
-    public static uint ApicId(CpuTopology t, int vcpu)
-    {
-        int thread = vcpu % t.Threads, core = vcpu / t.Threads % t.Cores, socket = vcpu / (t.Threads * t.Cores);
-        return (uint)(socket << (CoreBits(t) + ThreadBits(t)) | core << ThreadBits(t) | thread);
-    }
-
-    private static int BitsFor(int n) => n <= 1 ? 0 : BitOperations.Log2((uint)(n - 1)) + 1;
-
     /// <summary>Rewrites <paramref name="entries"/> in place for <paramref name="vcpu"/>.</summary>
     public static void Apply(Span<KvmCpuidEntry2> entries, CpuTopology t, int vcpu)
     {
-        uint apicId = ApicId(t, vcpu);
-        int threadBits = ThreadBits(t), coreBits = CoreBits(t);
+        uint apicId = t.ApicId(vcpu);
+        int threadBits = t.ThreadBits, coreBits = t.CoreBits;
         uint perPackage = 1u << (threadBits + coreBits);
         bool intel = false, amd = false;
         foreach (ref var e in entries)

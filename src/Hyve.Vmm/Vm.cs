@@ -8,10 +8,11 @@ using Hyve.X86;
 namespace Hyve.Vmm;
 
 /// <summary>How one run of the VM ended: a suspend disposition, or an error with its reason.</summary>
-public readonly record struct VmStop(SuspendHow How, string? Error)
+public readonly record struct VmStop(SuspendHow How, string? Error, int? Status = null)
 {
-    /// <summary>hyve's exit status for this stop (bhyve(8): 0 reset, 1 poweroff, 2 halt, 3 triple fault, 4 error).</summary>
-    public int ExitStatus => Error is not null ? 4 : (int)How;
+    /// <summary>hyve's exit status for this stop (bhyve(8): 0 reset, 1 poweroff, 2 halt, 3 triple fault, 4 error;
+    /// or the status a debug-exit device asked for).</summary>
+    public int ExitStatus => Error is not null ? 4 : Status ?? (int)How;
 }
 
 /// <summary>
@@ -26,6 +27,7 @@ public sealed class Vm : IVmControl
     private readonly ManualResetEventSlim _suspended = new(false);
     private int _suspendHow = -1;
     private string? _error;
+    private int _exitStatus = -1;
     private volatile bool _running;
 
     /// <summary>Creates a VM around its memory and clock; devices register on <see cref="Ports"/> and <see cref="Mmio"/>.
@@ -120,6 +122,7 @@ public sealed class Vm : IVmControl
         _suspended.Reset();
         _suspendHow = -1;
         _error = null;
+        _exitStatus = -1;
         var threads = new Thread[_slots.Length];
         ICpuBackend? backend = null;
         try
@@ -149,7 +152,7 @@ public sealed class Vm : IVmControl
             Backend = null;
             backend?.Dispose();
         }
-        return new VmStop((SuspendHow)Math.Max(_suspendHow, 0), _error);
+        return new VmStop((SuspendHow)Math.Max(_suspendHow, 0), _error, _exitStatus >= 0 ? _exitStatus : null);
     }
 
     /// <summary>Resets device state after a guest reset (the RTC keeps time and NVRAM: its own Reset decides).</summary>
@@ -163,6 +166,13 @@ public sealed class Vm : IVmControl
             _suspended.Set();
             foreach (var s in _slots) s.Vcpu?.Kick();
         }
+    }
+
+    /// <summary>Powers the VM off with a chosen process exit status (QEMU's isa-debug-exit: test kernels report results so).</summary>
+    public void Exit(int status)
+    {
+        Interlocked.CompareExchange(ref _exitStatus, status, -1);
+        Suspend(SuspendHow.PowerOff);
     }
 
     /// <summary>Stops the VM with an error (exit status 4) and a one-line reason.</summary>

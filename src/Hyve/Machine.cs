@@ -1,5 +1,6 @@
 // SPDX-License-Identifier: BSD-2-Clause
 using System.Runtime.InteropServices;
+using Hyve.Boot;
 using Hyve.Config;
 using Hyve.Devices;
 using Hyve.Kvm;
@@ -48,17 +49,33 @@ public sealed class Machine : IDisposable
             Vm.Ports.Register(I8042.DataPort, 1, kbc);
             Vm.Ports.Register(I8042.CommandPort, 1, kbc);
 
+            var coms = Own(LpcComPorts.Create(_config, Vm.Ports, Vm.Irq));
+            Vm.Resetting += coms.Reset;
+            if (_config.IsNode("lpc.debug_exit"))
+            {
+                var (ioBase, ioSize) = DebugExit.ParseOptions(
+                    $"iobase={_config.Get("lpc.debug_exit.iobase")},iosize={_config.Get("lpc.debug_exit.iosize")}");
+                new DebugExit(Vm.Exit, ioBase, ioSize).Register(Vm.Ports);
+            }
+
             string? rom = _config.Get("lpc.bootrom");
+            string? kernel = _config.Get("boot.kernel");
+            if (rom is null && kernel is null)
+                throw new HostConfigException("nothing to boot: give a boot ROM (-l bootrom,FILE) or a kernel (-o boot.kernel=FILE)");
+            Platform = PcPlatform.Build(Vm, _config, firmware: rom is not null);
             if (rom is not null)
             {
                 BootRom.Load(memory, rom, _config.Get("lpc.bootvars"));
                 BootRom.ShadowLegacyArea(memory);
                 Vm.Resetting += () => BootRom.ShadowLegacyArea(memory);
             }
-            else throw new HostConfigException("nothing to boot: give a boot ROM with -l bootrom,FILE");
-
-            var coms = Own(LpcComPorts.Create(_config, Vm.Ports, Vm.Irq));
-            Vm.Resetting += coms.Reset;
+            else
+            {
+                // Direct kernel boot: tables in the BIOS area, the kernel loaded, vCPU 0 at its entry; a guest
+                // reboot loads it again, as QEMU's -kernel does.
+                LoadKernel(kernel!);
+                Vm.Resetting += () => LoadKernel(kernel!);
+            }
         }
         catch
         {
@@ -70,14 +87,27 @@ public sealed class Machine : IDisposable
     /// <summary>The VM.</summary>
     public Vm Vm { get; } = null!;
 
+    /// <summary>PCI, ACPI PM, fw_cfg and the firmware tables' description.</summary>
+    public PcPlatform Platform { get; } = null!;
+
+    private void LoadKernel(string kernel)
+    {
+        ulong rsdp = Platform.InstallBiosTables();
+        var loaded = KernelLoader.Load(Vm.Memory, kernel, _config.Get("boot.initrd"), _config.Get("boot.cmdline"),
+            Platform.MemoryMap(), rsdp);
+        Vm.BootState = loaded.Cpu;
+    }
+
     /// <summary>Runs until the guest powers off, halts, triple faults or (with exit_on_reboot) resets; returns bhyve's exit status.</summary>
     public int Run()
     {
-        // Until ACPI lands, SIGTERM powers the guest off (status 1), as if its power were cut.
+        // SIGTERM presses the ACPI power button so the guest OS can shut down cleanly; a second SIGTERM, or one
+        // that no guest is listening for (power button not enabled), powers off at once (status 1).
+        int sigterms = 0;
         _sigterm = PosixSignalRegistration.Create(PosixSignal.SIGTERM, ctx =>
         {
             ctx.Cancel = true;
-            Vm.Suspend(SuspendHow.PowerOff);
+            if (Interlocked.Increment(ref sigterms) > 1 || !Platform.Pm.PressPowerButton()) Vm.Suspend(SuspendHow.PowerOff);
         });
         bool exitOnReboot = _config.GetBool("exit_on_reboot", false);
         while (true)

@@ -22,6 +22,22 @@ public readonly record struct CpuTopology(int Sockets, int Cores, int Threads, i
 {
     /// <summary>Number of vCPUs (sockets × cores × threads).</summary>
     public int Cpus => Sockets * Cores * Threads;
+
+    /// <summary>Bits of the APIC ID that number threads within a core.</summary>
+    public int ThreadBits => BitsFor(Threads);
+
+    /// <summary>Bits of the APIC ID that number cores within a socket.</summary>
+    public int CoreBits => BitsFor(Cores);
+
+    /// <summary>The initial APIC ID of vCPU <paramref name="vcpu"/>: socket, core and thread as bit fields
+    /// (equal to the vCPU id when the counts are powers of two), as CPUID, the MADT and the MP table all say.</summary>
+    public uint ApicId(int vcpu)
+    {
+        int thread = vcpu % Threads, core = vcpu / Threads % Cores, socket = vcpu / (Threads * Cores);
+        return (uint)(socket << (CoreBits + ThreadBits) | core << ThreadBits | thread);
+    }
+
+    private static int BitsFor(int n) => n <= 1 ? 0 : System.Numerics.BitOperations.Log2((uint)(n - 1)) + 1;
 }
 
 /// <summary>A guest memory segment (bhyve's memseg): sysmem or a named devmem.</summary>
