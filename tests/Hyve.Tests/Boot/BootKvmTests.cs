@@ -282,3 +282,69 @@ public class BootKvmTests
         Assert.Equal((int)(Pass << 1 | 1), run.ExitStatus);
     }
 }
+
+/// <summary>Synthetic bzImages run on KVM: the Linux boot protocol's register contract as the kernel sees it.</summary>
+public class LinuxBootKvmTests
+{
+    private const uint Pass = 0x21;
+
+    [SkippableKvmFact]
+    public void BzImage64EntersStartup64WithBootParamsInRsi()
+    {
+        const ulong Load = 0x1000000;
+        byte[] startup64 = BootKit.Assemble(64, Load + 0x200, (a, g) =>
+        {
+            g.Print("rsi="); a.mov(rax, rsi); g.Hex(); g.Print("\n");
+            g.Print("loader="); a.movzx(eax, __byte_ptr[rsi + 0x210]); g.Hex(); g.Print("\n");
+            g.Print("cmdline="); a.push(rsi); a.mov(esi, __dword_ptr[rsi + 0x228]); g.Puts(); a.pop(rsi); g.Print("\n");
+            g.Print("e820="); a.movzx(eax, __byte_ptr[rsi + 0x1e8]); g.Hex(); g.Print("\n");
+            g.Print("cs="); a.xor(eax, eax); a.mov(ax, cs); g.Hex(); g.Print("\n");
+            g.Print("ds="); a.xor(eax, eax); a.mov(ax, ds); g.Hex(); g.Print("\n");
+            g.Print("ss="); a.xor(eax, eax); a.mov(ax, ss); g.Hex(); g.Print("\n");
+            g.Print("if="); a.pushfq(); a.pop(rax); a.and(eax, 0x200); g.Hex(); g.Print("\n");
+            g.Exit(Pass);
+        });
+        var pm = new byte[0x200 + startup64.Length];
+        Array.Fill(pm, (byte)0xf4, 0, 0x200); // the 32-bit entry: never used here
+        startup64.CopyTo(pm, 0x200);
+
+        var run = BootKit.Run(KernelLoaderTests.BzImage(pm, kernel64: true), cmdline: "console=ttyS0 root=/dev/vda");
+
+        Assert.True(run.Stop.Error is null, $"{run.Stop.Error}; output: {run.Text}");
+        Assert.Contains($"rsi={KernelLoader.InfoAddress:x16}\n", run.Text);
+        Assert.Contains("loader=00000000000000ff\n", run.Text);
+        Assert.Contains("cmdline=console=ttyS0 root=/dev/vda\n", run.Text);
+        Assert.Contains("e820=0000000000000004\n", run.Text);
+        Assert.Contains("cs=0000000000000010\n", run.Text);
+        Assert.Contains("ds=0000000000000018\n", run.Text);
+        Assert.Contains("ss=0000000000000018\n", run.Text);
+        Assert.Contains("if=0000000000000000\n", run.Text);
+        Assert.Equal((int)(Pass << 1 | 1), run.ExitStatus);
+    }
+
+    [SkippableKvmFact]
+    public void BzImage32EntersCode32WithEsiAndZeroedEbpEdiEbx()
+    {
+        byte[] pm = BootKit.Assemble(32, 0x1000000, (a, g) =>
+        {
+            g.Print("esi="); a.mov(eax, esi); g.Hex(); g.Print("\n");
+            g.Print("zero="); a.mov(eax, ebp); a.or(eax, edi); a.or(eax, ebx); g.Hex(); g.Print("\n");
+            g.Print("code32="); a.mov(eax, __dword_ptr[esi + 0x214]); g.Hex(); g.Print("\n");
+            g.Print("cs="); a.xor(eax, eax); a.mov(ax, cs); g.Hex(); g.Print("\n");
+            g.Print("es="); a.xor(eax, eax); a.mov(ax, es); g.Hex(); g.Print("\n");
+            g.Print("cr0="); a.mov(eax, cr0); g.Hex(); g.Print("\n");
+            g.Exit(Pass);
+        });
+        var run = BootKit.Run(KernelLoaderTests.BzImage(pm, kernel64: false));
+
+        Assert.True(run.Stop.Error is null, $"{run.Stop.Error}; output: {run.Text}");
+        Assert.Contains($"esi={KernelLoader.InfoAddress:x8}\n", run.Text);
+        Assert.Contains("zero=00000000\n", run.Text);
+        Assert.Contains("code32=01000000\n", run.Text);
+        Assert.Contains("cs=00000010\n", run.Text);
+        Assert.Contains("es=00000018\n", run.Text);
+        Assert.Matches("cr0=[0-9a-f]{7}[13579bdf]\n", run.Text); // PE set; paging (bit 31) checked below
+        Assert.DoesNotContain("cr0=8", run.Text);
+        Assert.Equal((int)(Pass << 1 | 1), run.ExitStatus);
+    }
+}
