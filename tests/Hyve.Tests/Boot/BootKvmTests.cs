@@ -2,6 +2,8 @@
 using System.Globalization;
 using System.Text;
 using Hyve.Boot;
+using Hyve.Vmm;
+using Hyve.X86;
 using Iced.Intel;
 using Xunit;
 using static Iced.Intel.AssemblerRegisters;
@@ -258,6 +260,7 @@ public class BootKvmTests
         var run = BootKit.Run(BootKit.Elf(false, Entry, Entry, code, 0xdead, notes: note), Encoding.ASCII.GetBytes("PVH MODULE"), "pvh cmdline");
 
         Assert.Equal(KernelFormat.Pvh, run.Kernel.Format);
+        Assert.Equal(new SegmentDescriptor(0, 0x67, BootCpuState.TssAccess), run.Kernel.Cpu.Tr.Descriptor);
         Assert.True(run.Stop.Error is null, $"{run.Stop.Error}; output: {run.Text}");
         var f = Fields(run.Text);
         Assert.Equal(0x336ec578ul, Hex(f["magic"]));
