@@ -107,7 +107,8 @@ public sealed class Vm : IVmControl
     /// <summary>Host CPUs each vCPU is pinned to (-p), or null.</summary>
     public IReadOnlyDictionary<int, int[]>? Pinning { get; set; }
     /// <summary>vCPU 0's initial state for a direct kernel boot, loaded on its thread before its first run in every
-    /// <see cref="Run"/>; null leaves it at the reset vector.</summary>
+    /// <see cref="Run"/>; null leaves it at the reset vector. After a guest reset the kernel image in memory has been
+    /// run: load it again (or clear this) before the next Run.</summary>
     public BootCpuState? BootState { get; set; }
 
     /// <summary>Device reset hooks, called between a guest reset and the restart.</summary>

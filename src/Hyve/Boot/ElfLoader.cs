@@ -160,8 +160,10 @@ internal static class ElfLoader
         BinaryPrimitives.WriteUInt64LittleEndian(si[0x28..], MemmapAddress);
         BinaryPrimitives.WriteUInt32LittleEndian(si[0x30..], (uint)n);
 
-        // PVH: 32-bit flat protected mode, paging off, EBX = start_info.
+        // PVH (xen/include/public/arch-x86/hvm/start_info.h and Xen's pvh.pandoc): 32-bit flat protected mode,
+        // paging off, CR4 zero, EBX = start_info, TR a 32-bit TSS with base 0 and limit 0x67.
         var cpu = BootCpuState.Flat32(ctx.Memory, entry, KernelLoader.GdtAddress, KernelLoader.StackTop);
+        cpu.Tr = cpu.Tr with { Descriptor = cpu.Tr.Descriptor with { Base = 0 } };
         cpu[Reg.Rbx] = KernelLoader.InfoAddress;
         return new LoadedKernel(KernelFormat.Pvh, cpu, start, end, initrd, ctx.Initrd is null ? 0 : (ulong)ctx.Initrd.Length, KernelLoader.InfoAddress);
     }

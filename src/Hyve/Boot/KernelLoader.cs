@@ -14,7 +14,9 @@ public enum KernelFormat
     Pvh,
     /// <summary>Plain 32-bit ELF, entered in flat protected mode.</summary>
     Elf32,
-    /// <summary>Plain 64-bit ELF, entered in long mode with the first 4 GiB identity-mapped.</summary>
+    /// <summary>Plain 64-bit ELF, entered in long mode with only the first 4 GiB identity-mapped: an e_entry inside a
+    /// segment's p_vaddr range is translated to its p_paddr, so a kernel linked high starts at its physical address and
+    /// must build its own high mappings before touching high addresses.</summary>
     Elf64,
     /// <summary>Multiboot 1 (a.out kludge or ELF).</summary>
     Multiboot1,

@@ -88,7 +88,8 @@ public static class LinuxLoader
         if ((h.LoadFlags & LoadedHigh) == 0) throw ctx.Fail("is a zImage (loaded low); only bzImage kernels are supported");
         int setupSize = h.SetupSize;
         long pmSize = image.Length - (long)setupSize;
-        if (pmSize <= 0 || (h.SysSize != 0 && (ulong)pmSize < (ulong)h.SysSize * 16))
+        // syssize counts 16-byte paragraphs, rounded up: a file shorter by a whole paragraph or more lost its tail.
+        if (pmSize <= 0 || (h.SysSize != 0 && (ulong)pmSize + 16 <= (ulong)h.SysSize * 16))
             throw ctx.Fail($"truncated bzImage ({image.Length} bytes; its header describes {setupSize + (long)h.SysSize * 16})");
         byte[] cmdline = ctx.CmdlineBytes((int)Math.Min(h.CmdlineSize, int.MaxValue));
 

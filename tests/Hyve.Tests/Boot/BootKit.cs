@@ -23,12 +23,18 @@ public static class BootKit
     private sealed class Com1 : IPortDevice
     {
         public readonly StringBuilder Text = new();
+        public Action<StringBuilder>? OnText;
         public uint PortRead(ushort port, int size) => port == 0x3fd ? 0x60u : 0u;
-        public void PortWrite(ushort port, int size, uint value) { if (port == 0x3f8) lock (Text) Text.Append((char)(byte)value); }
+        public void PortWrite(ushort port, int size, uint value)
+        {
+            if (port != 0x3f8) return;
+            lock (Text) { Text.Append((char)(byte)value); if (value == '\n') OnText?.Invoke(Text); }
+        }
     }
 
     /// <summary>Loads <paramref name="kernel"/> with the direct-boot loader and runs it until it writes debug-exit (20 s at most).</summary>
-    public static BootRun Run(byte[] kernel, byte[]? initrd = null, string? cmdline = null, ulong memory = 32 << 20, string initrdName = "initrd")
+    public static BootRun Run(byte[] kernel, byte[]? initrd = null, string? cmdline = null, ulong memory = 32 << 20, string initrdName = "initrd",
+        int timeoutMs = 20_000, Func<string, bool>? stopWhen = null)
     {
         using var mem = new GuestMemory(memory);
         var vm = new Vm("boot-test", new CpuTopology(1, 1, 1, 1), mem, new ManualClock());
@@ -38,7 +44,8 @@ public static class BootKit
         new DebugExit(s => { status = s; vm.Suspend(SuspendHow.PowerOff); }).Register(vm.Ports);
         var loaded = KernelLoader.Load(mem, kernel, initrd, cmdline, initrdName: initrdName);
         vm.BootState = loaded.Cpu;
-        using var watchdog = new Timer(_ => vm.SetError("test kernel timed out"), null, 20_000, Timeout.Infinite);
+        if (stopWhen is not null) com.OnText = t => { if (stopWhen(t.ToString())) vm.Suspend(SuspendHow.PowerOff); };
+        using var watchdog = new Timer(_ => vm.SetError("test kernel timed out"), null, timeoutMs, Timeout.Infinite);
         var stop = vm.Run(v => new KvmBackend(v));
         string text;
         lock (com.Text) text = com.Text.ToString();

@@ -2,6 +2,8 @@
 using System.Globalization;
 using System.Text;
 using Hyve.Boot;
+using Hyve.Vmm;
+using Hyve.X86;
 using Iced.Intel;
 using Xunit;
 using static Iced.Intel.AssemblerRegisters;
@@ -258,6 +260,7 @@ public class BootKvmTests
         var run = BootKit.Run(BootKit.Elf(false, Entry, Entry, code, 0xdead, notes: note), Encoding.ASCII.GetBytes("PVH MODULE"), "pvh cmdline");
 
         Assert.Equal(KernelFormat.Pvh, run.Kernel.Format);
+        Assert.Equal(new SegmentDescriptor(0, 0x67, BootCpuState.TssAccess), run.Kernel.Cpu.Tr.Descriptor);
         Assert.True(run.Stop.Error is null, $"{run.Stop.Error}; output: {run.Text}");
         var f = Fields(run.Text);
         Assert.Equal(0x336ec578ul, Hex(f["magic"]));
@@ -280,5 +283,96 @@ public class BootKvmTests
             "0000000000100000,0000000001f00000,00000001",
         }, mm);
         Assert.Equal((int)(Pass << 1 | 1), run.ExitStatus);
+    }
+}
+
+/// <summary>Synthetic bzImages run on KVM: the Linux boot protocol's register contract as the kernel sees it.</summary>
+public class LinuxBootKvmTests
+{
+    private const uint Pass = 0x21;
+
+    [SkippableKvmFact]
+    public void BzImage64EntersStartup64WithBootParamsInRsi()
+    {
+        const ulong Load = 0x1000000;
+        byte[] startup64 = BootKit.Assemble(64, Load + 0x200, (a, g) =>
+        {
+            g.Print("rsi="); a.mov(rax, rsi); g.Hex(); g.Print("\n");
+            g.Print("loader="); a.movzx(eax, __byte_ptr[rsi + 0x210]); g.Hex(); g.Print("\n");
+            g.Print("cmdline="); a.push(rsi); a.mov(esi, __dword_ptr[rsi + 0x228]); g.Puts(); a.pop(rsi); g.Print("\n");
+            g.Print("e820="); a.movzx(eax, __byte_ptr[rsi + 0x1e8]); g.Hex(); g.Print("\n");
+            g.Print("cs="); a.xor(eax, eax); a.mov(ax, cs); g.Hex(); g.Print("\n");
+            g.Print("ds="); a.xor(eax, eax); a.mov(ax, ds); g.Hex(); g.Print("\n");
+            g.Print("ss="); a.xor(eax, eax); a.mov(ax, ss); g.Hex(); g.Print("\n");
+            g.Print("if="); a.pushfq(); a.pop(rax); a.and(eax, 0x200); g.Hex(); g.Print("\n");
+            g.Exit(Pass);
+        });
+        var pm = new byte[0x200 + startup64.Length];
+        Array.Fill(pm, (byte)0xf4, 0, 0x200); // the 32-bit entry: never used here
+        startup64.CopyTo(pm, 0x200);
+
+        var run = BootKit.Run(KernelLoaderTests.BzImage(pm, kernel64: true), cmdline: "console=ttyS0 root=/dev/vda");
+
+        Assert.True(run.Stop.Error is null, $"{run.Stop.Error}; output: {run.Text}");
+        Assert.Contains($"rsi={KernelLoader.InfoAddress:x16}\n", run.Text);
+        Assert.Contains("loader=00000000000000ff\n", run.Text);
+        Assert.Contains("cmdline=console=ttyS0 root=/dev/vda\n", run.Text);
+        Assert.Contains("e820=0000000000000004\n", run.Text);
+        Assert.Contains("cs=0000000000000010\n", run.Text);
+        Assert.Contains("ds=0000000000000018\n", run.Text);
+        Assert.Contains("ss=0000000000000018\n", run.Text);
+        Assert.Contains("if=0000000000000000\n", run.Text);
+        Assert.Equal((int)(Pass << 1 | 1), run.ExitStatus);
+    }
+
+    [SkippableKvmFact]
+    public void BzImage32EntersCode32WithEsiAndZeroedEbpEdiEbx()
+    {
+        byte[] pm = BootKit.Assemble(32, 0x1000000, (a, g) =>
+        {
+            g.Print("esi="); a.mov(eax, esi); g.Hex(); g.Print("\n");
+            g.Print("zero="); a.mov(eax, ebp); a.or(eax, edi); a.or(eax, ebx); g.Hex(); g.Print("\n");
+            g.Print("code32="); a.mov(eax, __dword_ptr[esi + 0x214]); g.Hex(); g.Print("\n");
+            g.Print("cs="); a.xor(eax, eax); a.mov(ax, cs); g.Hex(); g.Print("\n");
+            g.Print("es="); a.xor(eax, eax); a.mov(ax, es); g.Hex(); g.Print("\n");
+            g.Print("cr0="); a.mov(eax, cr0); g.Hex(); g.Print("\n");
+            g.Exit(Pass);
+        });
+        var run = BootKit.Run(KernelLoaderTests.BzImage(pm, kernel64: false));
+
+        Assert.True(run.Stop.Error is null, $"{run.Stop.Error}; output: {run.Text}");
+        Assert.Contains($"esi={KernelLoader.InfoAddress:x8}\n", run.Text);
+        Assert.Contains("zero=00000000\n", run.Text);
+        Assert.Contains("code32=01000000\n", run.Text);
+        Assert.Contains("cs=00000010\n", run.Text);
+        Assert.Contains("es=00000018\n", run.Text);
+        Assert.Matches("cr0=[0-9a-f]{7}[13579bdf]\n", run.Text); // PE set; paging (bit 31) checked below
+        Assert.DoesNotContain("cr0=8", run.Text);
+        Assert.Equal((int)(Pass << 1 | 1), run.ExitStatus);
+    }
+}
+
+/// <summary>Debian's cloud kernel through the direct-boot loader on KVM, up to its banner (about 90 s on an emulating KVM).</summary>
+public class DebianKernelKvmTests
+{
+    [SlowDebianKernelFact]
+    public void CloudKernelPrintsItsBanner()
+    {
+        var run = BootKit.Run(File.ReadAllBytes(DebianKernelFactAttribute.Path!), null,
+            "console=ttyS0 earlyprintk=serial,ttyS0,115200 noapic nolapic", 256 << 20,
+            timeoutMs: 300_000, stopWhen: t => t.Contains("Linux version"));
+        Assert.True(run.Stop.Error is null, $"{run.Stop.Error}; output: {run.Text}");
+        Assert.Contains("Linux version 6.", run.Text);
+    }
+}
+
+/// <summary>A fact that needs KVM, Debian's cloud kernel and HYVE_SLOW_TESTS=1 (it takes minutes where KVM emulates).</summary>
+public sealed class SlowDebianKernelFactAttribute : FactAttribute
+{
+    public SlowDebianKernelFactAttribute()
+    {
+        if (Environment.GetEnvironmentVariable("HYVE_SLOW_TESTS") != "1") Skip = "slow: set HYVE_SLOW_TESTS=1 to boot the Debian kernel";
+        else if (DebianKernelFactAttribute.Path is null) Skip = "no /boot/vmlinuz-*-cloud-amd64 (apt-get install linux-image-cloud-amd64)";
+        else if (!Hyve.Kvm.KvmSystem.IsAvailable(out var reason)) Skip = $"KVM unavailable: {reason}";
     }
 }

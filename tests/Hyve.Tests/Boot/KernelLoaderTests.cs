@@ -111,6 +111,7 @@ public class KernelLoaderTests
         yield return ["initrd larger than memory", ok, new byte[40 << 20], null!, 32, "does not fit"];
         yield return ["unknown format", Encoding.ASCII.GetBytes(new string('?', 4096)), null!, null!, 32, "unrecognised format"];
         yield return ["bad multiboot checksum", BootKit.Dwords(0x1BADB002, 0x10000, 0), null!, null!, 32, "checksum"];
+        yield return ["multiboot feature hyve lacks", BootKit.Dwords(0x1BADB002, 0x10008, unchecked(0u - 0x1BADB002u - 0x10008u), 0, 0, 0, 0, 0), null!, null!, 32, "requires features"];
         var elf = BootKit.Elf(false, 0x100000, 0x100000, new byte[64], 0x100000);
         yield return ["truncated ELF", elf[..60], null!, null!, 32, "truncated"];
         yield return ["ELF beyond memory", BootKit.Elf(false, 0x4000000, 0x4000000, new byte[64], 0x4000000), null!, null!, 32, "more memory"];
@@ -128,6 +129,53 @@ public class KernelLoaderTests
         Assert.Contains(expected, e.Message);
         Assert.DoesNotContain('\n', e.Message);
         Assert.False(string.IsNullOrEmpty(what));
+    }
+
+    [Fact]
+    public void MultibootHeaderInsideElfLoadsTheElf()
+    {
+        using var mem = new GuestMemory(32 << 20);
+        var code = new byte[64];
+        BootKit.Dwords(0x1BADB002, 0x3, unchecked(0u - 0x1BADB002u - 3u)).CopyTo(code, 0);
+        var k = KernelLoader.Load(mem, BootKit.Elf(false, 0xc0100000, 0x100000, code, 0xc0100010), null, "x");
+        Assert.Equal(KernelFormat.Multiboot1, k.Format);
+        Assert.Equal(0x100010ul, k.Cpu.Rip); // e_entry through the segment's virtual-to-physical offset
+        Assert.Equal(0x2BADB002ul, k.Cpu[Reg.Rax]);
+        Assert.Equal(KernelLoader.InfoAddress, k.Cpu[Reg.Rbx]);
+        Assert.Equal(code, Span(mem, 0x100000, 64));
+    }
+
+    [Fact]
+    public void Multiboot2PassesACopyOfTheRsdp()
+    {
+        using var mem = new GuestMemory(32 << 20);
+        var rsdp = new byte[36];
+        "RSD PTR "u8.CopyTo(rsdp);
+        rsdp[15] = 2;
+        rsdp[20] = 36;
+        Assert.True(mem.TryGetSpan(0xf5000, 36, MemProt.Write, out var at));
+        rsdp.CopyTo(at);
+        var header = BootKit.Dwords(0xE85250D6, 0, 16 + 24 + 16 + 8, unchecked(0u - 0xE85250D6u - 64u),
+            2, 24, 0x100000, 0x100000, 0, 0, 3, 12, 0x100040, 0, 0, 8);
+        var kernel = header.Concat(new byte[64]).ToArray();
+        var k = KernelLoader.Load(mem, kernel, null, "mb2", acpiRsdp: 0xf5000);
+        Assert.Equal(KernelFormat.Multiboot2, k.Format);
+        Assert.Equal(0x36D76289ul, k.Cpu[Reg.Rax]);
+        var info = Span(mem, k.InfoAddress, 4096);
+        uint total = BinaryPrimitives.ReadUInt32LittleEndian(info);
+        var types = new List<uint>();
+        for (int pos = 8; pos < total;)
+        {
+            uint type = BinaryPrimitives.ReadUInt32LittleEndian(info.AsSpan(pos)), size = BinaryPrimitives.ReadUInt32LittleEndian(info.AsSpan(pos + 4));
+            types.Add(type);
+            if (type == 15)
+            {
+                Assert.Equal(8u + 36, size);
+                Assert.Equal(rsdp, info.AsSpan(pos + 8, 36).ToArray());
+            }
+            pos += (int)((size + 7) & ~7u);
+        }
+        Assert.Equal(new uint[] { 1, 2, 4, 6, 15, 0 }, types);
     }
 
     [Fact]
