@@ -351,28 +351,3 @@ public class LinuxBootKvmTests
         Assert.Equal((int)(Pass << 1 | 1), run.ExitStatus);
     }
 }
-
-/// <summary>Debian's cloud kernel through the direct-boot loader on KVM, up to its banner (about 90 s on an emulating KVM).</summary>
-public class DebianKernelKvmTests
-{
-    [SlowDebianKernelFact]
-    public void CloudKernelPrintsItsBanner()
-    {
-        var run = BootKit.Run(File.ReadAllBytes(DebianKernelFactAttribute.Path!), null,
-            "console=ttyS0 earlyprintk=serial,ttyS0,115200 noapic nolapic", 256 << 20,
-            timeoutMs: 300_000, stopWhen: t => t.Contains("Linux version"));
-        Assert.True(run.Stop.Error is null, $"{run.Stop.Error}; output: {run.Text}");
-        Assert.Contains("Linux version 6.", run.Text);
-    }
-}
-
-/// <summary>A fact that needs KVM, Debian's cloud kernel and HYVE_SLOW_TESTS=1 (it takes minutes where KVM emulates).</summary>
-public sealed class SlowDebianKernelFactAttribute : FactAttribute
-{
-    public SlowDebianKernelFactAttribute()
-    {
-        if (Environment.GetEnvironmentVariable("HYVE_SLOW_TESTS") != "1") Skip = "slow: set HYVE_SLOW_TESTS=1 to boot the Debian kernel";
-        else if (DebianKernelFactAttribute.Path is null) Skip = "no /boot/vmlinuz-*-cloud-amd64 (apt-get install linux-image-cloud-amd64)";
-        else if (!Hyve.Kvm.KvmSystem.IsAvailable(out var reason)) Skip = $"KVM unavailable: {reason}";
-    }
-}

@@ -1,0 +1,50 @@
+// SPDX-License-Identifier: BSD-2-Clause
+using Xunit;
+
+namespace Hyve.Tests.Machine;
+
+/// <summary>Real firmware and kernels from Debian's packages on the real ./hyve.</summary>
+public class FirmwareTests
+{
+    private const string SeaBios = "/usr/share/seabios/bios.bin";
+
+    [SkippableKvmFact]
+    public void DebianSeabiosBootsToNoBootableDevice()
+    {
+        Assert.True(File.Exists(SeaBios), $"{SeaBios} is missing: scripts/test installs Debian's seabios package");
+        string name = "sea" + Guid.NewGuid().ToString("N")[..8];
+        using var vm = HyveProcess.Start("-l", $"bootrom,{SeaBios}", "-l", "fwcfg,qemu", "-l", "com1,stdio",
+            "-s", "0,hostbridge", "-s", "31,lpc", name);
+        vm.WaitForOutput("No bootable device.", 180);
+        Assert.Contains("SeaBIOS (version", vm.Stdout, StringComparison.Ordinal);
+        vm.WaitForSocket(name);
+        Assert.Equal(0, vm.Ctl($"--vm={name}", "--force-poweroff").Status);
+        vm.WaitForExit(30);
+        Assert.Equal(1, vm.ExitCode);
+    }
+
+    /// <summary>The newest Debian cloud kernel under /boot, or null.</summary>
+    public static string? CloudKernel()
+    {
+        if (!Directory.Exists("/boot")) return null;
+        var k = Directory.GetFiles("/boot", "vmlinuz-*-cloud-amd64");
+        Array.Sort(k, StringComparer.Ordinal);
+        return k.Length == 0 ? null : k[^1];
+    }
+
+    [SkippableKvmFact]
+    public void DebianCloudKernelPrintsItsBannerOnCom1()
+    {
+        string? kernel = CloudKernel();
+        Assert.True(kernel is not null, "no /boot/vmlinuz-*-cloud-amd64: scripts/test installs linux-image-cloud-amd64");
+        string name = "lnx" + Guid.NewGuid().ToString("N")[..8];
+        using var vm = HyveProcess.Start("-m", "512M", "-o", $"boot.kernel={kernel}",
+            "-o", "boot.cmdline=console=ttyS0 earlyprintk=serial", "-l", "com1,stdio", name);
+        // Measured on this machine's KVM (the kernel's instruction emulator): QEMU prints the banner after about
+        // 90 s, mostly decompression; allow twice that.
+        vm.WaitForOutput("Linux version 6.", 240);
+        vm.WaitForSocket(name);
+        vm.Ctl($"--vm={name}", "--force-poweroff");
+        vm.WaitForExit(30);
+    }
+}
