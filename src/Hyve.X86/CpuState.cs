@@ -169,6 +169,16 @@ public sealed class CpuState
     public ulong KernelGsBase;
     /// <summary>PKRU (protection-key rights for user pages).</summary>
     public uint Pkru;
+    /// <summary>
+    /// Interrupt shadow left by the instruction just executed (<see cref="ShadowMovSs"/>, <see cref="ShadowSti"/>, as KVM's
+    /// <c>interrupt.shadow</c>): maskable interrupts (and, for MOV SS, debug traps) are held off until the next instruction completes.
+    /// The engine clears it when it starts the next instruction.
+    /// </summary>
+    public byte InterruptShadow;
+    /// <summary><see cref="InterruptShadow"/> bit: blocking by MOV SS / POP SS.</summary>
+    public const byte ShadowMovSs = 1;
+    /// <summary><see cref="InterruptShadow"/> bit: blocking by STI.</summary>
+    public const byte ShadowSti = 2;
     /// <summary>The FPU/MMX/SSE state in FXSAVE layout (SDM Vol. 1 Table 10-2), 512 bytes.</summary>
     public readonly byte[] Fx = new byte[512];
 
@@ -183,7 +193,7 @@ public sealed class CpuState
         Gpr[2] = 0x600; // EDX holds a family/model signature after reset; any non-zero stepping value will do.
         Rip = 0xfff0;
         Rflags = 2;
-        Cr0 = 0x60000010; Cr2 = 0; Cr3 = 0; Cr4 = 0; Cr8 = 0; Efer = 0; KernelGsBase = 0; Pkru = 0;
+        Cr0 = 0x60000010; Cr2 = 0; Cr3 = 0; Cr4 = 0; Cr8 = 0; Efer = 0; KernelGsBase = 0; Pkru = 0; InterruptShadow = 0;
         Dr[6] = 0xffff0ff0; Dr[7] = 0x400;
         for (int i = 0; i < 6; i++) Segs[i] = new SegmentRegister(0, new SegmentDescriptor(0, 0xffff, 0x93));
         Segs[(int)Seg.Cs] = new SegmentRegister(0xf000, new SegmentDescriptor(0xffff0000, 0xffff, 0x9b));
@@ -335,7 +345,7 @@ public sealed class CpuState
         Gpr.CopyTo(other.Gpr, 0); Segs.CopyTo(other.Segs, 0); Dr.CopyTo(other.Dr, 0); Fx.CopyTo(other.Fx, 0);
         other.Rip = Rip; other.Rflags = Rflags; other.Gdtr = Gdtr; other.Idtr = Idtr; other.Ldtr = Ldtr; other.Tr = Tr;
         other.Cr0 = Cr0; other.Cr2 = Cr2; other.Cr3 = Cr3; other.Cr4 = Cr4; other.Cr8 = Cr8; other.Efer = Efer;
-        other.KernelGsBase = KernelGsBase; other.Pkru = Pkru;
+        other.KernelGsBase = KernelGsBase; other.Pkru = Pkru; other.InterruptShadow = InterruptShadow;
     }
 
     /// <summary>Sets up flat 64-bit long mode (CS.L=1, paging on with the given CR3) — convenience for tests and direct kernel boot.</summary>

@@ -151,6 +151,8 @@ public sealed unsafe partial class InstructionEngine
         if (h == null) return new StepResult(StepStatus.Unsupported, PendingException.Ud, 0, code);
         _fault = default;
         _repDone = 0;
+        // A shadow covers only the instruction after MOV SS/STI: starting this one ends it (the handler may set it again).
+        cpu.InterruptShadow = 0;
         ulong next = instr.NextIP;
         switch (h(this, ref instr))
         {

@@ -55,6 +55,26 @@ public sealed unsafe partial class InstructionEngine
             case Code.Stmxcsr_m32: return &Stmxcsr;
             case Code.VEX_Bextr_r32_rm32_r32: case Code.VEX_Bextr_r64_rm64_r64: return &Bextr;
             case Code.Hlt: return &Hlt;
+            case Code.Jmp_ptr1616: case Code.Jmp_ptr1632: case Code.Jmp_m1616: case Code.Jmp_m1632: case Code.Jmp_m1664:
+            case Code.Call_ptr1616: case Code.Call_ptr1632: case Code.Call_m1616: case Code.Call_m1632: case Code.Call_m1664:
+                return &FarJmpCall;
+            case Code.Retfw: case Code.Retfw_imm16: case Code.Retfd: case Code.Retfd_imm16: case Code.Retfq: case Code.Retfq_imm16:
+                return &FarRet;
+            case Code.Mov_rm16_Sreg: case Code.Mov_r32m16_Sreg: case Code.Mov_r64m16_Sreg:
+            case Code.Mov_Sreg_rm16: case Code.Mov_Sreg_r32m16: case Code.Mov_Sreg_r64m16:
+                return &MovSreg;
+            case Code.Popw_ES: case Code.Popd_ES: case Code.Popw_SS: case Code.Popd_SS: case Code.Popw_DS: case Code.Popd_DS:
+            case Code.Popw_FS: case Code.Popd_FS: case Code.Popq_FS: case Code.Popw_GS: case Code.Popd_GS: case Code.Popq_GS:
+                return &PopSreg;
+            case Code.Pushw_ES: case Code.Pushd_ES: case Code.Pushw_CS: case Code.Pushd_CS: case Code.Pushw_SS: case Code.Pushd_SS:
+            case Code.Pushw_DS: case Code.Pushd_DS: case Code.Pushw_FS: case Code.Pushd_FS: case Code.Pushq_FS:
+            case Code.Pushw_GS: case Code.Pushd_GS: case Code.Pushq_GS:
+                return &PushSreg;
+            case Code.Lds_r16_m1616: case Code.Lds_r32_m1632: case Code.Les_r16_m1616: case Code.Les_r32_m1632:
+            case Code.Lss_r16_m1616: case Code.Lss_r32_m1632: case Code.Lss_r64_m1664:
+            case Code.Lfs_r16_m1616: case Code.Lfs_r32_m1632: case Code.Lfs_r64_m1664:
+            case Code.Lgs_r16_m1616: case Code.Lgs_r32_m1632: case Code.Lgs_r64_m1664:
+                return &LoadFarPointer;
             case Code.Ud2: case Code.Ud0: case Code.Ud0_r16_rm16: case Code.Ud0_r32_rm32: case Code.Ud0_r64_rm64:
             case Code.Ud1_r16_rm16: case Code.Ud1_r32_rm32: case Code.Ud1_r64_rm64:
                 return &Undefined;
