@@ -55,6 +55,32 @@ public sealed unsafe partial class InstructionEngine
             case Code.Stmxcsr_m32: return &Stmxcsr;
             case Code.VEX_Bextr_r32_rm32_r32: case Code.VEX_Bextr_r64_rm64_r64: return &Bextr;
             case Code.Hlt: return &Hlt;
+            case Code.Lgdt_m1632_16: case Code.Lgdt_m1632: case Code.Lgdt_m1664:
+            case Code.Lidt_m1632_16: case Code.Lidt_m1632: case Code.Lidt_m1664:
+                return &LoadDescriptorTable;
+            case Code.Sgdt_m1632_16: case Code.Sgdt_m1632: case Code.Sgdt_m1664:
+            case Code.Sidt_m1632_16: case Code.Sidt_m1632: case Code.Sidt_m1664:
+                return &StoreDescriptorTable;
+            case Code.Lldt_rm16: case Code.Lldt_r32m16: case Code.Lldt_r64m16: return &Lldt;
+            case Code.Ltr_rm16: case Code.Ltr_r32m16: case Code.Ltr_r64m16: return &Ltr;
+            case Code.Sldt_rm16: case Code.Sldt_r32m16: case Code.Sldt_r64m16:
+            case Code.Str_rm16: case Code.Str_r32m16: case Code.Str_r64m16:
+            case Code.Smsw_rm16: case Code.Smsw_r32m16: case Code.Smsw_r64m16:
+                return &StoreSystemRegister;
+            case Code.Lmsw_rm16: case Code.Lmsw_r32m16: case Code.Lmsw_r64m16: return &Lmsw;
+            case Code.Clts: return &Clts;
+            case Code.Mov_r32_cr: case Code.Mov_r64_cr: case Code.Mov_cr_r32: case Code.Mov_cr_r64: return &MovCr;
+            case Code.Mov_r32_dr: case Code.Mov_r64_dr: case Code.Mov_dr_r32: case Code.Mov_dr_r64: return &MovDr;
+            case Code.Cli: case Code.Sti: return &CliSti;
+            case Code.Popfw: case Code.Popfd: case Code.Popfq: return &Popf;
+            case Code.Cpuid: return &CpuidInsn;
+            case Code.Rdmsr: return &Rdmsr;
+            case Code.Wrmsr: return &Wrmsr;
+            case Code.Rdtsc: case Code.Rdtscp: return &Rdtsc;
+            case Code.Invlpg_m: case Code.Wbinvd: case Code.Invd: return &PrivilegedNop;
+            case Code.Leavew: case Code.Leaved: case Code.Leaveq: return &Leave;
+            case Code.Enterw_imm16_imm8: case Code.Enterd_imm16_imm8: case Code.Enterq_imm16_imm8: return &Enter;
+            case Code.Lahf: case Code.Sahf: return &LahfSahf;
             case Code.Jmp_ptr1616: case Code.Jmp_ptr1632: case Code.Jmp_m1616: case Code.Jmp_m1632: case Code.Jmp_m1664:
             case Code.Call_ptr1616: case Code.Call_ptr1632: case Code.Call_m1616: case Code.Call_m1632: case Code.Call_m1664:
                 return &FarJmpCall;
@@ -120,6 +146,8 @@ public sealed unsafe partial class InstructionEngine
             Mnemonic.Mul or Mnemonic.Imul => &Mul,
             Mnemonic.Div or Mnemonic.Idiv => &Div,
             Mnemonic.Rol or Mnemonic.Ror or Mnemonic.Rcl or Mnemonic.Rcr => &Rotate,
+            Mnemonic.Loop or Mnemonic.Loope or Mnemonic.Loopne or Mnemonic.Jcxz or Mnemonic.Jecxz or Mnemonic.Jrcxz => &LoopJcxz,
+            Mnemonic.Shld or Mnemonic.Shrd => &DoubleShift,
             Mnemonic.Pushf or Mnemonic.Pushfd or Mnemonic.Pushfq => &Pushf,
             _ => null,
         };
