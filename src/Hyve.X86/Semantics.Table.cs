@@ -81,6 +81,8 @@ public sealed unsafe partial class InstructionEngine
             case Code.Leavew: case Code.Leaved: case Code.Leaveq: return &Leave;
             case Code.Enterw_imm16_imm8: case Code.Enterd_imm16_imm8: case Code.Enterq_imm16_imm8: return &Enter;
             case Code.Lahf: case Code.Sahf: return &LahfSahf;
+            case Code.Int_imm8: case Code.Int3: case Code.Into: return &IntN;
+            case Code.Iretw: case Code.Iretd: case Code.Iretq: return &Iret;
             case Code.Jmp_ptr1616: case Code.Jmp_ptr1632: case Code.Jmp_m1616: case Code.Jmp_m1632: case Code.Jmp_m1664:
             case Code.Call_ptr1616: case Code.Call_ptr1632: case Code.Call_m1616: case Code.Call_m1632: case Code.Call_m1664:
                 return &FarJmpCall;
