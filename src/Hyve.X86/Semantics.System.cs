@@ -532,3 +532,85 @@ public sealed unsafe partial class InstructionEngine
         return Exec.Next;
     }
 }
+
+public sealed unsafe partial class InstructionEngine
+{
+    // Fast system calls (SDM Vol. 2 SYSCALL, SYSRET, SYSENTER, SYSEXIT, SWAPGS): flat segments with fixed attributes,
+    // selectors derived from IA32_STAR / IA32_SYSENTER_CS; no descriptor is read.
+
+    private const uint FlatCode64 = 0xa09b, FlatCode32 = 0xc09b, FlatData = 0xc093, Dpl3 = 3u << 5;
+
+    private static SegmentRegister Flat(ushort sel, uint access) => new(sel, new SegmentDescriptor(0, 0xffffffff, access));
+
+    private bool In64BitMode => _cpu.Mode == CpuMode.Long64;
+
+    private static Exec Swapgs(InstructionEngine e, ref Instruction i)
+    {
+        if (!e.In64BitMode) return e.Raise(PendingException.Ud);
+        if (!e.Cpl0()) return Exec.Fault;
+        var c = e._cpu;
+        ref var gs = ref c.Segs[(int)Seg.Gs];
+        ulong k = c.KernelGsBase;
+        c.KernelGsBase = gs.Descriptor.Base;
+        gs.Descriptor = gs.Descriptor with { Base = k };
+        return Exec.Next;
+    }
+
+    private static Exec Syscall(InstructionEngine e, ref Instruction i)
+    {
+        var c = e._cpu;
+        if (!e.In64BitMode || (c.Efer & CpuState.EferSce) == 0) return e.Raise(PendingException.Ud);
+        ushort sel = (ushort)(c.Star >> 32);
+        c.Gpr[1] = i.NextIP;
+        c.Gpr[11] = c.Rflags & ~CpuState.FlagRf;
+        c.Rflags = (c.Rflags & ~(c.Sfmask | CpuState.FlagRf)) | 2;
+        c.Segs[(int)Seg.Cs] = Flat((ushort)(sel & 0xfffc), FlatCode64);
+        c.Segs[(int)Seg.Ss] = Flat((ushort)(sel + 8), FlatData);
+        c.Rip = c.Lstar; // canonical by WRMSR's check
+        return Exec.Branch;
+    }
+
+    private static Exec Sysret(InstructionEngine e, ref Instruction i)
+    {
+        var c = e._cpu;
+        if (!e.In64BitMode || (c.Efer & CpuState.EferSce) == 0) return e.Raise(PendingException.Ud);
+        if (!e.Cpl0()) return Exec.Fault;
+        bool to64 = i.Code == Code.Sysretq;
+        if (to64 && !Segmentation.IsCanonical(c, c.Gpr[1])) return e.Raise(PendingException.Gp0);
+        ushort sel = (ushort)(c.Star >> 48);
+        c.Rflags = (c.Gpr[11] & 0x3c7fd7) | 2;
+        c.Segs[(int)Seg.Cs] = to64 ? Flat((ushort)((sel + 16) | 3), FlatCode64 | Dpl3) : Flat((ushort)(sel | 3), FlatCode32 | Dpl3);
+        // SS gets its selector from STAR and fixed flat DPL-3 attributes.
+        c.Segs[(int)Seg.Ss] = Flat((ushort)((sel + 8) | 3), FlatData | Dpl3);
+        c.Rip = to64 ? c.Gpr[1] : (uint)c.Gpr[1];
+        return Exec.Branch;
+    }
+
+    private static Exec Sysenter(InstructionEngine e, ref Instruction i)
+    {
+        var c = e._cpu;
+        if ((c.Cr0 & CpuState.Cr0Pe) == 0 || (c.SysenterCs & 0xfffc) == 0) return e.Raise(PendingException.Gp0);
+        bool ia32e = (c.Efer & CpuState.EferLma) != 0;
+        ushort sel = (ushort)(c.SysenterCs & 0xfffc);
+        c.Rflags &= ~(CpuState.FlagVm | CpuState.FlagIf | CpuState.FlagRf);
+        c.Segs[(int)Seg.Cs] = Flat(sel, ia32e ? FlatCode64 : FlatCode32);
+        c.Segs[(int)Seg.Ss] = Flat((ushort)(sel + 8), FlatData);
+        c.Rip = ia32e ? c.SysenterEip : (uint)c.SysenterEip;
+        c.Gpr[4] = ia32e ? c.SysenterEsp : (uint)c.SysenterEsp;
+        return Exec.Branch;
+    }
+
+    private static Exec Sysexit(InstructionEngine e, ref Instruction i)
+    {
+        var c = e._cpu;
+        if ((c.Cr0 & CpuState.Cr0Pe) == 0 || (c.SysenterCs & 0xfffc) == 0 || c.Cpl != 0) return e.Raise(PendingException.Gp0);
+        bool to64 = i.Code == Code.Sysexitq;
+        if (to64 && (!Segmentation.IsCanonical(c, c.Gpr[2]) || !Segmentation.IsCanonical(c, c.Gpr[1]))) return e.Raise(PendingException.Gp0);
+        ushort sel = (ushort)c.SysenterCs;
+        c.Segs[(int)Seg.Cs] = to64 ? Flat((ushort)((sel + 32) | 3), FlatCode64 | Dpl3) : Flat((ushort)((sel + 16) | 3), FlatCode32 | Dpl3);
+        c.Segs[(int)Seg.Ss] = Flat((ushort)((sel + (to64 ? 40 : 24)) | 3), FlatData | Dpl3);
+        c.Rip = to64 ? c.Gpr[2] : (uint)c.Gpr[2];
+        c.Gpr[4] = to64 ? c.Gpr[1] : (uint)c.Gpr[1];
+        return Exec.Branch;
+    }
+}

@@ -83,6 +83,11 @@ public sealed unsafe partial class InstructionEngine
             case Code.Lahf: case Code.Sahf: return &LahfSahf;
             case Code.Int_imm8: case Code.Int3: case Code.Into: return &IntN;
             case Code.Iretw: case Code.Iretd: case Code.Iretq: return &Iret;
+            case Code.Swapgs: return &Swapgs;
+            case Code.Syscall: return &Syscall;
+            case Code.Sysretd: case Code.Sysretq: return &Sysret;
+            case Code.Sysenter: return &Sysenter;
+            case Code.Sysexitd: case Code.Sysexitq: return &Sysexit;
             case Code.Jmp_ptr1616: case Code.Jmp_ptr1632: case Code.Jmp_m1616: case Code.Jmp_m1632: case Code.Jmp_m1664:
             case Code.Call_ptr1616: case Code.Call_ptr1632: case Code.Call_m1616: case Code.Call_m1632: case Code.Call_m1664:
                 return &FarJmpCall;

@@ -57,9 +57,9 @@ public class SystemTests
     /// <summary>Identity-maps the first 2 MiB with 4-level paging at 0x10000.</summary>
     private void MapLow()
     {
-        _mem.Write64(0x10000, 0x11000 | 3);
-        _mem.Write64(0x11000, 0x12000 | 3);
-        _mem.Write64(0x12000, 0x83);
+        _mem.Write64(0x10000, 0x11000 | 7); // user-accessible so CPL 3 code can run
+        _mem.Write64(0x11000, 0x12000 | 7);
+        _mem.Write64(0x12000, 0x87);
     }
 
     private CpuState Long64()
@@ -446,5 +446,103 @@ public class SystemTests
         AssertGp0(Run(Protected32(3), a => a.mov(eax, cr0)));
         AssertGp0(Run(Protected32(3), a => a.hlt()));
         Assert.True(Run(Protected32(), a => a.invd()).IsOk);
+    }
+
+    [Fact]
+    public void Syscall_sysret_and_swapgs_round_trip()
+    {
+        var c = Long64();
+        c.Star = 0x0023_0008_0000_0000; // kernel CS 0x08 / SS 0x10; user base 0x20 -> CS 0x33, SS 0x2b
+        c.Lstar = 0x5000;
+        c.Sfmask = CpuState.FlagIf | CpuState.FlagDf;
+        c.Segs[(int)Seg.Cs] = new SegmentRegister(0x33, new SegmentDescriptor(0, 0xffffffff, 0xa0fb));
+        c.Segs[(int)Seg.Ss] = new SegmentRegister(0x2b, new SegmentDescriptor(0, 0xffffffff, 0xc0f3));
+        c.Rflags = 2 | CpuState.FlagIf | CpuState.FlagCf;
+        Assert.True(Run(c, a => a.syscall()).IsOk);
+        Assert.Equal(0x5000ul, c.Rip);
+        Assert.Equal(0x1002ul, c.Gpr[1]);
+        Assert.Equal(2 | CpuState.FlagIf | CpuState.FlagCf, c.Gpr[11]);
+        Assert.Equal(2 | CpuState.FlagCf, c.Rflags);
+        Assert.Equal(0, c.Cpl);
+        Assert.Equal(0x08, c.Segs[(int)Seg.Cs].Selector);
+        Assert.Equal(0x10, c.Segs[(int)Seg.Ss].Selector);
+        c.KernelGsBase = 0xffff800000001000; c.Segs[(int)Seg.Gs].Descriptor = c.Segs[(int)Seg.Gs].Descriptor with { Base = 0x7000 };
+        Assert.True(Run(c, a => a.swapgs()).IsOk);
+        Assert.Equal(0xffff800000001000ul, c.Segs[(int)Seg.Gs].Descriptor.Base);
+        Assert.Equal(0x7000ul, c.KernelGsBase);
+        Assert.True(Run(c, a => a.sysretq()).IsOk);
+        Assert.Equal(0x1002ul, c.Rip);
+        Assert.Equal(3, c.Cpl);
+        Assert.Equal(0x33, c.Segs[(int)Seg.Cs].Selector);
+        Assert.Equal(0x2b, c.Segs[(int)Seg.Ss].Selector);
+        Assert.Equal(CpuMode.Long64, c.Mode);
+        Assert.NotEqual(0ul, c.Rflags & CpuState.FlagIf);
+        AssertGp0(Run(c, a => a.sysretq()));   // CPL 3
+        AssertGp0(Run(c, a => a.swapgs()));
+        c.Efer &= ~CpuState.EferSce;
+        AssertUd(Run(c, a => a.syscall()));
+    }
+
+    [Fact]
+    public void Sysenter_sysexit_in_protected_mode()
+    {
+        var c = Protected32(3);
+        AssertGp0(Run(c, a => a.sysenter()));  // SYSENTER_CS null
+        c.SysenterCs = 0x08; c.SysenterEip = 0x5000; c.SysenterEsp = 0x20000;
+        Assert.True(Run(c, a => a.sysenter()).IsOk);
+        Assert.Equal(0, c.Cpl);
+        Assert.Equal(0x5000ul, c.Rip);
+        Assert.Equal(0x20000ul, c.Gpr[4]);
+        Assert.Equal(CpuMode.Protected32, c.Mode);
+        c.Gpr[2] = 0x1234; c.Gpr[1] = 0x7000;
+        Assert.True(Run(c, a => a.sysexit()).IsOk);
+        Assert.Equal(3, c.Cpl);
+        Assert.Equal(0x1b, c.Segs[(int)Seg.Cs].Selector);
+        Assert.Equal(0x23, c.Segs[(int)Seg.Ss].Selector);
+        Assert.Equal(0x1234ul, c.Rip);
+        Assert.Equal(0x7000ul, c.Gpr[4]);
+    }
+
+    [Fact]
+    public void Segment_far_and_system_instructions_do_not_allocate()
+    {
+        var c = Protected32();
+        c.Gdtr = new SegmentDescriptor(Gdt, 0x3f, 0);
+        c.Idtr = new SegmentDescriptor(0x6000, 0x7ff, 0);
+        _mem.Write64(0x6000 + 8 * 0x40, 0x00008e0000081000 | 0x1000); // int 0x40 -> 0x08:0x1000 (loops back)
+        _mem.Write(0x1000, Asm(32, 0x1000, a =>
+        {
+            a.mov(eax, 0x10); a.mov(ds, eax); a.push(ds); a.pop(es);
+            a.cpuid();
+            a.mov(ecx, 0xc0000080); a.rdmsr(); a.rdtsc();
+            a.mov(eax, cr0); a.mov(cr0, eax);
+            a.sgdt(__[0x3000]); a.lgdt(__[0x3000]);
+            a.cli(); a.pushfd(); a.popfd();
+        }));
+        int len = Asm(32, 0x1000, a =>
+        {
+            a.mov(eax, 0x10); a.mov(ds, eax); a.push(ds); a.pop(es);
+            a.cpuid();
+            a.mov(ecx, 0xc0000080); a.rdmsr(); a.rdtsc();
+            a.mov(eax, cr0); a.mov(cr0, eax);
+            a.sgdt(__[0x3000]); a.lgdt(__[0x3000]);
+            a.cli(); a.pushfd(); a.popfd();
+        }).Length;
+        _mem.Write(0x1000 + (ulong)len, new byte[] { 0xea, 0x00, 0x10, 0x00, 0x00, 0x08, 0x00 }); // jmp 0x08:0x1000
+        void Loop()
+        {
+            for (int k = 0; k < 300; k++)
+            {
+                var r = _engine.Step(c);
+                Assert.True(r.IsOk);
+            }
+            c.Gpr[4] = 0x8000;
+            _engine.Deliver(c, new PendingException(0x40, false, 0, 0));
+            c.Gpr[4] = 0x8000;
+        }
+        Loop();
+        long before = GC.GetAllocatedBytesForCurrentThread();
+        Loop();
+        Assert.Equal(0, GC.GetAllocatedBytesForCurrentThread() - before);
     }
 }
