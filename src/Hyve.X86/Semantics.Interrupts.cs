@@ -273,22 +273,8 @@ public sealed unsafe partial class InstructionEngine
         {
             // An outer return (and every IRET in 64-bit mode) also pops SS:RSP.
             if (!e.StackRead((sp + 3 * (ulong)size) & sm, size, out ulong rspv) || !e.StackRead((sp + 4 * (ulong)size) & sm, size, out ulong ssv)) return Exec.Fault;
-            ushort ssSel = (ushort)ssv;
             bool to64 = ia32e && newCs.Descriptor.Long;
-            if ((ssSel & 0xfffc) == 0)
-            {
-                if (!to64 || rpl == 3) return e.Raise(PendingException.Gp0);
-                newSs = new SegmentRegister(ssSel, new SegmentDescriptor(0, 0, SegmentDescriptor.Unusable | (uint)(rpl << 5) | DescS | 3));
-            }
-            else
-            {
-                if ((ssSel & 3) != rpl) return e.Raise(GpSel(ssSel));
-                if (!e.ReadDescriptor(ssSel, out ssRaw, out ssAddr)) return Exec.Fault;
-                var sd = Segmentation.FromRaw(ssRaw);
-                if ((sd.Access & DescS) == 0 || (sd.Access & TypeCode) != 0 || (sd.Access & TypeReadWrite) == 0 || sd.Dpl != rpl) return e.Raise(GpSel(ssSel));
-                if (!sd.Present) return e.Raise(SsSel(ssSel));
-                newSs = new SegmentRegister(ssSel, sd with { Access = sd.Access | TypeAccessed });
-            }
+            if (!e.CheckReturnStack((ushort)ssv, rpl, to64, out newSs, out ssAddr, out ssRaw)) return Exec.Fault;
             newSp = to64 ? rspv : newSs.Descriptor.Default32 ? (uint)rspv : (c.Gpr[4] & ~0xfffful) | (ushort)rspv;
         }
         if (!e.SetAccessed(csAddr, raw)) return Exec.Fault;
@@ -311,6 +297,28 @@ public sealed unsafe partial class InstructionEngine
         else SetGprSized(c, 4, ss, newSp);
         if (outer) e.NullInaccessibleDataSegments(rpl);
         return Exec.Branch;
+    }
+
+    /// <summary>
+    /// Checks the SS popped by a return to privilege <paramref name="rpl"/> (IRET, RETF): null only into 64-bit mode below
+    /// CPL 3, otherwise RPL = DPL = new CPL and writable data (#GP(selector)), present (#SS(selector)).
+    /// </summary>
+    private bool CheckReturnStack(ushort ssSel, int rpl, bool to64, out SegmentRegister ss, out ulong addr, out ulong raw)
+    {
+        ss = default; addr = 0; raw = 0;
+        if ((ssSel & 0xfffc) == 0)
+        {
+            if (!to64 || rpl == 3) return RaiseFalse(PendingException.Gp0);
+            ss = new SegmentRegister(ssSel, new SegmentDescriptor(0, 0, SegmentDescriptor.Unusable | (uint)(rpl << 5) | DescS | 3));
+            return true;
+        }
+        if ((ssSel & 3) != rpl) return RaiseFalse(GpSel(ssSel));
+        if (!ReadDescriptor(ssSel, out raw, out addr)) return false;
+        var sd = Segmentation.FromRaw(raw);
+        if ((sd.Access & DescS) == 0 || (sd.Access & TypeCode) != 0 || (sd.Access & TypeReadWrite) == 0 || sd.Dpl != rpl) return RaiseFalse(GpSel(ssSel));
+        if (!sd.Present) return RaiseFalse(SsSel(ssSel));
+        ss = new SegmentRegister(ssSel, sd with { Access = sd.Access | TypeAccessed });
+        return true;
     }
 
     private bool StackRead(ulong sp, int size, out ulong v)

@@ -260,7 +260,6 @@ public sealed unsafe partial class InstructionEngine
             int rpl = sel & 3, cpl = c.Cpl;
             if (!e.ReadDescriptor(sel, out raw, out addr)) return Exec.Fault;
             if (rpl < cpl) return e.Raise(GpSel(sel));
-            if (rpl > cpl) return Exec.Unsupported; // return to an outer privilege level pops SS:RSP too
             var d = Segmentation.FromRaw(raw);
             if ((d.Access & DescS) == 0) return e.Raise(GpSel(sel));
             var x = e.CheckCodeDescriptor(sel, d, rpl, true, out cs);
@@ -268,8 +267,26 @@ public sealed unsafe partial class InstructionEngine
         }
         ulong target = ip & Mask(size);
         if (!e.FarTargetOk(cs, target)) return Exec.Fault;
-        if (addr != 0 || raw != 0) { if (!e.SetAccessed(addr, raw)) return Exec.Fault; }
         ulong extra = i.OpCount > 0 ? i.GetImmediate(0) : 0;
+        bool outer = mode is not (CpuMode.Real or CpuMode.Virtual8086) && (sel & 3) > c.Cpl;
+        if (outer)
+        {
+            // Return to an outer level: SS:rSP follow the parameters on the callee's stack; imm16 is released on both stacks.
+            ulong at = (sp + 2 * (ulong)size + extra) & sm;
+            if (!e.StackRead(at, size, out ulong rspv) || !e.StackRead((at + (ulong)size) & sm, size, out ulong ssv)) return Exec.Fault;
+            bool to64 = (c.Efer & CpuState.EferLma) != 0 && cs.Descriptor.Long;
+            if (!e.CheckReturnStack((ushort)ssv, sel & 3, to64, out var newSs, out ulong ssAddr, out ulong ssRaw)) return Exec.Fault;
+            if (!e.SetAccessed(addr, raw) || (ssRaw != 0 && !e.SetAccessed(ssAddr, ssRaw))) return Exec.Fault;
+            c.Segs[(int)Seg.Cs] = cs;
+            c.Segs[(int)Seg.Ss] = newSs;
+            c.Rip = target;
+            ulong nsp = (rspv & Mask(size)) + extra;
+            if (to64) c.Gpr[4] = nsp;
+            else SetGprSized(c, 4, newSs.Descriptor.Default32 ? 4 : 2, nsp);
+            e.NullInaccessibleDataSegments(sel & 3);
+            return Exec.Branch;
+        }
+        if (addr != 0 || raw != 0) { if (!e.SetAccessed(addr, raw)) return Exec.Fault; }
         c.Segs[(int)Seg.Cs] = cs;
         c.Rip = target;
         SetGprSized(c, 4, ss, sp + 2 * (ulong)size + extra);

@@ -277,15 +277,28 @@ public class SegmentTests
     }
 
     [Fact]
-    public void Retf_to_a_lower_RPL_is_GP_and_to_an_outer_level_is_unsupported()
+    public void Retf_to_a_lower_RPL_is_GP_and_to_an_outer_level_switches_stacks()
     {
         var cpu = Protected32(3);
         _mem.Write32(0x8000, 0x1000);
         _mem.Write32(0x8004, Code32);
         AssertFault(Run(cpu, 0xcb), Vector.GP, Code32);
+        // CPL 0 -> 3 with RETF 8: EIP, CS, 8 bytes of parameters, ESP, SS.
         cpu = Protected32();
+        _mem.Write32(0x8000, 0x2000);
         _mem.Write32(0x8004, CodeDpl3 | 3);
-        Assert.Equal(StepStatus.Unsupported, Run(cpu, 0xcb).Status);
+        _mem.Write32(0x8010, 0x6000);
+        _mem.Write32(0x8014, DataDpl3 | 3);
+        Assert.True(Run(cpu, 0xca, 0x08, 0x00).IsOk);
+        Assert.Equal(3, cpu.Cpl);
+        Assert.Equal(0x2000ul, cpu.Rip);
+        Assert.Equal(DataDpl3 | 3, cpu.Segs[(int)Seg.Ss].Selector);
+        Assert.Equal(0x6008ul, cpu.Gpr[4]);
+        Assert.Equal(0, cpu.Segs[(int)Seg.Ds].Selector); // DPL-0 data is not usable at CPL 3
+        // An SS whose RPL differs from the new CPL is #GP(SS selector).
+        cpu = Protected32();
+        _mem.Write32(0x8014, DataDpl3);
+        AssertFault(Run(cpu, 0xca, 0x08, 0x00), Vector.GP, DataDpl3);
     }
 
     [Fact]
