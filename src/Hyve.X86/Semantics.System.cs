@@ -192,6 +192,7 @@ public sealed unsafe partial class InstructionEngine
                 }
                 if (pgOff && c.Mode == CpuMode.Long64) return RaiseFalse(PendingException.Gp0);
                 if ((v & CpuState.Cr0Pg) == 0 && (c.Cr4 & CpuState.Cr4Pcide) != 0) return RaiseFalse(PendingException.Gp0);
+                if (pgOn && (c.Efer & CpuState.EferLme) == 0 && (c.Cr4 & CpuState.Cr4Pae) != 0 && !PdptesValid(c.Cr3)) return false;
                 c.Cr0 = v;
                 if (pgOn && (c.Efer & CpuState.EferLme) != 0) c.Efer |= CpuState.EferLma;
                 if (pgOff) c.Efer &= ~CpuState.EferLma;
@@ -202,7 +203,12 @@ public sealed unsafe partial class InstructionEngine
                 return true;
             case 3:
             {
-                if (!longMode) { c.Cr3 = (uint)v; return true; }
+                if (!longMode)
+                {
+                    if (c.Paging == PagingMode.Pae && !PdptesValid((uint)v)) return false;
+                    c.Cr3 = (uint)v;
+                    return true;
+                }
                 if ((c.Cr4 & CpuState.Cr4Pcide) != 0) v &= ~(1ul << 63); // bit 63 = "do not flush", not stored
                 int mp = _mem.Walker.MaxPhysAddr;
                 if (mp < 64 && (v >> mp) != 0) return RaiseFalse(PendingException.Gp0);
@@ -216,6 +222,10 @@ public sealed unsafe partial class InstructionEngine
                 if (longMode && ((v ^ c.Cr4) & CpuState.Cr4La57) != 0) return RaiseFalse(PendingException.Gp0);
                 if ((v & CpuState.Cr4Pcide) != 0 && (c.Cr4 & CpuState.Cr4Pcide) == 0 && (!longMode || (c.Cr3 & 0xfff) != 0))
                     return RaiseFalse(PendingException.Gp0);
+                // In (or into) PAE paging, changing PAE, PGE, PSE or SMEP reloads the PDPTEs.
+                const ulong reload = CpuState.Cr4Pae | 1ul << 7 | CpuState.Cr4Pse | CpuState.Cr4Smep;
+                if (!longMode && (c.Cr0 & CpuState.Cr0Pg) != 0 && (v & CpuState.Cr4Pae) != 0 && ((v ^ c.Cr4) & reload) != 0 && !PdptesValid(c.Cr3))
+                    return false;
                 c.Cr4 = v;
                 return true;
             }
@@ -224,6 +234,26 @@ public sealed unsafe partial class InstructionEngine
                 c.Cr8 = v;
                 return true;
         }
+    }
+
+    /// <summary>
+    /// The PDPTE load of PAE paging (SDM Vol. 3 4.4.1): a present PDPTE with reserved bits (2:1, 8:5, above MAXPHYADDR)
+    /// makes the MOV to CR0/CR3/CR4 #GP(0).
+    /// </summary>
+    private bool PdptesValid(ulong cr3)
+    {
+        int mp = _mem.Walker.MaxPhysAddr;
+        ulong reserved = 0x1e6ul | ~((1ul << mp) - 1); // includes bit 63: PDPTEs have no XD bit
+        ulong table = cr3 & 0xffffffe0;
+        Span<byte> b = stackalloc byte[32];
+        var r = _mem.ReadPhysical(table, b);
+        if (!r.IsOk) { _fault = r; return false; }
+        for (int k = 0; k < 4; k++)
+        {
+            ulong e = System.Buffers.Binary.BinaryPrimitives.ReadUInt64LittleEndian(b[(8 * k)..]);
+            if ((e & 1) != 0 && (e & reserved) != 0) return RaiseFalse(PendingException.Gp0);
+        }
+        return true;
     }
 
     // ---- debug registers --------------------------------------------------------------------------------

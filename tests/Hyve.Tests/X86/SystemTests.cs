@@ -206,6 +206,21 @@ public class SystemTests
     }
 
     [Fact]
+    public void Enabling_PAE_paging_checks_the_PDPTEs()
+    {
+        var c = Protected32();
+        c.Cr4 = CpuState.Cr4Pae;
+        c.Cr3 = 0x20000;
+        _mem.Write64(0x20000, 0x21000 | 1 | 4); // bit 2 is reserved in a PDPTE
+        c.Gpr[0] = 0x80000011;
+        AssertGp0(Run(c, a => a.mov(cr0, eax)));
+        Assert.Equal(0ul, c.Cr0 & CpuState.Cr0Pg);
+        _mem.Write64(0x20000, 0x21000 | 1);
+        Assert.True(Run(c, a => a.mov(cr0, eax)).IsOk);
+        Assert.Equal(PagingMode.Pae, c.Paging);
+    }
+
+    [Fact]
     public void Clearing_cr0_pg_in_compatibility_mode_leaves_long_mode()
     {
         var c = Long64();
