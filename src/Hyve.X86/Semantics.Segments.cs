@@ -350,3 +350,63 @@ public sealed unsafe partial class InstructionEngine
         return Exec.Next;
     }
 }
+
+public sealed unsafe partial class InstructionEngine
+{
+    /// <summary>
+    /// LAR/LSL/VERR/VERW: probe a selector without faulting on it (ZF reports the outcome); only the descriptor
+    /// read itself may fault (#PF). #UD in real and virtual-8086 mode.
+    /// </summary>
+    private static Exec ProbeSelector(InstructionEngine e, ref Instruction i)
+    {
+        if (e.IsRealOrV86) return e.Raise(PendingException.Ud);
+        var c = e._cpu;
+        var m = i.Mnemonic;
+        int src = m is Mnemonic.Lar or Mnemonic.Lsl ? 1 : 0;
+        if (!e.ReadOp(ref i, src, 2, out ulong v)) return Exec.Fault;
+        ushort sel = (ushort)v;
+        bool ok = false;
+        ulong raw = 0;
+        if ((sel & 0xfffc) != 0)
+        {
+            // Beyond the table limit (or no LDT) is "not accessible", not a fault.
+            ulong tableLimit = (sel & 4) != 0 ? ((c.Ldtr.Descriptor.Access & SegmentDescriptor.Unusable) != 0 || (c.Ldtr.Selector & 0xfffc) == 0 ? 0 : c.Ldtr.Descriptor.Limit + 1ul) : c.Gdtr.Limit + 1ul;
+            if ((ulong)(sel & 0xfff8) + 8 <= tableLimit)
+            {
+                if (!e.ReadDescriptor(sel, out raw, out _)) return Exec.Fault;
+                ok = e.SelectorVisible(m, sel, Segmentation.FromRaw(raw));
+            }
+        }
+        e.SetFlags(ZF, ok ? ZF : 0);
+        if (ok && src == 1)
+        {
+            var d = Segmentation.FromRaw(raw);
+            ulong r = m == Mnemonic.Lar ? (raw >> 32) & 0x00f0ff00 : d.Limit;
+            SetGpr(c, i.Op0Register, OpSize(ref i, 0) == 2 ? r & 0xffff : r);
+        }
+        return Exec.Next;
+    }
+
+    /// <summary>The type and privilege rules of LAR, LSL, VERR and VERW (SDM Vol. 2).</summary>
+    private bool SelectorVisible(Mnemonic m, ushort sel, SegmentDescriptor d)
+    {
+        int cpl = _cpu.Cpl, rpl = sel & 3;
+        uint type = d.Access & 0xf;
+        bool ia32e = (_cpu.Efer & CpuState.EferLma) != 0;
+        bool system = (d.Access & DescS) == 0;
+        bool code = !system && (type & TypeCode) != 0;
+        bool conforming = code && (type & TypeConforming) != 0;
+        if (system)
+        {
+            if (m is Mnemonic.Verr or Mnemonic.Verw) return false;
+            bool valid = m == Mnemonic.Lar
+                ? (ia32e ? type is 2 or 9 or 0xb or 0xc : type is 1 or 2 or 3 or 4 or 5 or 9 or 0xb or 0xc)
+                : (ia32e ? type is 2 or 9 or 0xb : type is 1 or 2 or 3 or 9 or 0xb);
+            if (!valid) return false;
+        }
+        else if (m == Mnemonic.Verr && code && (type & TypeReadWrite) == 0) return false;
+        else if (m == Mnemonic.Verw && (code || (type & TypeReadWrite) == 0)) return false;
+        if (!conforming && (d.Dpl < cpl || d.Dpl < rpl)) return false;
+        return true;
+    }
+}

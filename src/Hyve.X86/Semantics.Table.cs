@@ -84,6 +84,11 @@ public sealed unsafe partial class InstructionEngine
             case Code.Int_imm8: case Code.Int3: case Code.Into: return &IntN;
             case Code.Iretw: case Code.Iretd: case Code.Iretq: return &Iret;
             case Code.Swapgs: return &Swapgs;
+            case Code.Lar_r16_rm16: case Code.Lar_r32_r32m16: case Code.Lar_r64_r64m16:
+            case Code.Lsl_r16_rm16: case Code.Lsl_r32_r32m16: case Code.Lsl_r64_r64m16:
+            case Code.Verr_rm16: case Code.Verr_r32m16: case Code.Verr_r64m16:
+            case Code.Verw_rm16: case Code.Verw_r32m16: case Code.Verw_r64m16:
+                return &ProbeSelector;
             case Code.Syscall: return &Syscall;
             case Code.Sysretd: case Code.Sysretq: return &Sysret;
             case Code.Sysenter: return &Sysenter;

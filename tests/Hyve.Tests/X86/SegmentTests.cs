@@ -344,4 +344,39 @@ public class SegmentTests
         Assert.Equal(Ldt0Data, cpu.Segs[(int)Seg.Ds].Selector);
         Assert.Equal(0x100000ul, cpu.Segs[(int)Seg.Ds].Descriptor.Base);
     }
+
+    [Fact]
+    public void Lar_lsl_verr_verw_report_through_ZF_without_faulting()
+    {
+        var cpu = Protected32();
+        bool Zf() => (cpu.Rflags & CpuState.FlagZf) != 0;
+        cpu.Gpr[3] = Code32;
+        Assert.True(Run(cpu, 0x0f, 0x02, 0xc3).IsOk); // lar eax, ebx
+        Assert.True(Zf());
+        Assert.Equal(0x00c09a00ul, cpu.Gpr[0] & 0xfff0ffff); // bits 19:16 (limit) are undefined
+        cpu.Gpr[3] = Code16;
+        Assert.True(Run(cpu, 0x0f, 0x03, 0xc3).IsOk); // lsl eax, ebx
+        Assert.True(Zf());
+        Assert.Equal(0xfffful, cpu.Gpr[0]);
+        cpu.Gpr[3] = 0x60; // beyond the GDT limit: ZF=0, destination unchanged
+        Assert.True(Run(cpu, 0x0f, 0x03, 0xc3).IsOk);
+        Assert.False(Zf());
+        Assert.Equal(0xfffful, cpu.Gpr[0]);
+        cpu.Gpr[3] = CodeXo;
+        Assert.True(Run(cpu, 0x0f, 0x00, 0xe3).IsOk); // verr bx: execute-only
+        Assert.False(Zf());
+        cpu.Gpr[3] = DataRo;
+        Assert.True(Run(cpu, 0x0f, 0x00, 0xeb).IsOk); // verw bx: read-only
+        Assert.False(Zf());
+        cpu.Gpr[3] = Data32;
+        Assert.True(Run(cpu, 0x0f, 0x00, 0xeb).IsOk);
+        Assert.True(Zf());
+        var user = Protected32(3);
+        user.Gpr[3] = Data32 | 3; // DPL 0 data is invisible at CPL 3
+        Assert.True(Run(user, 0x0f, 0x02, 0xc3).IsOk);
+        Assert.Equal(0ul, user.Rflags & CpuState.FlagZf);
+        user.Gpr[3] = ConformingDpl3 | 3; // conforming code: no privilege check
+        Assert.True(Run(user, 0x0f, 0x00, 0xe3).IsOk);
+        Assert.NotEqual(0ul, user.Rflags & CpuState.FlagZf);
+    }
 }
