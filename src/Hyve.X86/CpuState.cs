@@ -112,6 +112,38 @@ public sealed class CpuState
     public const ulong Cr0Am = 1ul << 18;
     /// <summary>CR0.PG.</summary>
     public const ulong Cr0Pg = 1ul << 31;
+    /// <summary>CR0.MP.</summary>
+    public const ulong Cr0Mp = 1ul << 1;
+    /// <summary>CR0.ET.</summary>
+    public const ulong Cr0Et = 1ul << 4;
+    /// <summary>CR0.NE.</summary>
+    public const ulong Cr0Ne = 1ul << 5;
+    /// <summary>CR0.NW.</summary>
+    public const ulong Cr0Nw = 1ul << 29;
+    /// <summary>CR0.CD.</summary>
+    public const ulong Cr0Cd = 1ul << 30;
+    /// <summary>CR4.VME.</summary>
+    public const ulong Cr4Vme = 1ul << 0;
+    /// <summary>CR4.PVI.</summary>
+    public const ulong Cr4Pvi = 1ul << 1;
+    /// <summary>CR4.TSD.</summary>
+    public const ulong Cr4Tsd = 1ul << 2;
+    /// <summary>CR4.DE.</summary>
+    public const ulong Cr4De = 1ul << 3;
+    /// <summary>CR4.UMIP.</summary>
+    public const ulong Cr4Umip = 1ul << 11;
+    /// <summary>CR4.PCIDE.</summary>
+    public const ulong Cr4Pcide = 1ul << 17;
+    /// <summary>RFLAGS.NT.</summary>
+    public const ulong FlagNt = 1ul << 14;
+    /// <summary>RFLAGS.RF.</summary>
+    public const ulong FlagRf = 1ul << 16;
+    /// <summary>RFLAGS.VIF.</summary>
+    public const ulong FlagVif = 1ul << 19;
+    /// <summary>RFLAGS.VIP.</summary>
+    public const ulong FlagVip = 1ul << 20;
+    /// <summary>RFLAGS.ID.</summary>
+    public const ulong FlagId = 1ul << 21;
     /// <summary>CR4.PSE.</summary>
     public const ulong Cr4Pse = 1ul << 4;
     /// <summary>CR4.PAE.</summary>
@@ -169,6 +201,36 @@ public sealed class CpuState
     public ulong KernelGsBase;
     /// <summary>PKRU (protection-key rights for user pages).</summary>
     public uint Pkru;
+    /// <summary>IA32_STAR (SYSCALL/SYSRET selectors).</summary>
+    public ulong Star;
+    /// <summary>IA32_LSTAR (64-bit SYSCALL target).</summary>
+    public ulong Lstar;
+    /// <summary>IA32_CSTAR (compatibility-mode SYSCALL target).</summary>
+    public ulong Cstar;
+    /// <summary>IA32_FMASK (RFLAGS bits SYSCALL clears).</summary>
+    public ulong Sfmask;
+    /// <summary>IA32_SYSENTER_CS.</summary>
+    public ulong SysenterCs;
+    /// <summary>IA32_SYSENTER_ESP.</summary>
+    public ulong SysenterEsp;
+    /// <summary>IA32_SYSENTER_EIP.</summary>
+    public ulong SysenterEip;
+    /// <summary>IA32_TSC_AUX (RDTSCP's ECX).</summary>
+    public ulong TscAux;
+    /// <summary>IA32_PAT (power-on value 0007040600070406h).</summary>
+    public ulong Pat = PatDefault;
+    /// <summary>IA32_PAT after reset (SDM Vol. 3 13.12.4).</summary>
+    public const ulong PatDefault = 0x0007040600070406;
+    /// <summary>
+    /// Interrupt shadow left by the instruction just executed (<see cref="ShadowMovSs"/>, <see cref="ShadowSti"/>, as KVM's
+    /// <c>interrupt.shadow</c>): maskable interrupts (and, for MOV SS, debug traps) are held off until the next instruction completes.
+    /// The engine clears it when it starts the next instruction.
+    /// </summary>
+    public byte InterruptShadow;
+    /// <summary><see cref="InterruptShadow"/> bit: blocking by MOV SS / POP SS.</summary>
+    public const byte ShadowMovSs = 1;
+    /// <summary><see cref="InterruptShadow"/> bit: blocking by STI.</summary>
+    public const byte ShadowSti = 2;
     /// <summary>The FPU/MMX/SSE state in FXSAVE layout (SDM Vol. 1 Table 10-2), 512 bytes.</summary>
     public readonly byte[] Fx = new byte[512];
 
@@ -183,7 +245,8 @@ public sealed class CpuState
         Gpr[2] = 0x600; // EDX holds a family/model signature after reset; any non-zero stepping value will do.
         Rip = 0xfff0;
         Rflags = 2;
-        Cr0 = 0x60000010; Cr2 = 0; Cr3 = 0; Cr4 = 0; Cr8 = 0; Efer = 0; KernelGsBase = 0; Pkru = 0;
+        Cr0 = 0x60000010; Cr2 = 0; Cr3 = 0; Cr4 = 0; Cr8 = 0; Efer = 0; KernelGsBase = 0; Pkru = 0; InterruptShadow = 0;
+        Star = 0; Lstar = 0; Cstar = 0; Sfmask = 0; SysenterCs = 0; SysenterEsp = 0; SysenterEip = 0; TscAux = 0; Pat = PatDefault;
         Dr[6] = 0xffff0ff0; Dr[7] = 0x400;
         for (int i = 0; i < 6; i++) Segs[i] = new SegmentRegister(0, new SegmentDescriptor(0, 0xffff, 0x93));
         Segs[(int)Seg.Cs] = new SegmentRegister(0xf000, new SegmentDescriptor(0xffff0000, 0xffff, 0x9b));
@@ -335,7 +398,9 @@ public sealed class CpuState
         Gpr.CopyTo(other.Gpr, 0); Segs.CopyTo(other.Segs, 0); Dr.CopyTo(other.Dr, 0); Fx.CopyTo(other.Fx, 0);
         other.Rip = Rip; other.Rflags = Rflags; other.Gdtr = Gdtr; other.Idtr = Idtr; other.Ldtr = Ldtr; other.Tr = Tr;
         other.Cr0 = Cr0; other.Cr2 = Cr2; other.Cr3 = Cr3; other.Cr4 = Cr4; other.Cr8 = Cr8; other.Efer = Efer;
-        other.KernelGsBase = KernelGsBase; other.Pkru = Pkru;
+        other.KernelGsBase = KernelGsBase; other.Pkru = Pkru; other.InterruptShadow = InterruptShadow;
+        other.Star = Star; other.Lstar = Lstar; other.Cstar = Cstar; other.Sfmask = Sfmask; other.SysenterCs = SysenterCs;
+        other.SysenterEsp = SysenterEsp; other.SysenterEip = SysenterEip; other.TscAux = TscAux; other.Pat = Pat;
     }
 
     /// <summary>Sets up flat 64-bit long mode (CS.L=1, paging on with the given CR3) — convenience for tests and direct kernel boot.</summary>

@@ -58,6 +58,10 @@ internal enum Exec
 /// (CR2 is not written: delivery does that); on <see cref="StepStatus.Unsupported"/> the caller chooses between another
 /// emulator and injecting the prepared #UD. A REP instruction that reaches <see cref="MaxRepIterations"/> returns Ok with RIP
 /// still on it and the registers advanced, to be resumed by the next step.
+/// System behaviour is pluggable: <see cref="Cpuid"/> (an <see cref="ICpuidModel"/>), <see cref="Msrs"/> (an <see cref="IMsrHandler"/>
+/// asked before <see cref="ArchitecturalMsrs"/>; unknown to both = #GP(0)) and <see cref="Tsc"/> (an <see cref="ITscSource"/>).
+/// <see cref="Deliver"/> delivers an exception or interrupt through the IVT/IDT. After MOV SS/POP SS/STI,
+/// <see cref="CpuState.InterruptShadow"/> tells the caller to hold interrupts for one instruction.
 /// </remarks>
 public sealed unsafe partial class InstructionEngine
 {
@@ -151,6 +155,8 @@ public sealed unsafe partial class InstructionEngine
         if (h == null) return new StepResult(StepStatus.Unsupported, PendingException.Ud, 0, code);
         _fault = default;
         _repDone = 0;
+        // A shadow covers only the instruction after MOV SS/STI: starting this one ends it (the handler may set it again).
+        cpu.InterruptShadow = 0;
         ulong next = instr.NextIP;
         switch (h(this, ref instr))
         {

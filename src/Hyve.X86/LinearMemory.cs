@@ -22,7 +22,9 @@ public sealed class LinearMemory
         Walker = new PageWalker(physical, maxPhysAddr);
     }
 
-    private static ulong LinearMask(CpuState cpu) => cpu.Mode == CpuMode.Long64 ? ulong.MaxValue : 0xffffffff;
+    // Linear addresses are 64-bit whenever IA-32e mode is active: compatibility-mode segment arithmetic already wraps at
+    // 4 GiB, but implicit accesses (GDT/LDT/IDT/TSS, whose bases are 64-bit) must not be truncated there.
+    private static ulong LinearMask(CpuState cpu) => (cpu.Efer & CpuState.EferLma) != 0 && (cpu.Cr0 & CpuState.Cr0Pg) != 0 ? ulong.MaxValue : 0xffffffff;
 
     /// <summary>Copies guest linear memory into <paramref name="dest"/>; faults are reported, never thrown.</summary>
     public AccessResult CopyFromGuest(CpuState cpu, ulong linear, Span<byte> dest, PageAccess access = PageAccess.Read, bool setAccessed = true)

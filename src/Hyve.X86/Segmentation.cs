@@ -16,6 +16,20 @@ public static class Segmentation
     }
 
     /// <summary>
+    /// Converts an 8-byte code/data (or LDT/TSS low half) descriptor as stored in the GDT/LDT (SDM Vol. 3 Figure 3-8) into the
+    /// cached form: access rights in the VMX layout (type[3:0], S[4], DPL[6:5], P[7], AVL[12], L[13], D/B[14], G[15]) and the
+    /// limit scaled by G to a byte limit.
+    /// </summary>
+    public static SegmentDescriptor FromRaw(ulong raw)
+    {
+        ulong b = ((raw >> 16) & 0xffffff) | ((raw >> 32) & 0xff000000);
+        uint limit = (uint)(raw & 0xffff) | (uint)((raw >> 32) & 0xf0000);
+        uint access = (uint)((raw >> 40) & 0xff) | (uint)((raw >> 40) & 0xf000);
+        if ((access & 0x8000) != 0) limit = (limit << 12) | 0xfff;
+        return new SegmentDescriptor(b, limit, access);
+    }
+
+    /// <summary>
     /// Translates <paramref name="offset"/> in segment <paramref name="seg"/> for an access of <paramref name="size"/> bytes.
     /// The offset must already be reduced to the address size. Violations give #SS(0) for SS and #GP(0) otherwise.
     /// </summary>

@@ -364,8 +364,14 @@ public sealed unsafe partial class InstructionEngine
     private static Exec Pushf(InstructionEngine e, ref Instruction i)
     {
         var c = e._cpu;
-        if ((c.Rflags & CpuState.FlagVm) != 0 && ((c.Rflags >> 12) & 3) != 3) return e.Raise(PendingException.Gp0);
         int size = e.StackOperandSize(ref i);
+        if ((c.Rflags & CpuState.FlagVm) != 0 && ((c.Rflags >> 12) & 3) != 3)
+        {
+            // Virtual-8086 with IOPL < 3: only a 16-bit PUSHF under CR4.VME, which shows VIF as IF and IOPL as 3.
+            if ((c.Cr4 & CpuState.Cr4Vme) == 0 || size != 2) return e.Raise(PendingException.Gp0);
+            ulong f = (c.Rflags & 0xffff & ~CpuState.FlagIf) | CpuState.FlagIopl | ((c.Rflags & CpuState.FlagVif) != 0 ? CpuState.FlagIf : 0);
+            return e.PushValue(f, 2) ? Exec.Next : Exec.Fault;
+        }
         // VM and RF are stored as 0.
         return e.PushValue(c.Rflags & ~(CpuState.FlagVm | (1ul << 16)) & Mask(size), size) ? Exec.Next : Exec.Fault;
     }

@@ -55,6 +55,64 @@ public sealed unsafe partial class InstructionEngine
             case Code.Stmxcsr_m32: return &Stmxcsr;
             case Code.VEX_Bextr_r32_rm32_r32: case Code.VEX_Bextr_r64_rm64_r64: return &Bextr;
             case Code.Hlt: return &Hlt;
+            case Code.Lgdt_m1632_16: case Code.Lgdt_m1632: case Code.Lgdt_m1664:
+            case Code.Lidt_m1632_16: case Code.Lidt_m1632: case Code.Lidt_m1664:
+                return &LoadDescriptorTable;
+            case Code.Sgdt_m1632_16: case Code.Sgdt_m1632: case Code.Sgdt_m1664:
+            case Code.Sidt_m1632_16: case Code.Sidt_m1632: case Code.Sidt_m1664:
+                return &StoreDescriptorTable;
+            case Code.Lldt_rm16: case Code.Lldt_r32m16: case Code.Lldt_r64m16: return &Lldt;
+            case Code.Ltr_rm16: case Code.Ltr_r32m16: case Code.Ltr_r64m16: return &Ltr;
+            case Code.Sldt_rm16: case Code.Sldt_r32m16: case Code.Sldt_r64m16:
+            case Code.Str_rm16: case Code.Str_r32m16: case Code.Str_r64m16:
+            case Code.Smsw_rm16: case Code.Smsw_r32m16: case Code.Smsw_r64m16:
+                return &StoreSystemRegister;
+            case Code.Lmsw_rm16: case Code.Lmsw_r32m16: case Code.Lmsw_r64m16: return &Lmsw;
+            case Code.Clts: return &Clts;
+            case Code.Mov_r32_cr: case Code.Mov_r64_cr: case Code.Mov_cr_r32: case Code.Mov_cr_r64: return &MovCr;
+            case Code.Mov_r32_dr: case Code.Mov_r64_dr: case Code.Mov_dr_r32: case Code.Mov_dr_r64: return &MovDr;
+            case Code.Cli: case Code.Sti: return &CliSti;
+            case Code.Popfw: case Code.Popfd: case Code.Popfq: return &Popf;
+            case Code.Cpuid: return &CpuidInsn;
+            case Code.Rdmsr: return &Rdmsr;
+            case Code.Wrmsr: return &Wrmsr;
+            case Code.Rdtsc: case Code.Rdtscp: return &Rdtsc;
+            case Code.Invlpg_m: case Code.Wbinvd: case Code.Invd: return &PrivilegedNop;
+            case Code.Leavew: case Code.Leaved: case Code.Leaveq: return &Leave;
+            case Code.Enterw_imm16_imm8: case Code.Enterd_imm16_imm8: case Code.Enterq_imm16_imm8: return &Enter;
+            case Code.Lahf: case Code.Sahf: return &LahfSahf;
+            case Code.Int_imm8: case Code.Int3: case Code.Into: return &IntN;
+            case Code.Iretw: case Code.Iretd: case Code.Iretq: return &Iret;
+            case Code.Swapgs: return &Swapgs;
+            case Code.Lar_r16_rm16: case Code.Lar_r32_r32m16: case Code.Lar_r64_r64m16:
+            case Code.Lsl_r16_rm16: case Code.Lsl_r32_r32m16: case Code.Lsl_r64_r64m16:
+            case Code.Verr_rm16: case Code.Verr_r32m16: case Code.Verr_r64m16:
+            case Code.Verw_rm16: case Code.Verw_r32m16: case Code.Verw_r64m16:
+                return &ProbeSelector;
+            case Code.Syscall: return &Syscall;
+            case Code.Sysretd: case Code.Sysretq: return &Sysret;
+            case Code.Sysenter: return &Sysenter;
+            case Code.Sysexitd: case Code.Sysexitq: return &Sysexit;
+            case Code.Jmp_ptr1616: case Code.Jmp_ptr1632: case Code.Jmp_m1616: case Code.Jmp_m1632: case Code.Jmp_m1664:
+            case Code.Call_ptr1616: case Code.Call_ptr1632: case Code.Call_m1616: case Code.Call_m1632: case Code.Call_m1664:
+                return &FarJmpCall;
+            case Code.Retfw: case Code.Retfw_imm16: case Code.Retfd: case Code.Retfd_imm16: case Code.Retfq: case Code.Retfq_imm16:
+                return &FarRet;
+            case Code.Mov_rm16_Sreg: case Code.Mov_r32m16_Sreg: case Code.Mov_r64m16_Sreg:
+            case Code.Mov_Sreg_rm16: case Code.Mov_Sreg_r32m16: case Code.Mov_Sreg_r64m16:
+                return &MovSreg;
+            case Code.Popw_ES: case Code.Popd_ES: case Code.Popw_SS: case Code.Popd_SS: case Code.Popw_DS: case Code.Popd_DS:
+            case Code.Popw_FS: case Code.Popd_FS: case Code.Popq_FS: case Code.Popw_GS: case Code.Popd_GS: case Code.Popq_GS:
+                return &PopSreg;
+            case Code.Pushw_ES: case Code.Pushd_ES: case Code.Pushw_CS: case Code.Pushd_CS: case Code.Pushw_SS: case Code.Pushd_SS:
+            case Code.Pushw_DS: case Code.Pushd_DS: case Code.Pushw_FS: case Code.Pushd_FS: case Code.Pushq_FS:
+            case Code.Pushw_GS: case Code.Pushd_GS: case Code.Pushq_GS:
+                return &PushSreg;
+            case Code.Lds_r16_m1616: case Code.Lds_r32_m1632: case Code.Les_r16_m1616: case Code.Les_r32_m1632:
+            case Code.Lss_r16_m1616: case Code.Lss_r32_m1632: case Code.Lss_r64_m1664:
+            case Code.Lfs_r16_m1616: case Code.Lfs_r32_m1632: case Code.Lfs_r64_m1664:
+            case Code.Lgs_r16_m1616: case Code.Lgs_r32_m1632: case Code.Lgs_r64_m1664:
+                return &LoadFarPointer;
             case Code.Ud2: case Code.Ud0: case Code.Ud0_r16_rm16: case Code.Ud0_r32_rm32: case Code.Ud0_r64_rm64:
             case Code.Ud1_r16_rm16: case Code.Ud1_r32_rm32: case Code.Ud1_r64_rm64:
                 return &Undefined;
@@ -100,6 +158,8 @@ public sealed unsafe partial class InstructionEngine
             Mnemonic.Mul or Mnemonic.Imul => &Mul,
             Mnemonic.Div or Mnemonic.Idiv => &Div,
             Mnemonic.Rol or Mnemonic.Ror or Mnemonic.Rcl or Mnemonic.Rcr => &Rotate,
+            Mnemonic.Loop or Mnemonic.Loope or Mnemonic.Loopne or Mnemonic.Jcxz or Mnemonic.Jecxz or Mnemonic.Jrcxz => &LoopJcxz,
+            Mnemonic.Shld or Mnemonic.Shrd => &DoubleShift,
             Mnemonic.Pushf or Mnemonic.Pushfd or Mnemonic.Pushfq => &Pushf,
             _ => null,
         };

@@ -233,6 +233,29 @@ public sealed unsafe class DifferentialTests : IDisposable
     }
 
     [Fact]
+    public void Double_shifts_loops_and_lahf_sahf_match_the_host()
+    {
+        // SHLD/SHRD: AF undefined; OF undefined unless the masked count is 1; a count above a 16-bit width is undefined.
+        Func<ulong[], ulong> ofUnlessOne(int size) => r => (r[1] & (size == 8 ? 63u : 31u)) == 1 ? AF : AF | OF;
+        Compare("shld r32,r32,cl", a => a.shld(ebx, edx, cl), 0, 40, null, ofUnlessOne(4));
+        Compare("shrd r64,r64,cl", a => a.shrd(rbx, rdx, cl), 0, 40, null, ofUnlessOne(8));
+        Compare("shld r16,r16,cl", a => a.shld(bx, dx, cl), 0, 40, r => r[1] &= 15, ofUnlessOne(2));
+        Compare("shrd r16,r16,imm", a => a.shrd(bx, dx, 7), AF | OF);
+        Compare("shld r64,r64,1", a => a.shld(rbx, rdx, 1), AF);
+        Compare("shrd m32,r32,imm", a => a.shrd(__dword_ptr[rsi], edx, 9), AF | OF);
+        Compare("shld m64,r64,cl", a => a.shld(__qword_ptr[rsi + 8], rdx, cl), 0, 40, null, ofUnlessOne(8));
+        // LOOP family and JRCXZ: RCX of 0, 1 or 2 exercises wrap-around, exit and taken cases.
+        void Branch(string name, Action<Assembler, Label> op) =>
+            Compare(name, a => { var l = a.CreateLabel(); op(a, l); a.mov(r15, 0x1234); a.Label(ref l); a.nop(); }, 0, 30, r => r[1] %= 3);
+        Branch("loop", (a, l) => a.loop(l));
+        Branch("loope", (a, l) => a.loope(l));
+        Branch("loopne", (a, l) => a.loopne(l));
+        Branch("jrcxz", (a, l) => a.jrcxz(l));
+        Compare("sahf", a => a.sahf());
+        Compare("lahf", a => a.lahf());
+    }
+
+    [Fact]
     public void Branches_cmov_setcc_match_the_host()
     {
         var ccs = new (string, Action<Assembler, Label>)[]
