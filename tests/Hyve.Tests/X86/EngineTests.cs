@@ -65,6 +65,48 @@ public class EngineTests
     }
 
     [Fact]
+    public void Cmpxchg16b_swaps_when_rdx_rax_match_and_loads_them_when_not()
+    {
+        var cpu = Long64();
+        Load(Code, a => a.@lock.cmpxchg16b(AssemblerRegisters.__[AssemblerRegisters.rdi]));
+        _mem.Write64(0x3000, 0x1111); _mem.Write64(0x3008, 0x2222);
+        cpu.Gpr[7] = 0x3000; cpu.Gpr[0] = 0x1111; cpu.Gpr[2] = 0x2222; cpu.Gpr[3] = 0xaaaa; cpu.Gpr[1] = 0xbbbb;
+        Assert.True(_engine.Step(cpu).IsOk);
+        Assert.NotEqual(0ul, cpu.Rflags & CpuState.FlagZf);
+        Assert.Equal(0xaaaaul, _mem.Read64(0x3000));
+        Assert.Equal(0xbbbbul, _mem.Read64(0x3008));
+
+        cpu.Rip = Code;
+        Assert.True(_engine.Step(cpu).IsOk); // RDX:RAX (0x2222:0x1111) no longer matches
+        Assert.Equal(0ul, cpu.Rflags & CpuState.FlagZf);
+        Assert.Equal(0xaaaaul, cpu.Gpr[0]);
+        Assert.Equal(0xbbbbul, cpu.Gpr[2]);
+
+        cpu.Rip = Code;
+        cpu.Gpr[7] = 0x3008; // not 16-byte aligned: #GP(0)
+        var r = _engine.Step(cpu);
+        Assert.Equal(StepStatus.Exception, r.Status);
+        Assert.Equal(Vector.GP, r.Exception.Vector);
+    }
+
+    [Fact]
+    public void Cmpxchg8b_compares_edx_eax_and_stores_ecx_ebx()
+    {
+        var cpu = Long64();
+        Load(Code, a => a.cmpxchg8b(AssemblerRegisters.__qword_ptr[AssemblerRegisters.rdi]));
+        _mem.Write64(0x3000, 0x0000_0002_0000_0001);
+        cpu.Gpr[7] = 0x3000; cpu.Gpr[0] = 1; cpu.Gpr[2] = 2; cpu.Gpr[3] = 3; cpu.Gpr[1] = 4;
+        Assert.True(_engine.Step(cpu).IsOk);
+        Assert.NotEqual(0ul, cpu.Rflags & CpuState.FlagZf);
+        Assert.Equal(0x0000_0004_0000_0003ul, _mem.Read64(0x3000));
+        cpu.Rip = Code;
+        Assert.True(_engine.Step(cpu).IsOk);
+        Assert.Equal(0ul, cpu.Rflags & CpuState.FlagZf);
+        Assert.Equal(3ul, cpu.Gpr[0]);
+        Assert.Equal(4ul, cpu.Gpr[2]);
+    }
+
+    [Fact]
     public void Rep_stosq_into_MMIO_backwards_with_DF()
     {
         var dev = _mem.AddMmio(Mmio1, 0x100);
