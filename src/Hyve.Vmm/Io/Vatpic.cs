@@ -28,7 +28,7 @@ public sealed class Vatpic : IPortDevice
 
     private readonly Lock _lock = new();
     private readonly Chip _master = new(), _slave = new();
-    private bool _intr;
+    private volatile bool _intr; // written under _lock; read without it on every exit of vCPU 0
 
     /// <summary>Raised (outside the lock) when the master's INTR output may have changed; read <see cref="IntrAsserted"/>.</summary>
     public event Action? IntrChanged;
@@ -37,7 +37,7 @@ public sealed class Vatpic : IPortDevice
     public Vatpic() => Reset();
 
     /// <summary>The master's INTR output: an unmasked request with priority above everything in service.</summary>
-    public bool IntrAsserted { get { lock (_lock) return _intr; } }
+    public bool IntrAsserted => _intr;
 
     /// <summary>Registers the six ports on <paramref name="bus"/>.</summary>
     public void RegisterPorts(PortBus bus)
