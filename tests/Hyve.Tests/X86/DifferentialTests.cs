@@ -253,6 +253,14 @@ public sealed unsafe class DifferentialTests : IDisposable
         Branch("jrcxz", (a, l) => a.jrcxz(l));
         Compare("sahf", a => a.sahf());
         Compare("lahf", a => a.lahf());
+        Compare("xlatb", a => a.xlatb(), 0, 20, r => r[3] = r[6]);
+        // CMPXCHG8B: in even runs EDX:EAX equals the qword at [rsi+8] (run n stores Edges[n+1] there) so both outcomes are compared.
+        int n8 = 0;
+        Compare("lock cmpxchg8b m64", a => a.@lock.cmpxchg8b(__qword_ptr[rsi + 8]), 0, 30, r =>
+        {
+            int n = n8++;
+            if (n % 2 == 0 && n + 1 < Edges.Length) { r[0] = Edges[n + 1] & 0xffffffff; r[2] = Edges[n + 1] >> 32; }
+        });
     }
 
     [Fact]

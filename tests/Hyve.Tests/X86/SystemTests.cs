@@ -560,4 +560,25 @@ public class SystemTests
         Loop();
         Assert.Equal(0, GC.GetAllocatedBytesForCurrentThread() - before);
     }
+
+    [Fact]
+    public void Pusha_popa_round_trip_and_popa_skips_sp()
+    {
+        var c = Protected32();
+        for (int r = 0; r < 8; r++) c.Gpr[r] = 0x1000u * (uint)(r + 1) + (r == 4 ? 0x8000u - 0x5000u : 0);
+        c.Gpr[4] = 0x8000;
+        Assert.True(Run(c, a => a.pushad()).IsOk);
+        Assert.Equal(0x7fe0ul, c.Gpr[4]);
+        Assert.Equal(0x8000u, _mem.Read32(0x7fe0 + 12)); // the original ESP
+        Assert.Equal(0x1000u, _mem.Read32(0x7ffc));      // EAX first
+        for (int r = 0; r < 8; r++) if (r != 4) c.Gpr[r] = 0;
+        _mem.Write32(0x7fe0 + 12, 0xdead);
+        Assert.True(Run(c, a => a.popad()).IsOk);
+        Assert.Equal(0x8000ul, c.Gpr[4]);
+        Assert.Equal(new ulong[] { 0x1000, 0x2000, 0x3000, 0x4000 }, c.Gpr[..4]);
+        Assert.Equal(new ulong[] { 0x6000, 0x7000, 0x8000 }, c.Gpr[5..8]);
+        Assert.True(Run(c, a => a.pause()).IsOk);
+        Assert.True(Run(c, a => a.mfence()).IsOk);
+        Assert.True(Run(c, a => a.clflush(__byte_ptr[0x3000])).IsOk);
+    }
 }
