@@ -417,6 +417,7 @@ public sealed unsafe partial class InstructionEngine
             _ => Seg.Ss,
         };
         if (!e.LoadSegment(seg, sel)) return Exec.Fault;
+        if (seg == Seg.Ss) e._cpu.InterruptShadow &= unchecked((byte)~CpuState.ShadowMovSs); // only MOV SS and POP SS block interrupts, not LSS
         SetGpr(e._cpu, i.Op0Register, offset);
         return Exec.Next;
     }

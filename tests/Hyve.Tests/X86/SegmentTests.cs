@@ -343,6 +343,13 @@ public class SegmentTests
         Assert.Equal(0xcafeul, cpu.Gpr[6]);
         Assert.Equal(Ldt0Data, cpu.Segs[(int)Seg.Ds].Selector);
         Assert.Equal(0x100000ul, cpu.Segs[(int)Seg.Ds].Descriptor.Base);
+        // lss esp, [0x3010]: loads SS:ESP together, without the MOV SS interrupt shadow (DS now has base 0x100000).
+        _mem.Write32(0x103010, 0x7000);
+        _mem.Write(0x103014, new byte[] { (byte)Data32, 0 });
+        Assert.True(Run(cpu, 0x0f, 0xb2, 0x25, 0x10, 0x30, 0x00, 0x00).IsOk);
+        Assert.Equal(0x7000ul, cpu.Gpr[4]);
+        Assert.Equal(Data32, cpu.Segs[(int)Seg.Ss].Selector);
+        Assert.Equal(0, cpu.InterruptShadow);
     }
 
     [Fact]
