@@ -109,35 +109,12 @@ public sealed unsafe partial class InstructionEngine
         ulong newRsp = oldRsp;
         int ist = ia32e ? (int)(gate >> 32) & 7 : 0; // IST index in gate bits 34:32
         bool switchStack = newCpl < cpl;
-        if (ia32e)
+        if (switchStack || ist != 0)
         {
-            if (switchStack || ist != 0)
-            {
-                uint slot = ist != 0 ? 0x24 + 8 * (uint)(ist - 1) : 4 + 8 * (uint)newCpl;
-                if (!ReadTss(slot, 8, extBit, out newRsp)) return Exec.Fault;
-                if (!Segmentation.IsCanonical(c, newRsp)) return Raise(new PendingException(Vector.SS, true, extBit, 0));
-            }
-            newRsp &= ~0xful; // the 64-bit frame is 16-byte aligned
-            if (switchStack) newSs = new SegmentRegister((ushort)newCpl, new SegmentDescriptor(0, 0, SegmentDescriptor.Unusable | (uint)(newCpl << 5) | DescS | 3));
+            if (!TssStack(newCpl, ist, ia32e, extBit, out newSs, out newRsp)) return Exec.Fault;
+            if (!switchStack) newSs = oldSs; // an IST switch alone keeps SS
         }
-        else if (switchStack)
-        {
-            bool tss32 = (c.Tr.Descriptor.Access & 0xf) is 9 or 0xb;
-            ulong ssv, spv;
-            if (tss32) { if (!ReadTss(8 + 8 * (uint)newCpl, 2, extBit, out ssv) || !ReadTss(4 + 8 * (uint)newCpl, 4, extBit, out spv)) return Exec.Fault; }
-            else { if (!ReadTss(4 + 4 * (uint)newCpl, 2, extBit, out ssv) || !ReadTss(2 + 4 * (uint)newCpl, 2, extBit, out spv)) return Exec.Fault; }
-            ushort ssSel = (ushort)ssv;
-            var ts = new PendingException(Vector.TS, true, (uint)(ssSel & 0xfffc) | extBit, 0);
-            if ((ssSel & 0xfffc) == 0) return Raise(new PendingException(Vector.TS, true, extBit, 0));
-            if ((ssSel & 3) != newCpl) return Raise(ts);
-            if (!ReadDescriptor(ssSel, out ulong ssRaw, out _)) { _fault = AccessResult.Fault(ts); return Exec.Fault; }
-            var sd = Segmentation.FromRaw(ssRaw);
-            if ((sd.Access & DescS) == 0 || (sd.Access & TypeCode) != 0 || (sd.Access & TypeReadWrite) == 0 || sd.Dpl != newCpl) return Raise(ts);
-            if (!sd.Present) return Raise(new PendingException(Vector.SS, true, (uint)(ssSel & 0xfffc) | extBit, 0));
-            newSs = new SegmentRegister(ssSel, sd with { Access = sd.Access | TypeAccessed });
-            newRsp = sd.Default32 ? (uint)spv : (oldRsp & ~0xfffful) | (ushort)spv;
-        }
-
+        if (ia32e) newRsp &= ~0xful; // the 64-bit frame is 16-byte aligned
         // Build the frame on the new stack; undo everything if a push faults.
         var oldCs = c.Segs[(int)Seg.Cs];
         ulong oldFlags = c.Rflags;
@@ -163,6 +140,39 @@ public sealed unsafe partial class InstructionEngine
         c.Rip = offset;
         c.Rflags &= ~(CpuState.FlagTf | CpuState.FlagNt | CpuState.FlagRf | CpuState.FlagVm | (trap ? 0 : CpuState.FlagIf));
         return Exec.Branch;
+    }
+
+    /// <summary>
+    /// The stack for privilege level <paramref name="newCpl"/> from the current TSS (SDM Vol. 3 6.12.1, 5.8.5): SS:ESP from a
+    /// 16/32-bit TSS with the #TS/#SS checks, or RSPn / ISTn from a 64-bit TSS with a null SS.
+    /// </summary>
+    private bool TssStack(int newCpl, int ist, bool ia32e, uint extBit, out SegmentRegister ss, out ulong rsp)
+    {
+        var c = _cpu;
+        ss = default; rsp = 0;
+        if (ia32e)
+        {
+            uint slot = ist != 0 ? 0x24 + 8 * (uint)(ist - 1) : 4 + 8 * (uint)newCpl;
+            if (!ReadTss(slot, 8, extBit, out rsp)) return false;
+            if (!Segmentation.IsCanonical(c, rsp)) return RaiseFalse(new PendingException(Vector.SS, true, extBit, 0));
+            ss = new SegmentRegister((ushort)newCpl, new SegmentDescriptor(0, 0, SegmentDescriptor.Unusable | (uint)(newCpl << 5) | DescS | 3));
+            return true;
+        }
+        bool tss32 = (c.Tr.Descriptor.Access & 0xf) is 9 or 0xb;
+        ulong ssv, spv;
+        if (tss32) { if (!ReadTss(8 + 8 * (uint)newCpl, 2, extBit, out ssv) || !ReadTss(4 + 8 * (uint)newCpl, 4, extBit, out spv)) return false; }
+        else { if (!ReadTss(4 + 4 * (uint)newCpl, 2, extBit, out ssv) || !ReadTss(2 + 4 * (uint)newCpl, 2, extBit, out spv)) return false; }
+        ushort ssSel = (ushort)ssv;
+        var ts = new PendingException(Vector.TS, true, (uint)(ssSel & 0xfffc) | extBit, 0);
+        if ((ssSel & 0xfffc) == 0) return RaiseFalse(new PendingException(Vector.TS, true, extBit, 0));
+        if ((ssSel & 3) != newCpl) return RaiseFalse(ts);
+        if (!ReadDescriptor(ssSel, out ulong ssRaw, out _)) { if (_fault.Status == AccessStatus.GuestFault && _fault.Exception.Vector == Vector.GP) _fault = AccessResult.Fault(ts); return false; }
+        var sd = Segmentation.FromRaw(ssRaw);
+        if ((sd.Access & DescS) == 0 || (sd.Access & TypeCode) != 0 || (sd.Access & TypeReadWrite) == 0 || sd.Dpl != newCpl) return RaiseFalse(ts);
+        if (!sd.Present) return RaiseFalse(new PendingException(Vector.SS, true, (uint)(ssSel & 0xfffc) | extBit, 0));
+        ss = new SegmentRegister(ssSel, sd with { Access = sd.Access | TypeAccessed });
+        rsp = sd.Default32 ? (uint)spv : (c.Gpr[4] & ~0xfffful) | (ushort)spv;
+        return true;
     }
 
     /// <summary>Reads a field of the current TSS; beyond the TSS limit is #TS(TSS selector).</summary>

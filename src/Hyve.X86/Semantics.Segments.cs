@@ -146,9 +146,11 @@ public sealed unsafe partial class InstructionEngine
         if ((d.Access & DescS) == 0)
         {
             uint st = d.Access & 0xf;
-            // Call gates (4 / 64-bit 0xC), task gates (5) and available TSSs (1, 9) are valid far-branch targets not yet implemented.
+            // Call gates (4, or 0xC: 32-bit, 64-bit in IA-32e mode) are followed by FarViaCallGate; task gates (5) and
+            // available TSSs (1, 9) mean a task switch, which is not modelled.
             bool longMode = (c.Efer & CpuState.EferLma) != 0;
-            if (st == 0xc || (!longMode && st is 1 or 4 or 5 or 9)) return Exec.Unsupported;
+            if (st == 0xc || (!longMode && st == 4)) { cs = new SegmentRegister(sel, d); return Exec.Restart; }
+            if (!longMode && st is 1 or 5 or 9) return Exec.Unsupported;
             return Raise(GpSel(sel));
         }
         return CheckCodeDescriptor(sel, d, c.Cpl, false, out cs);
@@ -217,6 +219,7 @@ public sealed unsafe partial class InstructionEngine
             default: return Exec.Unsupported;
         }
         var x = e.CheckFarCode(sel, out var cs, out ulong addr, out ulong raw);
+        if (x == Exec.Restart) return e.FarViaCallGate(ref i, sel, raw, addr);
         if (x != Exec.Next) return x;
         if (!e.FarTargetOk(cs, offset)) return Exec.Fault;
         ulong rsp = c.Gpr[4];
@@ -226,6 +229,74 @@ public sealed unsafe partial class InstructionEngine
             if (!e.PushValue(c.Segs[(int)Seg.Cs].Selector, size) || !e.PushValue(i.NextIP & Mask(size), size)) { c.Gpr[4] = rsp; return Exec.Fault; }
         }
         if (addr != 0 || raw != 0) { if (!e.SetAccessed(addr, raw)) { c.Gpr[4] = rsp; return Exec.Fault; } }
+        c.Segs[(int)Seg.Cs] = cs;
+        c.Rip = offset;
+        return Exec.Branch;
+    }
+
+    /// <summary>
+    /// Far JMP/CALL through a call gate (SDM Vol. 3 5.8.4-5.8.6): gate DPL ≥ max(CPL, RPL); JMP keeps the privilege level,
+    /// CALL to a more privileged non-conforming segment switches to the TSS stack and copies the gate's parameter count.
+    /// </summary>
+    private Exec FarViaCallGate(ref Instruction i, ushort gateSel, ulong gateRaw, ulong gateAddr)
+    {
+        var c = _cpu;
+        bool call = i.Mnemonic == Mnemonic.Call;
+        bool ia32e = (c.Efer & CpuState.EferLma) != 0;
+        int cpl = c.Cpl;
+        var g = Segmentation.FromRaw(gateRaw);
+        if (g.Dpl < cpl || g.Dpl < (gateSel & 3)) return Raise(GpSel(gateSel));
+        if (!g.Present) return Raise(NpSel(gateSel));
+        ulong hi = 0;
+        if (ia32e)
+        {
+            // A 64-bit call gate takes 16 bytes; its upper type field must be 0.
+            if ((ulong)(gateSel & 0xfff8) + 15 > ((gateSel & 4) != 0 ? c.Ldtr.Descriptor.Limit : c.Gdtr.Limit)) return Raise(GpSel(gateSel));
+            var r = _mem.Read(c, gateAddr + 8, 8, PageAccess.Implicit, out hi);
+            if (!r.IsOk) return Fail(r);
+            if (((hi >> 40) & 0x1f) != 0) return Raise(GpSel(gateSel));
+        }
+        int gsize = ia32e ? 8 : (gateRaw >> 40 & 0xf) == 0xc ? 4 : 2;
+        ulong offset = (gateRaw & 0xffff) | ((gateRaw >> 32) & 0xffff0000) | (ia32e ? hi << 32 : 0);
+        if (gsize == 2) offset &= 0xffff;
+        int paramCount = ia32e ? 0 : (int)(gateRaw >> 32) & 0x1f;
+        ushort sel = (ushort)(gateRaw >> 16);
+        if ((sel & 0xfffc) == 0) return Raise(PendingException.Gp0);
+        if (!ReadDescriptor(sel, out ulong raw, out ulong addr)) return Exec.Fault;
+        var d = Segmentation.FromRaw(raw);
+        if ((d.Access & DescS) == 0 || (d.Access & TypeCode) == 0) return Raise(GpSel(sel));
+        bool conforming = (d.Access & TypeConforming) != 0;
+        if (conforming || call ? d.Dpl > cpl : d.Dpl != cpl) return Raise(GpSel(sel));
+        if (!d.Present) return Raise(NpSel(sel));
+        if (ia32e && (!d.Long || d.Default32)) return Raise(GpSel(sel));
+        int newCpl = call && !conforming ? d.Dpl : cpl;
+        var cs = new SegmentRegister((ushort)((sel & 0xfffc) | newCpl), d with { Access = d.Access | TypeAccessed });
+        if (!FarTargetOk(cs, offset)) return Exec.Fault;
+        var oldCs = c.Segs[(int)Seg.Cs];
+        var oldSs = c.Segs[(int)Seg.Ss];
+        ulong oldRsp = c.Gpr[4];
+        if (call)
+        {
+            ulong ret = i.NextIP & Mask(_bitness / 8);
+            if (newCpl < cpl)
+            {
+                if (!TssStack(newCpl, 0, ia32e, 0, out var newSs, out ulong newRsp)) return Exec.Fault;
+                // Parameters are read from the caller's stack before the switch, then pushed in the same order.
+                Span<ulong> args = stackalloc ulong[32];
+                int oss = StackAddrSize();
+                ulong osp = oldRsp & Mask(oss);
+                for (int k = 0; k < paramCount; k++)
+                    if (!StackRead((osp + (ulong)(k * gsize)) & Mask(oss), gsize, out args[k])) return Exec.Fault;
+                c.Segs[(int)Seg.Ss] = newSs;
+                c.Gpr[4] = newRsp;
+                bool ok = FramePush(ia32e, oldSs.Selector, gsize) && FramePush(ia32e, oldRsp & Mask(gsize), gsize);
+                for (int k = paramCount - 1; ok && k >= 0; k--) ok = FramePush(ia32e, args[k], gsize);
+                ok = ok && FramePush(ia32e, oldCs.Selector, gsize) && FramePush(ia32e, ret, gsize);
+                if (!ok) { c.Segs[(int)Seg.Ss] = oldSs; c.Gpr[4] = oldRsp; return Exec.Fault; }
+            }
+            else if (!FramePush(ia32e, oldCs.Selector, gsize) || !FramePush(ia32e, ret, gsize)) { c.Gpr[4] = oldRsp; return Exec.Fault; }
+        }
+        if (!SetAccessed(addr, raw)) { c.Segs[(int)Seg.Ss] = oldSs; c.Gpr[4] = oldRsp; return Exec.Fault; }
         c.Segs[(int)Seg.Cs] = cs;
         c.Rip = offset;
         return Exec.Branch;
@@ -346,6 +417,7 @@ public sealed unsafe partial class InstructionEngine
             _ => Seg.Ss,
         };
         if (!e.LoadSegment(seg, sel)) return Exec.Fault;
+        if (seg == Seg.Ss) e._cpu.InterruptShadow &= unchecked((byte)~CpuState.ShadowMovSs); // only MOV SS and POP SS block interrupts, not LSS
         SetGpr(e._cpu, i.Op0Register, offset);
         return Exec.Next;
     }

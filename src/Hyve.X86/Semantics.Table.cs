@@ -86,6 +86,19 @@ public sealed unsafe partial class InstructionEngine
             case Code.Int_imm8: case Code.Int3: case Code.Into: return &IntN;
             case Code.Iretw: case Code.Iretd: case Code.Iretq: return &Iret;
             case Code.Swapgs: return &Swapgs;
+            case Code.Pause: case Code.Prefetch_m8: case Code.Prefetchw_m8: case Code.Prefetchwt1_m8: case Code.Prefetchnta_m8:
+            case Code.Prefetcht0_m8: case Code.Prefetcht1_m8: case Code.Prefetcht2_m8:
+                return &Nop;
+            case Code.Lfence: case Code.Lfence_E9: case Code.Lfence_EA: case Code.Lfence_EB: case Code.Lfence_EC: case Code.Lfence_ED:
+            case Code.Lfence_EE: case Code.Lfence_EF: case Code.Mfence: case Code.Mfence_F1: case Code.Mfence_F2: case Code.Mfence_F3:
+            case Code.Mfence_F4: case Code.Mfence_F5: case Code.Mfence_F6: case Code.Mfence_F7: case Code.Sfence: case Code.Sfence_F9:
+            case Code.Sfence_FA: case Code.Sfence_FB: case Code.Sfence_FC: case Code.Sfence_FD: case Code.Sfence_FE: case Code.Sfence_FF:
+                return &Fence;
+            case Code.Clflush_m8: case Code.Clflushopt_m8: return &Clflush;
+            case Code.Pushaw: case Code.Pushad: return &Pusha;
+            case Code.Popaw: case Code.Popad: return &Popa;
+            case Code.Xlat_m8: return &Xlat;
+            case Code.Cmpxchg8b_m64: return &Cmpxchg8b;
             case Code.Lar_r16_rm16: case Code.Lar_r32_r32m16: case Code.Lar_r64_r64m16:
             case Code.Lsl_r16_rm16: case Code.Lsl_r32_r32m16: case Code.Lsl_r64_r64m16:
             case Code.Verr_rm16: case Code.Verr_r32m16: case Code.Verr_r64m16:
@@ -162,6 +175,20 @@ public sealed unsafe partial class InstructionEngine
             Mnemonic.Rol or Mnemonic.Ror or Mnemonic.Rcl or Mnemonic.Rcr => &Rotate,
             Mnemonic.Loop or Mnemonic.Loope or Mnemonic.Loopne or Mnemonic.Jcxz or Mnemonic.Jecxz or Mnemonic.Jrcxz => &LoopJcxz,
             Mnemonic.Shld or Mnemonic.Shrd => &DoubleShift,
+            Mnemonic.Clac or Mnemonic.Stac => &ClacStac,
+            Mnemonic.Endbr32 or Mnemonic.Endbr64 or Mnemonic.Serialize => &Nop,
+            Mnemonic.Rdfsbase or Mnemonic.Rdgsbase or Mnemonic.Wrfsbase or Mnemonic.Wrgsbase => &FsGsBase,
+            Mnemonic.Rdpid => &Rdpid,
+            Mnemonic.Rdpkru or Mnemonic.Wrpkru => &Pkru,
+            Mnemonic.Invpcid => &Invpcid,
+            Mnemonic.Wbnoinvd => &PrivilegedNop,
+            Mnemonic.Movnti => &Movnti,
+            Mnemonic.Movbe => &Movbe,
+            Mnemonic.Int1 => &Icebp,
+            Mnemonic.Salc => &Salc,
+            Mnemonic.Arpl => &Arpl,
+            Mnemonic.Bound => &Bound,
+            Mnemonic.Daa or Mnemonic.Das or Mnemonic.Aaa or Mnemonic.Aas or Mnemonic.Aam or Mnemonic.Aad => &Bcd,
             Mnemonic.Pushf or Mnemonic.Pushfd or Mnemonic.Pushfq => &Pushf,
             _ => null,
         };

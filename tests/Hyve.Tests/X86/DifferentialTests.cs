@@ -253,6 +253,18 @@ public sealed unsafe class DifferentialTests : IDisposable
         Branch("jrcxz", (a, l) => a.jrcxz(l));
         Compare("sahf", a => a.sahf());
         Compare("lahf", a => a.lahf());
+        Compare("xlatb", a => a.xlatb(), 0, 20, r => r[3] = r[6]);
+        Compare("movbe r32,m32", a => a.movbe(ecx, __dword_ptr[rsi + 4]));
+        Compare("movbe m64,r64", a => a.movbe(__qword_ptr[rsi + 8], rbx));
+        Compare("movbe r16,m16", a => a.movbe(cx, __word_ptr[rsi + 2]));
+        Compare("movnti m64,r64", a => a.movnti(__qword_ptr[rsi + 16], rbx));
+        // CMPXCHG8B: in even runs EDX:EAX equals the qword at [rsi+8] (run n stores Edges[n+1] there) so both outcomes are compared.
+        int n8 = 0;
+        Compare("lock cmpxchg8b m64", a => a.@lock.cmpxchg8b(__qword_ptr[rsi + 8]), 0, 30, r =>
+        {
+            int n = n8++;
+            if (n % 2 == 0 && n + 1 < Edges.Length) { r[0] = Edges[n + 1] & 0xffffffff; r[2] = Edges[n + 1] >> 32; }
+        });
     }
 
     [Fact]

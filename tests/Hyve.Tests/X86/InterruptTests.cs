@@ -203,4 +203,53 @@ public class InterruptTests
         Assert.NotEqual(0ul, cpu.Rflags & CpuState.FlagIf);
         Assert.Equal(CpuMode.Long64, cpu.Mode);
     }
+
+    [Fact]
+    public void Far_call_through_a_call_gate_to_ring0_copies_parameters_and_retf_returns()
+    {
+        var cpu = Protected32(3);
+        cpu.Gdtr = new SegmentDescriptor(Gdt, 0x4f, 0);
+        // Call gate at 0x48: 32-bit, DPL 3, two parameters, to Code0:0x5000.
+        _mem.Write64(Gdt + 0x48, 0x5000 | (ulong)Code0 << 16 | 2ul << 32 | 0xecul << 40);
+        _mem.Write32(Tss + 4, 0x20000); // ESP0
+        _mem.Write32(Tss + 8, Data0);   // SS0
+        _mem.Write32(0x9000, 0x1111);   // parameters on the caller's stack
+        _mem.Write32(0x9004, 0x2222);
+        Assert.True(Run(cpu, 0x9a, 0, 0, 0, 0, 0x4b, 0x00).IsOk); // call 0x4b:0 (the offset is ignored)
+        Assert.Equal(0, cpu.Cpl);
+        Assert.Equal(0x5000ul, cpu.Rip);
+        Assert.Equal(Code0, cpu.Segs[(int)Seg.Cs].Selector);
+        Assert.Equal(0x20000ul - 24, cpu.Gpr[4]);
+        Assert.Equal(new uint[] { 0x4007, Code3 | 3, 0x1111, 0x2222, 0x9000, Data3 | 3 },
+            Enumerable.Range(0, 6).Select(k => _mem.Read32(0x20000 - 24 + 4 * (ulong)k)).ToArray());
+        Assert.True(Run(cpu, 0xca, 0x08, 0x00).IsOk); // retf 8
+        Assert.Equal(3, cpu.Cpl);
+        Assert.Equal(0x4007ul, cpu.Rip);
+        Assert.Equal(0x9008ul, cpu.Gpr[4]);
+        Assert.Equal(Data3 | 3, cpu.Segs[(int)Seg.Ss].Selector);
+        // A gate with DPL 0 is out of reach from CPL 3: #GP(gate selector).
+        _mem.Write64(Gdt + 0x48, 0x5000 | (ulong)Code0 << 16 | 0x8cul << 40);
+        var r = Run(cpu, 0x9a, 0, 0, 0, 0, 0x4b, 0x00);
+        Assert.Equal(Vector.GP, r.Exception.Vector);
+        Assert.Equal(0x48u, r.Exception.ErrorCode);
+    }
+
+    [Fact]
+    public void Far_jmp_through_a_64_bit_call_gate_keeps_the_privilege_level()
+    {
+        _mem.Write64(0x10000, 0x11000 | 3);
+        _mem.Write64(0x11000, 0x12000 | 3);
+        _mem.Write64(0x12000, 0x83);
+        var cpu = new CpuState();
+        cpu.SetFlatLongMode(0x10000);
+        cpu.Segs[(int)Seg.Cs] = new SegmentRegister(Code0, new SegmentDescriptor(0, 0xffffffff, 0xc09b)); // compatibility mode
+        cpu.Gdtr = new SegmentDescriptor(Gdt, 0x5f, 0);
+        _mem.Write64(Gdt + 0x48, 0x6000 | (ulong)Code64 << 16 | 0x8cul << 40);
+        _mem.Write64(Gdt + 0x50, 0);
+        cpu.Rip = 0x4000;
+        Assert.True(Run(cpu, 0xea, 0, 0, 0, 0, 0x48, 0x00).IsOk);
+        Assert.Equal(CpuMode.Long64, cpu.Mode);
+        Assert.Equal(0x6000ul, cpu.Rip);
+        Assert.Equal(Code64, cpu.Segs[(int)Seg.Cs].Selector);
+    }
 }

@@ -343,6 +343,13 @@ public class SegmentTests
         Assert.Equal(0xcafeul, cpu.Gpr[6]);
         Assert.Equal(Ldt0Data, cpu.Segs[(int)Seg.Ds].Selector);
         Assert.Equal(0x100000ul, cpu.Segs[(int)Seg.Ds].Descriptor.Base);
+        // lss esp, [0x3010]: loads SS:ESP together, without the MOV SS interrupt shadow (DS now has base 0x100000).
+        _mem.Write32(0x103010, 0x7000);
+        _mem.Write(0x103014, new byte[] { (byte)Data32, 0 });
+        Assert.True(Run(cpu, 0x0f, 0xb2, 0x25, 0x10, 0x30, 0x00, 0x00).IsOk);
+        Assert.Equal(0x7000ul, cpu.Gpr[4]);
+        Assert.Equal(Data32, cpu.Segs[(int)Seg.Ss].Selector);
+        Assert.Equal(0, cpu.InterruptShadow);
     }
 
     [Fact]
@@ -378,5 +385,71 @@ public class SegmentTests
         user.Gpr[3] = ConformingDpl3 | 3; // conforming code: no privilege check
         Assert.True(Run(user, 0x0f, 0x00, 0xe3).IsOk);
         Assert.NotEqual(0ul, user.Rflags & CpuState.FlagZf);
+    }
+
+    [Fact]
+    public void Fuzz_segment_and_system_instructions_over_random_descriptor_tables_never_throw()
+    {
+        var rng = new Random(7);
+        // Opcode heads of the segment, far-transfer, system and interrupt instructions, followed by random bytes.
+        byte[][] heads =
+        {
+            new byte[] { 0x8e }, new byte[] { 0x8c }, new byte[] { 0x1f }, new byte[] { 0x07 }, new byte[] { 0x17 }, new byte[] { 0x0f, 0xa1 },
+            new byte[] { 0xc5 }, new byte[] { 0xc4 }, new byte[] { 0x0f, 0xb2 }, new byte[] { 0xea }, new byte[] { 0x66, 0xea },
+            new byte[] { 0x9a }, new byte[] { 0xff }, new byte[] { 0xcb }, new byte[] { 0xca }, new byte[] { 0x48, 0xcb }, new byte[] { 0xcf },
+            new byte[] { 0x48, 0xcf }, new byte[] { 0xcd }, new byte[] { 0xcc }, new byte[] { 0x0f, 0x00 }, new byte[] { 0x0f, 0x01 },
+            new byte[] { 0x0f, 0x20 }, new byte[] { 0x0f, 0x22 }, new byte[] { 0x0f, 0x21 }, new byte[] { 0x0f, 0x23 }, new byte[] { 0x0f, 0x02 },
+            new byte[] { 0x0f, 0x03 }, new byte[] { 0x9d }, new byte[] { 0xfa }, new byte[] { 0xfb }, new byte[] { 0x0f, 0x30 }, new byte[] { 0x0f, 0x32 },
+            new byte[] { 0x0f, 0x05 }, new byte[] { 0x0f, 0x07 }, new byte[] { 0x0f, 0x34 }, new byte[] { 0x0f, 0x35 }, new byte[] { 0xc8 }, new byte[] { 0x61 },
+        };
+        var bytes = new byte[15];
+        var cpu = new CpuState();
+        var before = new CpuState();
+        _mem.Write64(0x10000, 0x11000 | 7);
+        _mem.Write64(0x11000, 0x12000 | 7);
+        _mem.Write64(0x12000, 0x87);
+        int iterations = int.TryParse(Environment.GetEnvironmentVariable("HYVE_FUZZ_ITERATIONS"), out int it) ? it : 40_000;
+        for (int n = 0; n < iterations; n++)
+        {
+            if (n % 64 == 0)
+            {
+                for (ulong k = 0; k < 0x100; k += 8)
+                {
+                    ulong d = (ulong)rng.NextInt64();
+                    if (rng.Next(2) == 0) d = (d & 0xff0f_ffff_ffff_ffff) | 0x0080_0000_0000_0000 | (ulong)(0x90 | rng.Next(16) | rng.Next(4) << 5) << 40;
+                    _mem.Write64(Gdt + k, d);
+                    _mem.Write64(0x2000 + 2 * k, (ulong)rng.NextInt64() & 0xffff_ef00_00ff_ffff | 0x0000_8e00_0000_0000 * (ulong)rng.Next(2));
+                    _mem.Write64(0x2000 + 2 * k + 8, rng.Next(2) == 0 ? 0 : (ulong)rng.NextInt64());
+                }
+            }
+            switch (n % 5)
+            {
+                case 0: cpu = Protected32(); break;
+                case 1: cpu = Protected32(3); break;
+                case 2: cpu = new CpuState(); cpu.Segs[(int)Seg.Cs] = new SegmentRegister(0, new SegmentDescriptor(0, 0xffff, 0x9b)); cpu.Rip = 0x1000; break;
+                case 3: cpu = new CpuState(); cpu.SetFlatLongMode(0x10000); cpu.Rip = 0x1000; cpu.Gpr[4] = 0x8000; break;
+                default: cpu = Protected32(); cpu.Cr4 |= CpuState.Cr4Pvi | CpuState.Cr4Vme; cpu.Rflags |= CpuState.FlagNt; break;
+            }
+            cpu.Gdtr = new SegmentDescriptor(Gdt, (uint)rng.Next(0x120), 0);
+            cpu.Idtr = new SegmentDescriptor(0x2000, (uint)rng.Next(0x300), 0);
+            cpu.Tr = new SegmentRegister(0x28, new SegmentDescriptor(0x3000, (uint)rng.Next(0x70), 0x8b));
+            for (int r = 0; r < 16; r++) if (r != 4) cpu.Gpr[r] = rng.Next(2) == 0 ? (ulong)rng.Next(0x80) : (ulong)rng.NextInt64();
+            rng.NextBytes(bytes);
+            var head = heads[rng.Next(heads.Length)];
+            head.CopyTo(bytes, 0);
+            cpu.CopyTo(before);
+            var r0 = _engine.Step(cpu, null, bytes);
+            if (r0.Status == StepStatus.Exception && r0.Exception.Vector != Vector.DB)
+            {
+                // A faulting instruction leaves the registers as they were (SDM Vol. 3 6.5: faults are restartable).
+                Assert.Equal(before.Rip, cpu.Rip);
+                Assert.Equal(before.Gpr, cpu.Gpr);
+                Assert.Equal(before.Segs, cpu.Segs);
+                Assert.Equal(before.Rflags, cpu.Rflags);
+                Assert.Equal((before.Cr0, before.Cr3, before.Cr4, before.Efer, before.Gdtr, before.Idtr, before.Ldtr, before.Tr),
+                    (cpu.Cr0, cpu.Cr3, cpu.Cr4, cpu.Efer, cpu.Gdtr, cpu.Idtr, cpu.Ldtr, cpu.Tr));
+            }
+            if (rng.Next(4) == 0) _engine.Deliver(cpu, new PendingException((byte)rng.Next(256), rng.Next(2) == 0, 0, 0), rng.Next(2) == 0);
+        }
     }
 }

@@ -560,4 +560,82 @@ public class SystemTests
         Loop();
         Assert.Equal(0, GC.GetAllocatedBytesForCurrentThread() - before);
     }
+
+    [Fact]
+    public void Pusha_popa_round_trip_and_popa_skips_sp()
+    {
+        var c = Protected32();
+        for (int r = 0; r < 8; r++) c.Gpr[r] = 0x1000u * (uint)(r + 1) + (r == 4 ? 0x8000u - 0x5000u : 0);
+        c.Gpr[4] = 0x8000;
+        Assert.True(Run(c, a => a.pushad()).IsOk);
+        Assert.Equal(0x7fe0ul, c.Gpr[4]);
+        Assert.Equal(0x8000u, _mem.Read32(0x7fe0 + 12)); // the original ESP
+        Assert.Equal(0x1000u, _mem.Read32(0x7ffc));      // EAX first
+        for (int r = 0; r < 8; r++) if (r != 4) c.Gpr[r] = 0;
+        _mem.Write32(0x7fe0 + 12, 0xdead);
+        Assert.True(Run(c, a => a.popad()).IsOk);
+        Assert.Equal(0x8000ul, c.Gpr[4]);
+        Assert.Equal(new ulong[] { 0x1000, 0x2000, 0x3000, 0x4000 }, c.Gpr[..4]);
+        Assert.Equal(new ulong[] { 0x6000, 0x7000, 0x8000 }, c.Gpr[5..8]);
+        Assert.True(Run(c, a => a.pause()).IsOk);
+        Assert.True(Run(c, a => a.mfence()).IsOk);
+        Assert.True(Run(c, a => a.clflush(__byte_ptr[0x3000])).IsOk);
+    }
+
+    [Fact]
+    public void Bcd_adjustments_follow_the_SDM_examples()
+    {
+        var c = new CpuState();
+        c.Segs[(int)Seg.Cs] = new SegmentRegister(0, new SegmentDescriptor(0, 0xffff, 0x9b));
+        c.Rip = 0x7c00;
+        StepResult Do(ulong ax, ulong flags, params byte[] code) { c.Gpr[0] = ax; c.Rflags = 2 | flags; c.Rip = 0x7c00; return Run(c, code); }
+        Assert.True(Do(0xae, 0, 0x27).IsOk); // 79h + 35h = AEh; DAA -> 14h, CF
+        Assert.Equal(0x14ul, c.Gpr[0] & 0xff);
+        Assert.NotEqual(0ul, c.Rflags & CpuState.FlagCf);
+        Assert.True(Do(0xee, CpuState.FlagCf | CpuState.FlagAf, 0x2f).IsOk); // 35h - 47h = EEh; DAS -> 88h, CF
+        Assert.Equal(0x88ul, c.Gpr[0] & 0xff);
+        Assert.NotEqual(0ul, c.Rflags & CpuState.FlagCf);
+        Assert.True(Do(0x000b, 0, 0x37).IsOk); // AAA: 0Bh -> AX 0101h
+        Assert.Equal(0x0101ul, c.Gpr[0] & 0xffff);
+        Assert.True(Do(0x05ff, CpuState.FlagAf, 0x3f).IsOk); // AAS after 08h - 09h: AX 0409h
+        Assert.Equal(0x0409ul, c.Gpr[0] & 0xffff);
+        Assert.True(Do(0x003f, 0, 0xd4, 0x0a).IsOk); // AAM: 63 -> AH 6, AL 3
+        Assert.Equal(0x0603ul, c.Gpr[0] & 0xffff);
+        Assert.True(Do(0x0603, 0, 0xd5, 0x0a).IsOk); // AAD: back to 63
+        Assert.Equal(0x003ful, c.Gpr[0] & 0xffff);
+        var r = Do(0x0603, 0, 0xd4, 0x00); // AAM 0: #DE
+        Assert.Equal(Vector.DE, r.Exception.Vector);
+        Assert.True(Do(0, CpuState.FlagCf, 0xd6).IsOk); // SALC
+        Assert.Equal(0xfful, c.Gpr[0] & 0xff);
+    }
+
+    [Fact]
+    public void Bound_arpl_clac_stac_and_fsgsbase()
+    {
+        var c = Protected32();
+        _mem.Write32(0x3000, unchecked((uint)-5)); _mem.Write32(0x3004, 10);
+        c.Gpr[0] = 10;
+        Assert.True(Run(c, a => a.bound(eax, __qword_ptr[0x3000])).IsOk);
+        c.Gpr[0] = unchecked((uint)-6);
+        Assert.Equal(5, Run(c, a => a.bound(eax, __qword_ptr[0x3000])).Exception.Vector);
+        c.Gpr[0] = 0x10; c.Gpr[3] = 0x23;
+        Assert.True(Run(c, a => a.arpl(ax, bx)).IsOk);
+        Assert.Equal(0x13ul, c.Gpr[0]);
+        Assert.NotEqual(0ul, c.Rflags & CpuState.FlagZf);
+        Assert.True(Run(c, a => a.stac()).IsOk);
+        Assert.NotEqual(0ul, c.Rflags & CpuState.FlagAc);
+        Assert.True(Run(c, a => a.clac()).IsOk);
+        Assert.Equal(0ul, c.Rflags & CpuState.FlagAc);
+        AssertUd(Run(Protected32(3), a => a.stac()));
+        var l = Long64();
+        l.Gpr[0] = 0x12345000;
+        AssertUd(Run(l, a => a.wrfsbase(rax)));        // CR4.FSGSBASE clear
+        l.Cr4 |= 1ul << 16;
+        Assert.True(Run(l, a => a.wrfsbase(rax)).IsOk);
+        Assert.Equal(0x12345000ul, l.Segs[(int)Seg.Fs].Descriptor.Base);
+        Assert.True(Run(l, a => a.rdfsbase(rbx)).IsOk);
+        Assert.Equal(0x12345000ul, l.Gpr[3]);
+        l.Gpr[0] = 0x0000800000000000;
+        AssertGp0(Run(l, a => a.wrgsbase(rax)));
+    }
 }
