@@ -5,35 +5,10 @@ namespace Hyve.X86;
 
 public sealed unsafe partial class InstructionEngine
 {
-    // CMPXCHG8B / CMPXCHG16B (SDM Vol. 2A): compare EDX:EAX (RDX:RAX) with the memory operand; equal: ZF=1 and
-    // the memory takes ECX:EBX (RCX:RBX); different: ZF=0 and the accumulator pair takes the memory value. Only ZF
-    // changes. The 8-byte form is one compare-and-swap on RAM; the 16-byte form checks 16-byte alignment (#GP(0))
-    // and compares and writes its two halves in turn, which is atomic only against this vCPU.
-    private static Exec Cmpxchg8b(InstructionEngine e, ref Instruction i)
-    {
-        var c = e._cpu;
-        var g = c.Gpr;
-        ulong expected = (g[2] & 0xffff_ffff) << 32 | (g[0] & 0xffff_ffff);
-        ulong value = (g[1] & 0xffff_ffff) << 32 | (g[3] & 0xffff_ffff);
-        if (!e.ResolveModrm(ref i, 8, PageAccess.Write, out var loc)) return Exec.Fault;
-        ulong current;
-        bool equal;
-        while (true)
-        {
-            if (!e.ReadLoc(loc, out current)) return Exec.Fault;
-            equal = current == expected;
-            if (!e.Commit(loc, current, equal ? value : current, i.HasLockPrefix, out bool ok)) return Exec.Fault;
-            if (ok) break;
-        }
-        if (!equal)
-        {
-            g[0] = (uint)current;
-            g[2] = current >> 32;
-        }
-        e.SetFlags(ZF, equal ? ZF : 0);
-        return Exec.Next;
-    }
-
+    // CMPXCHG16B (SDM Vol. 2A): compare RDX:RAX with the 16-byte memory operand; equal: ZF=1 and the memory takes
+    // RCX:RBX; different: ZF=0 and RDX:RAX take the memory value. Only ZF changes. The operand must be 16-byte
+    // aligned (#GP(0)); its two halves are compared and written in turn, which is atomic only against this vCPU.
+    // (CMPXCHG8B, one compare-and-swap, is in Semantics.Misc.cs.)
     private static Exec Cmpxchg16b(InstructionEngine e, ref Instruction i)
     {
         var c = e._cpu;

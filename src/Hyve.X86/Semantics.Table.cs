@@ -55,7 +55,6 @@ public sealed unsafe partial class InstructionEngine
             case Code.Stmxcsr_m32: return &Stmxcsr;
             case Code.VEX_Bextr_r32_rm32_r32: case Code.VEX_Bextr_r64_rm64_r64: return &Bextr;
             case Code.Hlt: return &Hlt;
-            case Code.Cmpxchg8b_m64: return &Cmpxchg8b;
             case Code.Cmpxchg16b_m128: return &Cmpxchg16b;
             case Code.Lgdt_m1632_16: case Code.Lgdt_m1632: case Code.Lgdt_m1664:
             case Code.Lidt_m1632_16: case Code.Lidt_m1632: case Code.Lidt_m1664:
