@@ -26,6 +26,33 @@ public static class GuestRom
         return rom;
     }
 
+    /// <summary>Real-mode segment under which a 64 KiB <see cref="RealMode"/> ROM's bytes appear at their ROM offsets:
+    /// the machine shadows the ROM into 0xF0000-0xFFFFF, so an IVT entry F000:offset reaches code placed there.</summary>
+    public const ushort ShadowSegment = 0xf000;
+
+    /// <summary>
+    /// A 64 KiB real-mode ROM like <see cref="RealMode"/> whose <paramref name="blocks"/> (interrupt handlers, say)
+    /// are each assembled for and placed at their own ROM offset, so <see cref="ShadowSegment"/>:Offset runs them.
+    /// </summary>
+    public static byte[] RealModeWithBlocks(Action<Assembler> code, params (ushort Offset, Action<Assembler> Code)[] blocks)
+    {
+        const int size = 64 * 1024;
+        var rom = RealMode(code, size);
+        foreach (var (offset, block) in blocks)
+        {
+            var a = new Assembler(16);
+            block(a);
+            var ms = new MemoryStream();
+            a.Assemble(new StreamCodeWriter(ms), offset);
+            if (offset + ms.Length > size - 16) throw new ArgumentException($"block at 0x{offset:x} does not fit");
+            // The gap is still the hlt filler unless the main code or another block reaches into it.
+            if (Array.Exists(rom[offset..(offset + (int)ms.Length)], b => b != 0xf4))
+                throw new ArgumentException($"block at 0x{offset:x} overlaps other code");
+            ms.ToArray().CopyTo(rom, offset);
+        }
+        return rom;
+    }
+
     /// <summary>Linear address of the 32-bit code in a <see cref="ProtectedMode32"/> ROM.</summary>
     public const uint Code32Base = 0xffff1000;
 
