@@ -36,21 +36,27 @@ public static class GuestRom
     /// </summary>
     public static byte[] RealModeWithBlocks(Action<Assembler> code, params (ushort Offset, Action<Assembler> Code)[] blocks)
     {
-        const int size = 64 * 1024;
-        var rom = RealMode(code, size);
-        foreach (var (offset, block) in blocks)
-        {
-            var a = new Assembler(16);
-            block(a);
-            var ms = new MemoryStream();
-            a.Assemble(new StreamCodeWriter(ms), offset);
-            if (offset + ms.Length > size - 16) throw new ArgumentException($"block at 0x{offset:x} does not fit");
-            // The gap is still the hlt filler unless the main code or another block reaches into it.
-            if (Array.Exists(rom[offset..(offset + (int)ms.Length)], b => b != 0xf4))
-                throw new ArgumentException($"block at 0x{offset:x} overlaps other code");
-            ms.ToArray().CopyTo(rom, offset);
-        }
+        var rom = RealMode(code);
+        foreach (var (offset, block) in blocks) PlaceBlock(rom, 16, offset, offset, block);
         return rom;
+    }
+
+    /// <summary>
+    /// Assembles <paramref name="code"/> as <paramref name="bitness"/>-bit code that runs at <paramref name="address"/>
+    /// and writes it into <paramref name="rom"/> at <paramref name="romOffset"/> (a gap still holding the hlt filler).
+    /// For a 64 KiB ROM, 32-bit code at ROM offset N runs at 0xFFFF0000 + N.
+    /// </summary>
+    public static void PlaceBlock(byte[] rom, int bitness, int romOffset, ulong address, Action<Assembler> code)
+    {
+        var a = new Assembler(bitness);
+        code(a);
+        var ms = new MemoryStream();
+        a.Assemble(new StreamCodeWriter(ms), address);
+        if (romOffset < 0 || romOffset + ms.Length > rom.Length - 16) throw new ArgumentException($"block at 0x{romOffset:x} does not fit");
+        // The gap is still the hlt filler unless other code reaches into it.
+        if (Array.Exists(rom[romOffset..(romOffset + (int)ms.Length)], b => b != 0xf4))
+            throw new ArgumentException($"block at 0x{romOffset:x} overlaps other code");
+        ms.ToArray().CopyTo(rom, romOffset);
     }
 
     /// <summary>Linear address of the 32-bit code in a <see cref="ProtectedMode32"/> ROM.</summary>
