@@ -254,6 +254,14 @@ internal sealed class SoftVcpu : IVcpuBackend, ILapicCpu
         _waitForSipi = Id != 0;
     }
 
+    /// <summary>Forgets halt, wait-for-SIPI and pending events (for tests that load a new state between runs).</summary>
+    internal void ClearRunState()
+    {
+        _halted = _haltReported = _waitForSipi = _nmiBlocked = _hasPendingException = _irqWaiting = false;
+        _nmiRequest = _initRequest = false;
+        _sipiRequest = -1;
+    }
+
     private void StartAt(int vector)
     {
         _cpu.Segs[(int)Seg.Cs] = new SegmentRegister((ushort)(vector << 8), new SegmentDescriptor((ulong)vector << 12, 0xffff, 0x9b));
@@ -319,6 +327,7 @@ internal sealed class SoftVcpu : IVcpuBackend, ILapicCpu
                     continue;
                 case StepStatus.Exception:
                 {
+                    if (Trace) Console.Error.WriteLine($"vcpu{Id} #{r.Exception.Vector} err {r.Exception.ErrorCode:x} at {Where()} {r.Code}");
                     var ev = DeliverWithNesting(r.Exception, true);
                     if (ev is not null) return ev;
                     continue;
@@ -338,6 +347,8 @@ internal sealed class SoftVcpu : IVcpuBackend, ILapicCpu
         if (n > 0) Volatile.Write(ref _batches, _batches + 1);
         return null;
     }
+
+    private static readonly bool Trace = Environment.GetEnvironmentVariable("HYVE_SOFT_TRACE") == "1";
 
     private string Where() => $"{_cpu.Segs[(int)Seg.Cs].Selector:x4}:{_cpu.Rip:x}";
 
