@@ -4,6 +4,7 @@ using Hyve.Boot;
 using Hyve.Config;
 using Hyve.Devices;
 using Hyve.Kvm;
+using Hyve.Soft;
 using Hyve.Vmm;
 using Hyve.Vmm.Control;
 
@@ -136,15 +137,29 @@ public sealed class Machine : IDisposable
         switch (accel)
         {
             case "kvm":
-            case "auto":
-                if (!KvmSystem.IsAvailable(out var reason))
-                    throw new HostConfigException(accel == "kvm" ? reason : $"{reason} (and the software CPU is not built yet)");
+                if (!KvmSystem.IsAvailable(out var reason)) throw new HostConfigException(reason);
                 return vm => new KvmBackend(vm);
             case "soft":
-                throw new HostConfigException("accel=soft: the software CPU is not built yet");
+                return vm => new SoftBackend(vm);
+            case "auto":
+                // KVM only with hardware virtualization: without VT-x/AMD-V it emulates every instruction in the
+                // kernel, slower than the software CPU and refusing some (x87).
+                return HostHasVirtualization() && KvmSystem.IsAvailable(out _) ? vm => new KvmBackend(vm) : vm => new SoftBackend(vm);
             default:
                 throw new HostConfigException($"accel={accel}: expected kvm, soft or auto");
         }
+    }
+
+    private static bool HostHasVirtualization()
+    {
+        try
+        {
+            foreach (var line in File.ReadLines("/proc/cpuinfo"))
+                if (line.StartsWith("flags", StringComparison.Ordinal) && (line.Contains(" vmx", StringComparison.Ordinal) || line.Contains(" svm", StringComparison.Ordinal)))
+                    return true;
+        }
+        catch (IOException) { }
+        return false;
     }
 
     private static Dictionary<int, int[]>? ReadPinning(ConfigTree config, int cpus)

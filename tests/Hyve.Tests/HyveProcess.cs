@@ -38,7 +38,15 @@ public sealed class HyveProcess : IDisposable
     }
 
     /// <summary>Starts ./hyve with <paramref name="args"/>.</summary>
-    public static HyveProcess Start(params string[] args) => new("hyve", args, NewRunDir());
+    /// <remarks>Tests written for KVM run on KVM (accel=kvm) unless they choose the CPU engine themselves with accel=.</remarks>
+    public static HyveProcess Start(params string[] args) => new("hyve", WithAccel(args), NewRunDir());
+
+    private static string[] WithAccel(string[] args)
+    {
+        foreach (var a in args)
+            if (a.StartsWith("accel=", StringComparison.Ordinal)) return args;
+        return ["-o", "accel=kvm", .. args];
+    }
 
     /// <summary>Runs ./hyve to completion and returns it.</summary>
     public static HyveProcess Run(params string[] args)
