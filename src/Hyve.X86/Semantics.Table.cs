@@ -133,7 +133,6 @@ public sealed unsafe partial class InstructionEngine
             case Code.Nopw: case Code.Nopd: case Code.Nopq: case Code.Nop_rm16: case Code.Nop_rm32: case Code.Nop_rm64:
                 return &Nop;
         }
-        if (SelectSoft(c) is var soft && soft != null) return soft;
         // Only legacy/VEX general-purpose forms below; SSE/AVX variants sharing a mnemonic stay unsupported.
         if (c.Encoding() != EncodingKind.Legacy) return null;
         return c.Mnemonic() switch
