@@ -32,10 +32,12 @@ public sealed class Machine : IDisposable
         {
             _createBackend = ChooseBackend(_config.Get("accel") ?? "auto");
             _clock = Own(new TimerQueue());
+StartupTrace.Mark("timerqueue");
             var memory = Own(new GuestMemory(options.MemorySize, _config.GetBool("memory.guest_in_core", false)));
             // rtc.use_localtime (default true; -u clears it): the RTC counts local time unless asked for UTC.
             long rtcOffset = _config.GetBool("rtc.use_localtime", true)
                 ? (long)TimeZoneInfo.Local.GetUtcOffset(DateTime.UtcNow).TotalSeconds : 0;
+StartupTrace.Mark("memory");
             Vm = new Vm(name, new CpuTopology(t.Sockets, t.Cores, t.Threads, t.MaxCpus), memory, _clock, rtcOffset)
             {
                 StrictMsr = _config.GetBool("x86.strictmsr", true),
@@ -43,6 +45,7 @@ public sealed class Machine : IDisposable
             };
             // The control socket comes first: a second hyve with the same name must stop before touching anything.
             Own(ControlServer.Start(Vm));
+StartupTrace.Mark("control");
 
             Vm.Ports.Register(ResetControl.Port, 1, new ResetControl(Vm));
             var kbc = new I8042(Vm);
@@ -58,11 +61,13 @@ public sealed class Machine : IDisposable
                 new DebugExit(Vm.Exit, ioBase, ioSize).Register(Vm.Ports);
             }
 
+StartupTrace.Mark("lpc");
             string? rom = _config.Get("lpc.bootrom");
             string? kernel = _config.Get("boot.kernel");
             if (rom is null && kernel is null)
                 throw new HostConfigException("nothing to boot: give a boot ROM (-l bootrom,FILE) or a kernel (-o boot.kernel=FILE)");
             Platform = PcPlatform.Build(Vm, _config, firmware: rom is not null);
+StartupTrace.Mark("platform");
             if (rom is not null)
             {
                 BootRom.Load(memory, rom, _config.Get("lpc.bootvars"));
@@ -109,6 +114,7 @@ public sealed class Machine : IDisposable
             ctx.Cancel = true;
             if (Interlocked.Increment(ref sigterms) > 1 || !Platform.Pm.PressPowerButton()) Vm.Suspend(SuspendHow.PowerOff);
         });
+StartupTrace.Mark("run");
         bool exitOnReboot = _config.GetBool("exit_on_reboot", false);
         while (true)
         {

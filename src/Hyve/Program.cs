@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: BSD-2-Clause
 using Hyve.Config;
 using Hyve.Devices;
+using Hyve.Vmm;
 using Hyve.Vmm.Control;
 
 namespace Hyve;
@@ -12,7 +13,9 @@ public static class Program
     /// (0 reboot, 1 power off, 2 halt, 3 triple fault, 4 error).</summary>
     public static int Main(string[] args)
     {
+        StartupTrace.Mark("main");
         var r = Options.Parse(args);
+        StartupTrace.Mark("options parsed");
         if (r.Error is not null)
         {
             Console.Error.WriteLine($"hyve: {r.Error}");
@@ -45,6 +48,7 @@ public static class Program
         {
             ConsoleBackend.FlushAll();
             ConsoleTerminal.RestoreTerminal();
+            StartupTrace.Report();
         }
     }
 }
