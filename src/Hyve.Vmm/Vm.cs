@@ -128,12 +128,9 @@ public sealed class Vm : IVmControl
         ICpuBackend? backend = null;
         try
         {
-StartupTrace.Mark("vm.run");
             backend = createBackend(this);
-StartupTrace.Mark("backend");
             Backend = backend;
             foreach (var s in _slots) s.Start(backend.CreateVcpu(s.Id));
-StartupTrace.Mark("vcpus created");
             _running = true;
             for (int i = 0; i < threads.Length; i++)
             {
@@ -141,7 +138,6 @@ StartupTrace.Mark("vcpus created");
                 threads[i] = new Thread(() => VcpuThread(slot), 256 * 1024) { Name = $"vcpu{slot.Id}", IsBackground = true };
                 threads[i].Start();
             }
-StartupTrace.Mark("threads started");
             MonitorUntilSuspended();
         }
         catch (Exception e) when (e is IOException or InvalidOperationException or ArgumentException)
@@ -223,7 +219,6 @@ StartupTrace.Mark("threads started");
         try
         {
             PinThread(slot.Id);
-StartupTrace.Mark("vcpu thread");
             vcpu.AttachThread();
             if (slot.Id == 0) BootState?.Apply(vcpu);
             while (_suspendHow < 0)

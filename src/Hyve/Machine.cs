@@ -20,6 +20,8 @@ public sealed class Machine : IDisposable
     private readonly TimerQueue _clock;
     private readonly Func<Vm, ICpuBackend> _createBackend;
     private PosixSignalRegistration? _sigterm;
+    // Long enough for start-up (and a firmware's first steps) to be over.
+    private const long TrimDelayNs = 300_000_000;
 
     /// <summary>Builds the machine the options describe; throws <see cref="HostConfigException"/>,
     /// <see cref="ConfigException"/> or <see cref="ControlServerException"/> with a one-line reason.</summary>
@@ -32,12 +34,10 @@ public sealed class Machine : IDisposable
         {
             _createBackend = ChooseBackend(_config.Get("accel") ?? "auto");
             _clock = Own(new TimerQueue());
-StartupTrace.Mark("timerqueue");
             var memory = Own(new GuestMemory(options.MemorySize, _config.GetBool("memory.guest_in_core", false)));
             // rtc.use_localtime (default true; -u clears it): the RTC counts local time unless asked for UTC.
             long rtcOffset = _config.GetBool("rtc.use_localtime", true)
                 ? (long)TimeZoneInfo.Local.GetUtcOffset(DateTime.UtcNow).TotalSeconds : 0;
-StartupTrace.Mark("memory");
             Vm = new Vm(name, new CpuTopology(t.Sockets, t.Cores, t.Threads, t.MaxCpus), memory, _clock, rtcOffset)
             {
                 StrictMsr = _config.GetBool("x86.strictmsr", true),
@@ -45,7 +45,6 @@ StartupTrace.Mark("memory");
             };
             // The control socket comes first: a second hyve with the same name must stop before touching anything.
             Own(ControlServer.Start(Vm));
-StartupTrace.Mark("control");
 
             Vm.Ports.Register(ResetControl.Port, 1, new ResetControl(Vm));
             var kbc = new I8042(Vm);
@@ -61,13 +60,11 @@ StartupTrace.Mark("control");
                 new DebugExit(Vm.Exit, ioBase, ioSize).Register(Vm.Ports);
             }
 
-StartupTrace.Mark("lpc");
             string? rom = _config.Get("lpc.bootrom");
             string? kernel = _config.Get("boot.kernel");
             if (rom is null && kernel is null)
                 throw new HostConfigException("nothing to boot: give a boot ROM (-l bootrom,FILE) or a kernel (-o boot.kernel=FILE)");
             Platform = PcPlatform.Build(Vm, _config, firmware: rom is not null);
-StartupTrace.Mark("platform");
             if (rom is not null)
             {
                 BootRom.Load(memory, rom, _config.Get("lpc.bootvars"));
@@ -114,7 +111,8 @@ StartupTrace.Mark("platform");
             ctx.Cancel = true;
             if (Interlocked.Increment(ref sigterms) > 1 || !Platform.Pm.PressPowerButton()) Vm.Suspend(SuspendHow.PowerOff);
         });
-StartupTrace.Mark("run");
+        // Once the guest has been running a while, drop start-up code from the resident set (see WorkingSet).
+        _clock.CreateTimer(_ => WorkingSet.TrimReadOnlyFileMappings()).Start(_clock.NowNs + TrimDelayNs);
         bool exitOnReboot = _config.GetBool("exit_on_reboot", false);
         while (true)
         {

@@ -36,6 +36,7 @@ public static class Program
         try
         {
             using var machine = new Machine(r);
+            StartupTrace.Mark("machine built");
             return machine.Run();
         }
         catch (Exception e) when (e is HostConfigException or ConfigException or ControlServerException or IOException)

@@ -37,7 +37,9 @@ public sealed class Vatpic : IPortDevice
     public Vatpic() => Reset();
 
     /// <summary>The master's INTR output: an unmasked request with priority above everything in service.</summary>
-    public bool IntrAsserted { get { lock (_lock) return _intr; } }
+    // Read without the lock: vCPU 0 polls it before every KVM_RUN, and a rise it misses raises IntrChanged, which
+    // kicks vCPU 0 into polling again; the lock would give no fresher answer.
+    public bool IntrAsserted => Volatile.Read(ref _intr);
 
     /// <summary>Registers the six ports on <paramref name="bus"/>.</summary>
     public void RegisterPorts(PortBus bus)
