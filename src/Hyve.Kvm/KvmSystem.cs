@@ -54,7 +54,9 @@ public sealed unsafe class KvmSystem
 
     private KvmCpuidEntry2[] QuerySupportedCpuid()
     {
-        for (int n = 64; n <= 4096; n *= 2)
+        // Start big enough for today's CPUs (about 75 entries): a too-small buffer makes KVM enumerate (host CPUID,
+        // slow under nested virtualization) before failing with E2BIG, and the retry does it all again.
+        for (int n = 256; n <= 4096; n *= 2)
         {
             int bytes = 8 + n * sizeof(KvmCpuidEntry2);
             byte* buf = (byte*)NativeMemory.AllocZeroed((nuint)bytes);

@@ -23,6 +23,7 @@ internal sealed unsafe class KvmVcpu : IVcpuBackend
     private volatile int _tid;
     private volatile bool _kickRequested;
     private long _exits;
+    private bool _exitedOnce;
     private KvmFallback? _fallback;
 
     public KvmVcpu(KvmBackend vm, int id)
@@ -107,6 +108,11 @@ internal sealed unsafe class KvmVcpu : IVcpuBackend
                 }
                 LastError = $"KVM_RUN: {Libc.ErrnoText(errno)}";
                 return VcpuEvent.Error;
+            }
+            if (!_exitedOnce)
+            {
+                _exitedOnce = true;
+                StartupTrace.FirstExit();
             }
             uint reason = *(uint*)(_run + KvmApi.RunExitReason);
             switch (reason)

@@ -19,6 +19,7 @@ public sealed partial class TimerQueue : IClock, IDisposable
     // entry is dropped when it reaches the head (or in a compaction when stale entries pile up).
     private readonly PriorityQueue<Entry, (long Deadline, long Seq)> _queue = new();
     private readonly Thread _thread;
+    private int _threadStarted;
     private readonly IWaker _waker;
     private long _seq;
     private int _stale;
@@ -28,12 +29,12 @@ public sealed partial class TimerQueue : IClock, IDisposable
     /// <summary>Raised on the scheduler thread when a timer callback throws; the scheduler keeps running.</summary>
     public event Action<Exception>? CallbackFailed;
 
-    /// <summary>Creates the clock (time starts at 0 now) and starts its scheduler thread.</summary>
+    /// <summary>Creates the clock (time starts at 0 now); its scheduler thread starts with the first armed timer.</summary>
     public TimerQueue()
     {
         _waker = (OperatingSystem.IsLinux() ? FdWaker.TryCreate() : null) ?? (IWaker)new EventWaker();
+        // Started lazily: a guest that never programs a timer (and every VM's start-up path) pays no thread start.
         _thread = new Thread(Run) { IsBackground = true, Name = "hyve-timers" };
-        _thread.Start();
     }
 
     /// <inheritdoc/>
@@ -69,7 +70,7 @@ public sealed partial class TimerQueue : IClock, IDisposable
             _disposed = true;
         }
         _waker.Wake();
-        if (Thread.CurrentThread != _thread) _thread.Join();
+        if (Volatile.Read(ref _threadStarted) != 0 && Thread.CurrentThread != _thread) _thread.Join();
     }
 
     private void Arm(QueueTimer t, long deadline)
@@ -90,6 +91,7 @@ public sealed partial class TimerQueue : IClock, IDisposable
             if (_stale > 256 && _stale > _queue.Count / 2) Compact();
         }
         if (wake) _waker.Wake();
+        if (Volatile.Read(ref _threadStarted) == 0 && Interlocked.Exchange(ref _threadStarted, 1) == 0) _thread.Start();
     }
 
     private void Disarm(QueueTimer t)

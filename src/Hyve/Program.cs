@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: BSD-2-Clause
 using Hyve.Config;
 using Hyve.Devices;
+using Hyve.Vmm;
 using Hyve.Vmm.Control;
 
 namespace Hyve;
@@ -12,7 +13,9 @@ public static class Program
     /// (0 reboot, 1 power off, 2 halt, 3 triple fault, 4 error).</summary>
     public static int Main(string[] args)
     {
+        StartupTrace.Mark("main");
         var r = Options.Parse(args);
+        StartupTrace.Mark("options parsed");
         if (r.Error is not null)
         {
             Console.Error.WriteLine($"hyve: {r.Error}");
@@ -33,6 +36,7 @@ public static class Program
         try
         {
             using var machine = new Machine(r);
+            StartupTrace.Mark("machine built");
             return machine.Run();
         }
         catch (Exception e) when (e is HostConfigException or ConfigException or ControlServerException or IOException)
@@ -45,6 +49,7 @@ public static class Program
         {
             ConsoleBackend.FlushAll();
             ConsoleTerminal.RestoreTerminal();
+            StartupTrace.Report();
         }
     }
 }

@@ -94,7 +94,8 @@ public sealed class ControlServer : IDisposable
         }
 
         var server = new ControlServer(vm, listener, path);
-        server._acceptTask = Task.Run(server.AcceptLoopAsync);
+        // Runs inline up to the first pending accept (no thread-pool threads are started for an idle socket).
+        server._acceptTask = server.AcceptLoopAsync();
         return server;
     }
 

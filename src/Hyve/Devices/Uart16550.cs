@@ -66,7 +66,8 @@ public sealed class Uart16550 : IPortDevice, IConsoleReceiver
     // 1.8432 MHz clock / 16 / 9600 baud: bhyve's reset divisor.
     private const ushort DefaultDivisor = 12;
 
-    private readonly object _lock = new();
+    // System.Threading.Lock: the cheapest uncontended enter/exit (guest reads of LSR take it once per VM exit).
+    private readonly Lock _lock = new();
     private readonly ushort _base;
     private readonly Action<bool>? _irq;
     private readonly IConsoleBackend? _backend;

@@ -85,11 +85,11 @@ public class SoftHyveTests
     [Fact]
     public void AnUnimplementedInstructionStopsWithStatus4NamingIt()
     {
-        // AAA (BCD adjust) is valid in real mode but outside the engine's set: the user learns which instruction is missing.
-        string rom = Rom(a => { a.aaa(); a.cli(); a.hlt(); });
+        // RDRAND is valid in real mode but outside the engine's set: the user learns which instruction is missing.
+        string rom = Rom(a => { a.rdrand(ax); a.cli(); a.hlt(); });
         using var p = HyveProcess.Run("-o", "accel=soft", "-l", $"bootrom,{rom}", Name());
         Assert.Equal(4, p.ExitCode);
-        Assert.Contains("Aaa", p.Stderr, StringComparison.Ordinal);
+        Assert.Contains("Rdrand", p.Stderr, StringComparison.Ordinal);
     }
 
     [Fact]
