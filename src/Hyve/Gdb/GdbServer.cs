@@ -54,6 +54,9 @@ public sealed partial class GdbServer : IVmDebugger, IDisposable
         _acceptThread.Start();
     }
 
+    // HYVE_GDB_TRACE=1 logs debug exits and packets on stderr, for diagnosing a debugger session.
+    private static readonly bool Trace = Environment.GetEnvironmentVariable("HYVE_GDB_TRACE") == "1";
+
     /// <summary>The TCP port the server listens on.</summary>
     public int Port { get; }
 
@@ -117,6 +120,7 @@ public sealed partial class GdbServer : IVmDebugger, IDisposable
     public void DebugExit(int id, IVcpuBackend vcpu)
     {
         var info = vcpu.LastDebugExit;
+        if (Trace) Console.Error.WriteLine($"gdb: vcpu {id} debug exit {info}");
         lock (_lock)
         {
             string? reason = null;
@@ -189,7 +193,8 @@ public sealed partial class GdbServer : IVmDebugger, IDisposable
         {
             GuestDebugSettings s;
             lock (_lock) s = SettingsFor(i);
-            _vm.OnVcpu(i, v => v.SetGuestDebug(s));
+            bool ok = _vm.OnVcpu(i, v => v.SetGuestDebug(s));
+            if (Trace) Console.Error.WriteLine($"gdb: vcpu {i} guest debug {s} -> {(ok ? "ok" : "failed")}");
         }
     }
 

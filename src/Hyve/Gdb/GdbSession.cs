@@ -58,6 +58,7 @@ public sealed partial class GdbServer
                         ReportStop($"T05thread:{e.Vcpu + 1:x2};{e.Text}");
                         break;
                     case EventKind.Packet:
+                        if (Trace) Console.Error.WriteLine($"gdb: <- {e.Text}");
                         string? reply = Handle(e.Text!);
                         if (reply is not null) Send(reply);
                         if (_closed) return;
