@@ -147,6 +147,7 @@ internal sealed unsafe class KvmVcpu : IVcpuBackend
                         _ => Fail("the guest crashed (KVM system event)"),
                     };
                 case KvmApi.ExitDebug:
+                    ReadDebugExit();
                     return VcpuEvent.Debug;
                 case KvmApi.ExitInternalError:
                     if (!EmulateInUserSpace()) return Fail(LastError.Length > 0 ? LastError : DescribeInternalError());
@@ -503,6 +504,36 @@ internal sealed unsafe class KvmVcpu : IVcpuBackend
         *(uint*)(ev + 4) = errorCode;
         // flags = 0: leave NMI, SIPI and interrupt-shadow state as they are.
         Check(Libc.Ioctl(_fd, KvmApi.SetVcpuEvents, ev), "KVM_SET_VCPU_EVENTS");
+    }
+
+    public DebugExitInfo LastDebugExit { get; private set; }
+
+    // struct kvm_debug_exit_arch at the exit data: u32 exception, u32 pad, u64 pc, u64 dr6, u64 dr7.
+    private void ReadDebugExit()
+    {
+        byte* e = _run + KvmApi.RunExitData;
+        LastDebugExit = new DebugExitInfo((int)*(uint*)e, *(ulong*)(e + 8), *(ulong*)(e + 16), *(ulong*)(e + 24));
+    }
+
+    private const uint GuestDebugEnable = 1, GuestDebugSingleStep = 2, GuestDebugUseSwBp = 0x10000, GuestDebugUseHwBp = 0x20000;
+
+    // struct kvm_guest_debug: u32 control, u32 pad, struct kvm_guest_debug_arch { u64 debugreg[8]; } (72 bytes).
+    public bool SetGuestDebug(in GuestDebugSettings settings)
+    {
+        ulong* buf = stackalloc ulong[9];
+        uint control = 0;
+        if (settings.Enable)
+        {
+            control = GuestDebugEnable;
+            if (settings.SingleStep) control |= GuestDebugSingleStep;
+            if (settings.SoftwareBreakpoints) control |= GuestDebugUseSwBp;
+            if (settings.HardwareBreakpoints) control |= GuestDebugUseHwBp;
+        }
+        buf[0] = control;
+        buf[1] = settings.Dr0; buf[2] = settings.Dr1; buf[3] = settings.Dr2; buf[4] = settings.Dr3;
+        buf[5] = 0; buf[6] = 0; buf[7] = 0;
+        buf[8] = settings.HardwareBreakpoints ? settings.Dr7 : 0;
+        return Libc.Ioctl(_fd, KvmApi.SetGuestDebug, buf) == 0;
     }
 
     public void Dispose()

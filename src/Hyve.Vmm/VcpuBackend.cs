@@ -88,6 +88,12 @@ public interface IVcpuBackend : IDisposable
     /// A second exception while one is pending combines by the SDM's rules into #DF, then a triple fault.</summary>
     void InjectException(int vector, uint errorCode = 0);
 
+    /// <summary>Applies a debugger's settings (single step, breakpoints); false when this engine cannot.</summary>
+    bool SetGuestDebug(in GuestDebugSettings settings) => false;
+
+    /// <summary>Why the last <see cref="VcpuEvent.Debug"/> happened.</summary>
+    DebugExitInfo LastDebugExit => default;
+
     /// <summary>
     /// Writes CR0, CR3, CR4 and EFER as one step, as a loader entering long mode directly needs: KVM checks each
     /// state write for consistency, and no order of single-register writes reaches CR0.PG with EFER.LME|LMA.
@@ -100,6 +106,36 @@ public interface IVcpuBackend : IDisposable
         SetRegister(Reg.Efer, efer);
         SetRegister(Reg.Cr0, cr0);
     }
+}
+
+/// <summary>What a debugger asks of a vCPU's debug hardware (KVM_SET_GUEST_DEBUG's view): all fields off is "no debugging".</summary>
+/// <param name="Enable">Debug exits wanted at all.</param>
+/// <param name="SingleStep">Stop after one instruction.</param>
+/// <param name="SoftwareBreakpoints">INT3 exits to the VMM instead of reaching the guest.</param>
+/// <param name="HardwareBreakpoints">DR0-DR3 and DR7 below are the debugger's, not the guest's.</param>
+/// <param name="Dr0">Breakpoint address 0.</param>
+/// <param name="Dr1">Breakpoint address 1.</param>
+/// <param name="Dr2">Breakpoint address 2.</param>
+/// <param name="Dr3">Breakpoint address 3.</param>
+/// <param name="Dr7">Enables, types and lengths of DR0-DR3 (SDM Vol. 3 17.2.4).</param>
+public readonly record struct GuestDebugSettings(bool Enable, bool SingleStep, bool SoftwareBreakpoints, bool HardwareBreakpoints,
+    ulong Dr0 = 0, ulong Dr1 = 0, ulong Dr2 = 0, ulong Dr3 = 0, ulong Dr7 = 0);
+
+/// <summary>Why the last <see cref="VcpuEvent.Debug"/> happened (KVM's kvm_debug_exit_arch).</summary>
+/// <param name="Exception">1 for #DB (single step, hardware breakpoint or watchpoint), 3 for #BP (INT3).</param>
+/// <param name="Pc">Linear address of the instruction (for #BP, the INT3 itself).</param>
+/// <param name="Dr6">DR6 as the debug exception set it: B0-B3 (bits 0-3) name the breakpoint, BS (bit 14) a single step.</param>
+/// <param name="Dr7">DR7 in force.</param>
+public readonly record struct DebugExitInfo(int Exception, ulong Pc, ulong Dr6, ulong Dr7);
+
+/// <summary>The VM's debugger (the GDB server): told of debug exits and new vCPUs, on the vCPU's own thread.</summary>
+public interface IVmDebugger
+{
+    /// <summary>vCPU <paramref name="id"/> starts (at VM start and after every reset) and can take debug settings.</summary>
+    void VcpuStarted(int id, IVcpuBackend vcpu);
+
+    /// <summary>vCPU <paramref name="id"/> made a debug exit (<see cref="IVcpuBackend.LastDebugExit"/> says why).</summary>
+    void DebugExit(int id, IVcpuBackend vcpu);
 }
 
 /// <summary>A CPU engine for one VM incarnation: created at start and after every reset.

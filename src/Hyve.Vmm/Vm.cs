@@ -147,7 +147,7 @@ public sealed class Vm : IVmControl
         finally
         {
             _running = false;
-            foreach (var s in _slots) s.Vcpu?.Kick();
+            foreach (var s in _slots) s.Wake();
             foreach (var t in threads) t?.Join();
             foreach (var s in _slots) s.Stop();
             Backend = null;
@@ -165,7 +165,7 @@ public sealed class Vm : IVmControl
         if (Interlocked.CompareExchange(ref _suspendHow, (int)how, -1) == -1)
         {
             _suspended.Set();
-            foreach (var s in _slots) s.Vcpu?.Kick();
+            foreach (var s in _slots) s.Wake();
         }
     }
 
@@ -192,6 +192,12 @@ public sealed class Vm : IVmControl
             bool allHalted = true, anyActive = false;
             foreach (var s in _slots)
             {
+                if (s.Held)
+                {
+                    // A vCPU the debugger holds is neither running nor halted: the VM is not idle.
+                    allHalted = false;
+                    continue;
+                }
                 long exits = s.Vcpu!.ExitCount;
                 if (exits != s.ExitsAtProbe)
                 {
@@ -221,9 +227,15 @@ public sealed class Vm : IVmControl
             PinThread(slot.Id);
             vcpu.AttachThread();
             if (slot.Id == 0) BootState?.Apply(vcpu);
+            Debugger?.VcpuStarted(slot.Id, vcpu);
             while (_suspendHow < 0)
             {
                 slot.RunPendingWork();
+                if (slot.Held)
+                {
+                    slot.ParkWhileHeld(() => _suspendHow >= 0);
+                    continue;
+                }
                 if (slot.ProbeRequested)
                 {
                     slot.ProbeRequested = false;
@@ -242,7 +254,7 @@ public sealed class Vm : IVmControl
                     case VcpuEvent.Reset: Suspend(SuspendHow.Reset); break;
                     case VcpuEvent.PowerOff: Suspend(SuspendHow.PowerOff); break;
                     case VcpuEvent.Error: SetError($"vcpu {slot.Id}: {vcpu.LastError}"); break;
-                    case VcpuEvent.Debug: break;
+                    case VcpuEvent.Debug: Debugger?.DebugExit(slot.Id, vcpu); break;
                 }
             }
         }
@@ -276,6 +288,47 @@ public sealed class Vm : IVmControl
         return _slots[id].Invoke(work, _running);
     }
 
+    /// <summary>The debugger told of debug exits and vCPU starts (bhyve's debug CPU set user), or null.</summary>
+    public IVmDebugger? Debugger { get; set; }
+
+    /// <summary>Adds vCPU <paramref name="id"/> to the debug set: it leaves the guest (kicked) and waits on its own
+    /// thread, still serving <see cref="OnVcpu"/>, until <see cref="ReleaseCpu"/>. Allowed before <see cref="Run"/>
+    /// (the vCPU then stops before its first instruction) and kept across guest resets.</summary>
+    public void HoldCpu(int id)
+    {
+        if ((uint)id >= (uint)_slots.Length) throw new ArgumentException($"vcpu {id} does not exist");
+        var s = _slots[id];
+        s.Held = true;
+        s.Vcpu?.Kick();
+    }
+
+    /// <summary>Removes vCPU <paramref name="id"/> from the debug set: it runs again.</summary>
+    public void ReleaseCpu(int id)
+    {
+        if ((uint)id >= (uint)_slots.Length) throw new ArgumentException($"vcpu {id} does not exist");
+        var s = _slots[id];
+        s.Held = false;
+        s.Wake();
+    }
+
+    /// <summary>True when vCPU <paramref name="id"/> is in the debug set.</summary>
+    public bool IsHeld(int id) => (uint)id < (uint)_slots.Length && _slots[id].Held;
+
+    /// <summary>Waits until every vCPU in the debug set is out of the guest and parked (or the VM is not running).
+    /// False after <paramref name="timeoutMs"/>.</summary>
+    public bool WaitUntilParked(int timeoutMs)
+    {
+        var sw = System.Diagnostics.Stopwatch.StartNew();
+        while (true)
+        {
+            bool all = true;
+            foreach (var s in _slots) if (s.Held && !s.Parked && _running && _suspendHow < 0) all = false;
+            if (all) return true;
+            if (sw.ElapsedMilliseconds > timeoutMs) return false;
+            Thread.Sleep(1);
+        }
+    }
+
     // IVmControl
 
     /// <inheritdoc/>
@@ -287,7 +340,12 @@ public sealed class Vm : IVmControl
     }
 
     /// <inheritdoc/>
-    public IReadOnlyList<int> SuspendedCpus() => [];
+    public IReadOnlyList<int> SuspendedCpus()
+    {
+        var list = new List<int>();
+        foreach (var s in _slots) if (s.Held) list.Add(s.Id);
+        return list;
+    }
 
     /// <inheritdoc/>
     public IReadOnlyList<MemSegInfo> MemSegs() => Memory.SegmentInfo();
@@ -356,6 +414,37 @@ public sealed class Vm : IVmControl
         public VcpuRunState? ProbedState; // null until a probe answers (written by the vCPU thread, read by the monitor)
         public long ExitsAtProbe = -1;
         public volatile bool Active;
+        public volatile bool Held;   // in the debug set: stay out of the guest
+        public volatile bool Parked; // the thread is waiting in ParkWhileHeld
+        private readonly ManualResetEventSlim _wake = new(false);
+
+        /// <summary>Kicks the vCPU out of the guest and wakes its thread if parked.</summary>
+        public void Wake()
+        {
+            Vcpu?.Kick();
+            _wake.Set();
+        }
+
+        /// <summary>On the vCPU thread: serve requests until released or the VM stops.</summary>
+        public void ParkWhileHeld(Func<bool> stopping)
+        {
+            ProbedState = null;
+            Parked = true;
+            try
+            {
+                while (Held && !stopping())
+                {
+                    _wake.Reset();
+                    RunPendingWork();
+                    if (!Held || stopping()) break;
+                    _wake.Wait(50);
+                }
+            }
+            finally
+            {
+                Parked = false;
+            }
+        }
 
         public void Start(IVcpuBackend vcpu)
         {
@@ -406,6 +495,7 @@ public sealed class Vm : IVmControl
                     finally { done.Set(); }
                 });
                 vcpu.Kick();
+                _wake.Set();
             }
             if (!done.Wait(TimeSpan.FromSeconds(5))) throw new TimeoutException($"vcpu {Id} did not pause");
             if (error is not null) throw error;

@@ -3,6 +3,7 @@ using System.Runtime.InteropServices;
 using Hyve.Boot;
 using Hyve.Config;
 using Hyve.Devices;
+using Hyve.Gdb;
 using Hyve.Kvm;
 using Hyve.Soft;
 using Hyve.Vmm;
@@ -44,6 +45,7 @@ public sealed class Machine : IDisposable
             };
             // The control socket comes first: a second hyve with the same name must stop before touching anything.
             Own(ControlServer.Start(Vm));
+            StartGdb();
 
             Vm.Ports.Register(ResetControl.Port, 1, new ResetControl(Vm));
             var kbc = new I8042(Vm);
@@ -90,6 +92,26 @@ public sealed class Machine : IDisposable
 
     /// <summary>PCI, ACPI PM, fw_cfg and the firmware tables' description.</summary>
     public PcPlatform Platform { get; } = null!;
+
+    // -G [w][addr:]port: the GDB server; "w" holds vCPU 0 before its first instruction until a debugger attaches.
+    private void StartGdb()
+    {
+        string? port = _config.Get("gdb.port");
+        if (port is null) return;
+        string? address = _config.Get("gdb.address");
+        try
+        {
+            var ip = GdbServer.ParseAddress(address);
+            if (!System.Net.IPAddress.IsLoopback(ip))
+                Console.Error.WriteLine($"hyve: warning: the debug server listens on {ip}, which is not a loopback address");
+            Own(new GdbServer(Vm, ip, int.Parse(port, System.Globalization.CultureInfo.InvariantCulture)));
+        }
+        catch (Exception e) when (e is System.Net.Sockets.SocketException or ArgumentException or FormatException or OverflowException)
+        {
+            throw new HostConfigException($"debug server on {address ?? "127.0.0.1"}:{port}: {e.Message}");
+        }
+        if (_config.GetBool("gdb.wait", false)) Vm.HoldCpu(0);
+    }
 
     private void LoadKernel(string kernel)
     {

@@ -1,0 +1,490 @@
+// SPDX-License-Identifier: BSD-2-Clause
+using System.Globalization;
+using System.Net;
+using System.Net.Sockets;
+using System.Text;
+using Hyve.Vmm;
+using Hyve.Vmm.Control;
+using Hyve.X86;
+
+namespace Hyve.Gdb;
+
+/// <summary>
+/// A GDB remote-serial-protocol server for one VM (bhyve's gdb.c, -G [w][addr:]port): one debugger at a time over TCP;
+/// all-stop run control through the VM's debug CPU set (every vCPU held while the debugger looks, only the stepped
+/// one released for a step), software breakpoints as INT3 bytes in guest RAM, hardware breakpoints and watchpoints
+/// in the debug registers. Thread id = vCPU id + 1.
+/// </summary>
+public sealed partial class GdbServer : IVmDebugger, IDisposable
+{
+    /// <summary>Largest packet payload accepted and advertised (PacketSize, in hex in qSupported).</summary>
+    public const int MaxPacket = 0x4000;
+
+    private const int ParkTimeoutMs = 3000;
+
+    private readonly Vm _vm;
+    private readonly TcpListener _listener;
+    private readonly Thread _acceptThread;
+    private readonly object _lock = new();
+    private readonly Dictionary<ulong, SoftwareBreakpoint> _swBreaks = [];
+    private readonly HardwareBreakpoint?[] _hwBreaks = new HardwareBreakpoint?[4];
+    private readonly PageWalker _walker;
+    private volatile bool _disposed;
+
+    // Session state (guarded by _lock where vCPU threads read it).
+    private Session? _session;
+    private bool _attached;
+    private int _steppingVcpu = -1;
+    private bool _stopPending;
+
+    private readonly record struct SoftwareBreakpoint(ulong Gpa, byte Saved);
+    private readonly record struct HardwareBreakpoint(int Type, ulong Address, int Length);
+
+    /// <summary>Starts listening on <paramref name="address"/>:<paramref name="port"/> (port 0 picks a free one).</summary>
+    public GdbServer(Vm vm, IPAddress address, int port)
+    {
+        _vm = vm;
+        _walker = new PageWalker(new VmPhysicalMemory(vm));
+        _listener = new TcpListener(address, port);
+        _listener.Server.SetSocketOption(SocketOptionLevel.Socket, SocketOptionName.ReuseAddress, true);
+        _listener.Start(1);
+        Port = ((IPEndPoint)_listener.LocalEndpoint).Port;
+        vm.Debugger = this;
+        _acceptThread = new Thread(AcceptLoop) { Name = "gdb", IsBackground = true };
+        _acceptThread.Start();
+    }
+
+    // HYVE_GDB_TRACE=1 logs debug exits and packets on stderr, for diagnosing a debugger session.
+    private static readonly bool Trace = Environment.GetEnvironmentVariable("HYVE_GDB_TRACE") == "1";
+
+    /// <summary>The TCP port the server listens on.</summary>
+    public int Port { get; }
+
+    /// <summary>Parses gdb.address (default 127.0.0.1): an IP address or a host name.</summary>
+    public static IPAddress ParseAddress(string? text)
+    {
+        if (text is null) return IPAddress.Loopback;
+        if (IPAddress.TryParse(text, out var ip)) return ip;
+        try
+        {
+            var found = Dns.GetHostAddresses(text);
+            if (found.Length > 0) return found[0];
+        }
+        catch (SocketException) { }
+        throw new ArgumentException($"invalid debug server address '{text}'");
+    }
+
+    private void AcceptLoop()
+    {
+        while (!_disposed)
+        {
+            Socket client;
+            try { client = _listener.AcceptSocket(); }
+            catch (Exception e) when (e is SocketException or ObjectDisposedException or InvalidOperationException) { return; }
+            if (_session is not null)
+            {
+                // One debugger at a time, as bhyve: a second connection is closed at once.
+                client.Close();
+                continue;
+            }
+            client.NoDelay = true;
+            var session = new Session(this, client);
+            _session = session;
+            var t = new Thread(() =>
+            {
+                try { session.Run(); }
+                catch (Exception e) when (e is IOException or SocketException or ObjectDisposedException or InvalidOperationException or TimeoutException or ArgumentException)
+                {
+                    // The debugger went away or the VM ended under it: detach below.
+                }
+                finally
+                {
+                    Detach();
+                    session.Close();
+                    _session = null;
+                }
+            }) { Name = "gdb-session", IsBackground = true };
+            t.Start();
+        }
+    }
+
+    // IVmDebugger (vCPU threads)
+
+    /// <inheritdoc/>
+    public void VcpuStarted(int id, IVcpuBackend vcpu)
+    {
+        lock (_lock) vcpu.SetGuestDebug(SettingsFor(id));
+    }
+
+    /// <inheritdoc/>
+    public void DebugExit(int id, IVcpuBackend vcpu)
+    {
+        var info = vcpu.LastDebugExit;
+        if (Trace) Console.Error.WriteLine($"gdb: vcpu {id} debug exit {info}");
+        lock (_lock)
+        {
+            string? reason = null;
+            if (_attached)
+            {
+                if (info.Exception == 3)
+                {
+                    if (_swBreaks.ContainsKey(info.Pc)) reason = "swbreak:;";
+                }
+                else if (info.Exception == 1)
+                {
+                    if (_steppingVcpu == id) reason = "";
+                    else if ((info.Dr6 & 0xf) != 0) reason = HardwareReason(info.Dr6);
+                }
+            }
+            if (reason is null)
+            {
+                // Not the debugger's: the guest's own INT3 or debug trap goes to the guest, as without a debugger.
+                if (info.Exception is 1 or 3) vcpu.InjectException(info.Exception);
+                return;
+            }
+            _vm.HoldCpu(id);
+            if (_stopPending) return; // another vCPU's stop is being reported; an INT3 hits again when resumed
+            _stopPending = true;
+            _steppingVcpu = -1;
+            for (int i = 0; i < _vm.CpuCount; i++) _vm.HoldCpu(i);
+            _session?.Post(new Event(EventKind.Stop, id, reason));
+        }
+    }
+
+    private string HardwareReason(ulong dr6)
+    {
+        for (int i = 0; i < 4; i++)
+        {
+            if ((dr6 & (1ul << i)) == 0 || _hwBreaks[i] is not { } b) continue;
+            return b.Type switch
+            {
+                1 => "hwbreak:;",
+                2 => $"watch:{b.Address:x};",
+                3 => $"rwatch:{b.Address:x};",
+                _ => $"awatch:{b.Address:x};",
+            };
+        }
+        return "hwbreak:;";
+    }
+
+    // Debug settings for vCPU id under the current breakpoints (caller holds _lock).
+    private GuestDebugSettings SettingsFor(int id)
+    {
+        if (!_attached) return default;
+        ulong dr7 = 0;
+        Span<ulong> dr = stackalloc ulong[4];
+        for (int i = 0; i < 4; i++)
+        {
+            if (_hwBreaks[i] is not { } b) continue;
+            dr[i] = b.Address;
+            ulong rw = b.Type switch { 1 => 0ul, 2 => 1ul, _ => 3ul };
+            ulong len = b.Length switch { 1 => 0ul, 2 => 1ul, 8 => 2ul, _ => 3ul };
+            dr7 |= 2ul << (2 * i) | rw << (16 + 4 * i) | len << (18 + 4 * i);
+        }
+        if (dr7 != 0) dr7 |= 0x600; // GE, and bit 10 which reads as 1
+        return new GuestDebugSettings(true, _steppingVcpu == id, _swBreaks.Count > 0, dr7 != 0, dr[0], dr[1], dr[2], dr[3], dr7);
+    }
+
+    // Run control (session thread)
+
+    private void ApplySettings()
+    {
+        for (int i = 0; i < _vm.CpuCount; i++)
+        {
+            GuestDebugSettings s;
+            lock (_lock) s = SettingsFor(i);
+            bool ok = _vm.OnVcpu(i, v => v.SetGuestDebug(s));
+            if (Trace) Console.Error.WriteLine($"gdb: vcpu {i} guest debug {s} -> {(ok ? "ok" : "failed")}");
+        }
+    }
+
+    private void StopAll()
+    {
+        for (int i = 0; i < _vm.CpuCount; i++) _vm.HoldCpu(i);
+        if (!_vm.WaitUntilParked(ParkTimeoutMs)) throw new TimeoutException("the vCPUs did not stop");
+    }
+
+    private void ResumeAll()
+    {
+        lock (_lock) { _steppingVcpu = -1; _stopPending = false; }
+        ApplySettings();
+        for (int i = 0; i < _vm.CpuCount; i++) _vm.ReleaseCpu(i);
+    }
+
+    private void Step(int vcpu)
+    {
+        lock (_lock) { _steppingVcpu = vcpu; _stopPending = false; }
+        ApplySettings();
+        _vm.ReleaseCpu(vcpu);
+    }
+
+    private void Attach()
+    {
+        StopAll();
+        lock (_lock) _attached = true;
+        ApplySettings();
+    }
+
+    private void Detach()
+    {
+        lock (_lock)
+        {
+            if (!_attached) return;
+            _attached = false;
+            _steppingVcpu = -1;
+            _stopPending = false;
+        }
+        try
+        {
+            RemoveAllBreakpoints();
+            ApplySettings();
+        }
+        catch (Exception e) when (e is ArgumentException or InvalidOperationException or TimeoutException or IOException)
+        {
+            // The VM is already gone.
+        }
+        // bhyve's detach: every vCPU runs again.
+        for (int i = 0; i < _vm.CpuCount; i++) _vm.ReleaseCpu(i);
+    }
+
+    private void RemoveAllBreakpoints()
+    {
+        lock (_lock)
+        {
+            foreach (var b in _swBreaks.Values)
+                if (_vm.Memory.TryGetSpan(b.Gpa, 1, MemProt.Write, out var span)) span[0] = b.Saved;
+            _swBreaks.Clear();
+            Array.Clear(_hwBreaks);
+        }
+    }
+
+    // Guest memory as the debugger sees it: linear addresses through vCPU's paging, no faults, no A/D updates.
+
+    private CpuState TranslationState(int vcpu)
+    {
+        var cpu = new CpuState();
+        _vm.OnVcpu(vcpu, v =>
+        {
+            cpu.Cr0 = v.GetRegister(Reg.Cr0);
+            cpu.Cr3 = v.GetRegister(Reg.Cr3);
+            cpu.Cr4 = v.GetRegister(Reg.Cr4);
+            cpu.Efer = v.GetRegister(Reg.Efer);
+            return 0;
+        });
+        // Segments stay at their reset values: DPL 0, so the walk checks supervisor access.
+        return cpu;
+    }
+
+    private bool Translate(CpuState cpu, ulong linear, out ulong gpa)
+    {
+        if (cpu.Paging == PagingMode.None)
+        {
+            gpa = linear & 0xffffffff;
+            return linear <= 0xffffffff;
+        }
+        return _walker.Probe(cpu, linear, PageAccess.Read, out gpa).IsOk;
+    }
+
+    /// <summary>Reads guest linear memory; returns the count of bytes read (stops at the first unreadable byte).</summary>
+    private int ReadMemory(int vcpu, ulong addr, Span<byte> dest)
+    {
+        var cpu = TranslationState(vcpu);
+        int done = 0;
+        while (done < dest.Length)
+        {
+            ulong la = addr + (ulong)done;
+            if (!Translate(cpu, la, out ulong gpa)) break;
+            int chunk = (int)Math.Min((ulong)(dest.Length - done), 0x1000 - (la & 0xfff));
+            if (!_vm.Memory.TryGetSpan(gpa, chunk, MemProt.Read, out var span))
+            {
+                // The span may straddle two mappings: fall back to one byte.
+                if (!_vm.Memory.TryGetSpan(gpa, 1, MemProt.Read, out span)) break;
+                chunk = 1;
+            }
+            span[..chunk].CopyTo(dest.Slice(done, chunk));
+            lock (_lock)
+            {
+                // Show the original bytes under our INT3s.
+                for (int i = 0; i < chunk; i++)
+                    if (_swBreaks.TryGetValue(la + (ulong)i, out var b) && b.Gpa == gpa + (ulong)i) dest[done + i] = b.Saved;
+            }
+            done += chunk;
+        }
+        return done;
+    }
+
+    /// <summary>Writes guest linear memory (RAM only); false when some byte is not writable RAM.</summary>
+    private bool WriteMemory(int vcpu, ulong addr, ReadOnlySpan<byte> src)
+    {
+        var cpu = TranslationState(vcpu);
+        for (int i = 0; i < src.Length; i++)
+        {
+            ulong la = addr + (ulong)i;
+            if (!Translate(cpu, la, out ulong gpa) || !_vm.Memory.TryGetSpan(gpa, 1, MemProt.Write, out var span)) return false;
+            lock (_lock)
+            {
+                if (_swBreaks.TryGetValue(la, out var b) && b.Gpa == gpa)
+                {
+                    // Keep the INT3 in place; the new byte comes back when the breakpoint is removed.
+                    _swBreaks[la] = b with { Saved = src[i] };
+                    continue;
+                }
+            }
+            span[0] = src[i];
+        }
+        return true;
+    }
+
+    private bool InsertSoftwareBreakpoint(int vcpu, ulong addr)
+    {
+        lock (_lock) if (_swBreaks.ContainsKey(addr)) return true;
+        var cpu = TranslationState(vcpu);
+        // RAM only: a ROM or device byte cannot hold an INT3.
+        if (!Translate(cpu, addr, out ulong gpa) || !_vm.Memory.TryGetSpan(gpa, 1, MemProt.Write, out var span)) return false;
+        lock (_lock)
+        {
+            _swBreaks[addr] = new SoftwareBreakpoint(gpa, span[0]);
+            span[0] = 0xcc;
+        }
+        return true;
+    }
+
+    private bool RemoveSoftwareBreakpoint(ulong addr)
+    {
+        lock (_lock)
+        {
+            if (!_swBreaks.Remove(addr, out var b)) return false;
+            if (_vm.Memory.TryGetSpan(b.Gpa, 1, MemProt.Write, out var span)) span[0] = b.Saved;
+            return true;
+        }
+    }
+
+    private bool InsertHardwareBreakpoint(int type, ulong addr, int length)
+    {
+        if (type == 1) length = 1;
+        if (length is not (1 or 2 or 4 or 8) || (addr & (ulong)(length - 1)) != 0) return false;
+        lock (_lock)
+        {
+            for (int i = 0; i < 4; i++)
+                if (_hwBreaks[i] is { } b && b.Type == type && b.Address == addr && b.Length == length) return true;
+            for (int i = 0; i < 4; i++)
+            {
+                if (_hwBreaks[i] is not null) continue;
+                _hwBreaks[i] = new HardwareBreakpoint(type, addr, length);
+                return true;
+            }
+        }
+        return false; // all four debug registers in use
+    }
+
+    private bool RemoveHardwareBreakpoint(int type, ulong addr, int length)
+    {
+        if (type == 1) length = 1;
+        lock (_lock)
+        {
+            for (int i = 0; i < 4; i++)
+            {
+                if (_hwBreaks[i] is { } b && b.Type == type && b.Address == addr && b.Length == length)
+                {
+                    _hwBreaks[i] = null;
+                    return true;
+                }
+            }
+        }
+        return false;
+    }
+
+    // Registers
+
+    private byte[] ReadAllRegisters(int vcpu)
+    {
+        var buf = new byte[GdbRegisters.TotalSize];
+        _vm.OnVcpu(vcpu, v =>
+        {
+            int off = 0;
+            for (int n = 0; n < GdbRegisters.All.Count; n++)
+            {
+                var e = GdbRegisters.All[n];
+                WriteLe(buf.AsSpan(off, e.Size), ReadRegister(v, e));
+                off += e.Size;
+            }
+            return 0;
+        });
+        return buf;
+    }
+
+    private static ulong ReadRegister(IVcpuBackend v, GdbRegisters.Entry e) => e.Kind switch
+    {
+        GdbRegisters.Kind.Vmm => v.GetRegister(e.Reg),
+        GdbRegisters.Kind.SegmentBase => v.GetDescriptor(e.Reg).Base,
+        _ => e.Constant,
+    };
+
+    private static void WriteRegister(IVcpuBackend v, GdbRegisters.Entry e, ulong value)
+    {
+        switch (e.Kind)
+        {
+            case GdbRegisters.Kind.Vmm:
+                if (e.Size == 4 && e.Reg != Reg.Rflags) value &= 0xffff; // selectors
+                if (v.GetRegister(e.Reg) != value) v.SetRegister(e.Reg, value);
+                break;
+            case GdbRegisters.Kind.SegmentBase:
+                var d = v.GetDescriptor(e.Reg);
+                if (d.Base != value) v.SetDescriptor(e.Reg, d with { Base = value });
+                break;
+        }
+    }
+
+    private static void WriteLe(Span<byte> dest, ulong value)
+    {
+        dest.Clear();
+        for (int i = 0; i < dest.Length && i < 8; i++) dest[i] = (byte)(value >> (8 * i));
+    }
+
+    private static ulong ReadLe(ReadOnlySpan<byte> src)
+    {
+        ulong v = 0;
+        for (int i = 0; i < src.Length && i < 8; i++) v |= (ulong)src[i] << (8 * i);
+        return v;
+    }
+
+    /// <summary>Stops listening, detaches a connected debugger (its vCPUs run on) and leaves the VM.</summary>
+    public void Dispose()
+    {
+        if (_disposed) return;
+        _disposed = true;
+        try { _listener.Stop(); } catch (SocketException) { }
+        _session?.Close();
+        if (_vm.Debugger == this) _vm.Debugger = null;
+    }
+
+    private enum EventKind { Packet, Interrupt, Stop, Closed }
+
+    private readonly record struct Event(EventKind Kind, int Vcpu = 0, string? Text = null);
+
+    private static string Hex(ReadOnlySpan<byte> data)
+    {
+        var sb = new StringBuilder(data.Length * 2);
+        foreach (byte b in data) sb.Append(b.ToString("x2", CultureInfo.InvariantCulture));
+        return sb.ToString();
+    }
+
+    private static bool TryParseHex(ReadOnlySpan<char> s, out ulong value)
+        => ulong.TryParse(s, NumberStyles.AllowHexSpecifier, CultureInfo.InvariantCulture, out value) && s.Length <= 16;
+
+    private static bool TryParseHexBytes(ReadOnlySpan<char> s, out byte[] data)
+    {
+        data = [];
+        if ((s.Length & 1) != 0) return false;
+        var d = new byte[s.Length / 2];
+        for (int i = 0; i < d.Length; i++)
+            if (!byte.TryParse(s.Slice(2 * i, 2), NumberStyles.AllowHexSpecifier, CultureInfo.InvariantCulture, out d[i])) return false;
+        data = d;
+        return true;
+    }
+
+    private sealed partial class Session;
+
+    /// <summary>Suspends the VM for the debugger's kill packet.</summary>
+    private void Kill() => _vm.Suspend(SuspendHow.PowerOff);
+}
