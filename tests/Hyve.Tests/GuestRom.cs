@@ -83,7 +83,8 @@ public static class GuestRom
         {
             a.cli();
             // CS still has the reset base 0xFFFF0000, so CS-relative offsets reach the ROM's own bytes.
-            a.db(0x2e, 0x0f, 0x01, 0x16, gdtOffset & 0xff, gdtOffset >> 8); // lgdt cs:[gdtOffset]
+            // o32 lgdt cs:[gdtOffset]: the 32-bit operand size keeps all 32 bits of the GDT base (16-bit keeps 24).
+            a.db(0x66, 0x2e, 0x0f, 0x01, 0x16, gdtOffset & 0xff, gdtOffset >> 8);
             a.mov(AssemblerRegisters.eax, AssemblerRegisters.cr0);
             a.or(AssemblerRegisters.eax, 1);
             a.mov(AssemblerRegisters.cr0, AssemblerRegisters.eax);

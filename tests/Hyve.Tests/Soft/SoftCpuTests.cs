@@ -96,16 +96,7 @@ public class SoftCpuTests
         Assert.Equal(SuspendHow.Halt, r.Stop.How);
     }
 
-    // GuestRom.ProtectedMode32 loads GDTR with a 16-bit operand size, which takes only 24 bits of the base (SDM LGDT), so
-    // its GDT at 0xFFFFFF08 is read at 0x00FFFF08. Its first instruction is a CLI (IF is already clear at reset): turning
-    // that byte into an operand-size prefix makes the LGDT load the full 32-bit base.
-    private static byte[] Pm32(Action<Assembler> code32)
-    {
-        var rom = GuestRom.ProtectedMode32(code32);
-        Assert.Equal(0xfa, rom[0]);
-        rom[0] = 0x66;
-        return rom;
-    }
+    private static byte[] Pm32(Action<Assembler> code32) => GuestRom.ProtectedMode32(code32);
 
     [Fact]
     public void InitAndStartupIpisStartAnApplicationProcessor()
