@@ -294,27 +294,33 @@ public sealed unsafe partial class InstructionEngine
         return Exec.Next; // all arithmetic flags undefined: left unchanged
     }
 
+    /// <summary>The destination and masked count of a shift or rotate (count operand <paramref name="countOp"/>: 5 bits,
+    /// 6 with a 64-bit operand). A zero count changes nothing but still zero-extends a 32-bit register destination.</summary>
+    private bool ShiftOperands(ref Instruction i, int size, int countOp, out int count, out bool mem, out MemLoc loc, out ulong a)
+    {
+        var c = _cpu;
+        ulong cnt = i.GetOpKind(countOp) == OpKind.Register ? GetGpr(c, i.GetOpRegister(countOp)) : i.GetImmediate(countOp);
+        count = (int)(cnt & (size == 8 ? 0x3fu : 0x1fu));
+        mem = i.Op0Kind == OpKind.Memory;
+        loc = default;
+        a = 0;
+        if (mem && !ResolveModrm(ref i, size, PageAccess.Write, out loc)) return false;
+        if (mem) { if (!ReadLoc(loc, out a)) return false; }
+        else a = GetGpr(c, i.Op0Register);
+        a &= Mask(size);
+        if (count == 0 && !mem) SetGpr(c, i.Op0Register, a);
+        return true;
+    }
+
     private static Exec Rotate(InstructionEngine e, ref Instruction i)
     {
         var c = e._cpu;
         var m = i.Mnemonic;
         int size = OpSize(ref i, 0);
         int bits = 8 * size;
-        ulong cnt = i.Op1Kind == OpKind.Register ? GetGpr(c, i.Op1Register) : i.GetImmediate(1);
-        int count = (int)(cnt & (size == 8 ? 0x3fu : 0x1fu));
-        bool mem = i.Op0Kind == OpKind.Memory;
-        MemLoc loc = default;
-        if (mem && !e.ResolveModrm(ref i, size, PageAccess.Write, out loc)) return Exec.Fault;
-        ulong a;
-        if (mem) { if (!e.ReadLoc(loc, out a)) return Exec.Fault; }
-        else a = GetGpr(c, i.Op0Register);
         ulong msk = Mask(size);
-        a &= msk;
-        if (count == 0)
-        {
-            if (!mem) SetGpr(c, i.Op0Register, a);
-            return Exec.Next;
-        }
+        if (!e.ShiftOperands(ref i, size, 1, out int count, out bool mem, out var loc, out ulong a)) return Exec.Fault;
+        if (count == 0) return Exec.Next;
         ulong r, f = c.Rflags;
         ulong top = 1ul << (bits - 1);
         switch (m)

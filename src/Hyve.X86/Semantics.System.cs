@@ -512,21 +512,9 @@ public sealed unsafe partial class InstructionEngine
         var c = e._cpu;
         int size = OpSize(ref i, 0);
         int bits = 8 * size;
-        ulong cnt = i.Op2Kind == OpKind.Register ? GetGpr(c, i.Op2Register) : i.GetImmediate(2);
-        int count = (int)(cnt & (size == 8 ? 0x3fu : 0x1fu));
-        bool mem = i.Op0Kind == OpKind.Memory;
-        MemLoc loc = default;
-        if (mem && !e.ResolveModrm(ref i, size, PageAccess.Write, out loc)) return Exec.Fault;
-        ulong a;
-        if (mem) { if (!e.ReadLoc(loc, out a)) return Exec.Fault; }
-        else a = GetGpr(c, i.Op0Register);
         ulong msk = Mask(size);
-        a &= msk;
-        if (count == 0)
-        {
-            if (!mem) SetGpr(c, i.Op0Register, a);
-            return Exec.Next;
-        }
+        if (!e.ShiftOperands(ref i, size, 2, out int count, out bool mem, out var loc, out ulong a)) return Exec.Fault;
+        if (count == 0) return Exec.Next;
         ulong src = GetGpr(c, i.Op1Register) & msk;
         ulong r;
         bool cf;
