@@ -256,7 +256,7 @@ internal sealed unsafe class KvmVcpu : IVcpuBackend
         ReadOnlySpan<byte> bytes = default;
         if (*(uint*)(e + 4) >= 1 && (*(ulong*)(e + 8) & KvmApi.InternalErrorEmulationFlagInstructionBytes) != 0)
             bytes = new ReadOnlySpan<byte>(e + 17, Math.Min((int)e[16], 15));
-        _fallback ??= new KvmFallback(_owner, _fd);
+        _fallback ??= new KvmFallback(_vm, _fd, Id);
         if (_fallback.Emulate(bytes, out var error) != KvmFallback.Outcome.Failed) return true;
         LastError = error;
         return false;
@@ -330,7 +330,7 @@ internal sealed unsafe class KvmVcpu : IVcpuBackend
         byte* ev = stackalloc byte[64];
         if (Libc.Ioctl(_fd, KvmApi.GetVcpuEvents, ev) != 0) return;
         if (ev[0] != 0 || ev[3] != 0 || ev[8] != 0 || ev[12] != 0) return; // an exception, interrupt or NMI is on its way in
-        _fallback ??= new KvmFallback(_owner, _fd);
+        _fallback ??= new KvmFallback(_vm, _fd, Id);
         // A failure here (an instruction the engine lacks) leaves the vCPU to KVM as it was.
         _fallback.Emulate(default, out _);
         _probeRip = GetRegs().Rip;
