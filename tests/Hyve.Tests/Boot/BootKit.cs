@@ -3,7 +3,6 @@ using System.Buffers.Binary;
 using System.Text;
 using Hyve.Boot;
 using Hyve.Devices;
-using Hyve.Kvm;
 using Hyve.Vmm;
 using Hyve.Vmm.Control;
 using Iced.Intel;
@@ -14,7 +13,7 @@ namespace Hyve.Tests.Boot;
 /// <summary>What a test kernel did: its COM1 output and its debug-exit status (null when it never wrote one).</summary>
 public sealed record BootRun(string Text, int? ExitStatus, VmStop Stop, LoadedKernel Kernel);
 
-/// <summary>Runs test kernels on KVM in-process and builds the small images they are made of.</summary>
+/// <summary>Runs test kernels in process on a chosen CPU engine and builds the small images they are made of.</summary>
 public static class BootKit
 {
     /// <summary>Debug-exit port the test kernels write to.</summary>
@@ -32,8 +31,9 @@ public static class BootKit
         }
     }
 
-    /// <summary>Loads <paramref name="kernel"/> with the direct-boot loader and runs it until it writes debug-exit (20 s at most).</summary>
-    public static BootRun Run(byte[] kernel, byte[]? initrd = null, string? cmdline = null, ulong memory = 32 << 20, string initrdName = "initrd",
+    /// <summary>Loads <paramref name="kernel"/> with the direct-boot loader and runs it on <paramref name="accel"/> ("kvm" or
+    /// "soft", see <see cref="Backends"/>) until it writes debug-exit (20 s at most).</summary>
+    public static BootRun Run(string accel, byte[] kernel, byte[]? initrd = null, string? cmdline = null, ulong memory = 32 << 20, string initrdName = "initrd",
         int timeoutMs = 20_000, Func<string, bool>? stopWhen = null)
     {
         using var mem = new GuestMemory(memory);
@@ -46,7 +46,7 @@ public static class BootKit
         vm.BootState = loaded.Cpu;
         if (stopWhen is not null) com.OnText = t => { if (stopWhen(t.ToString())) vm.Suspend(SuspendHow.PowerOff); };
         using var watchdog = new Timer(_ => vm.SetError("test kernel timed out"), null, timeoutMs, Timeout.Infinite);
-        var stop = vm.Run(v => new KvmBackend(v));
+        var stop = vm.Run(v => Backends.Create(accel, v));
         string text;
         lock (com.Text) text = com.Text.ToString();
         return new BootRun(text, status, stop, loaded);

@@ -3,18 +3,18 @@ using Xunit;
 
 namespace Hyve.Tests.Machine;
 
-/// <summary>Real firmware and kernels from Debian's packages on the real ./hyve.</summary>
+/// <summary>Real firmware and kernels from Debian's packages on the real ./hyve, on each CPU engine.</summary>
 public class FirmwareTests
 {
     private const string SeaBios = "/usr/share/seabios/bios.bin";
 
-    [SkippableKvmFact]
-    public void DebianSeabiosBootsToNoBootableDevice()
+    [Theory, KvmData, SoftData]
+    public void DebianSeabiosBootsToNoBootableDevice(string accel)
     {
         Assert.True(File.Exists(SeaBios), $"{SeaBios} is missing: scripts/test installs Debian's seabios package");
         string name = "sea" + Guid.NewGuid().ToString("N")[..8];
-        using var vm = HyveProcess.Start("-l", $"bootrom,{SeaBios}", "-l", "fwcfg,qemu", "-l", "com1,stdio",
-            "-s", "0,hostbridge", "-s", "31,lpc", name);
+        using var vm = HyveProcess.Start(Backends.Args(accel, "-l", $"bootrom,{SeaBios}", "-l", "fwcfg,qemu", "-l", "com1,stdio",
+            "-s", "0,hostbridge", "-s", "31,lpc", name));
         vm.WaitForOutput("No bootable device.", 180);
         Assert.Contains("SeaBIOS (version", vm.Stdout, StringComparison.Ordinal);
         vm.WaitForSocket(name);
@@ -32,14 +32,14 @@ public class FirmwareTests
         return k.Length == 0 ? null : k[^1];
     }
 
-    [SkippableKvmFact]
-    public void DebianCloudKernelPrintsItsBannerOnCom1()
+    [Theory, KvmData, SoftData]
+    public void DebianCloudKernelPrintsItsBannerOnCom1(string accel)
     {
         string? kernel = CloudKernel();
         Assert.True(kernel is not null, "no /boot/vmlinuz-*-cloud-amd64: scripts/test installs linux-image-cloud-amd64");
         string name = "lnx" + Guid.NewGuid().ToString("N")[..8];
-        using var vm = HyveProcess.Start("-m", "512M", "-o", $"boot.kernel={kernel}",
-            "-o", "boot.cmdline=console=ttyS0 earlyprintk=serial", "-l", "com1,stdio", name);
+        using var vm = HyveProcess.Start(Backends.Args(accel, "-m", "512M", "-o", $"boot.kernel={kernel}",
+            "-o", "boot.cmdline=console=ttyS0 earlyprintk=serial", "-l", "com1,stdio", name));
         // Measured on this machine's KVM (the kernel's instruction emulator): QEMU prints the banner after about
         // 90 s, mostly decompression; allow far more, since other tests run beside it.
         vm.WaitForOutput("Linux version 6.", 480);

@@ -4,7 +4,7 @@ using Xunit;
 
 namespace Hyve.Tests.Machine;
 
-/// <summary>hyvectl against a running hyve: bhyvectl's formats over the control socket.</summary>
+/// <summary>hyvectl against a running hyve on each CPU engine: bhyvectl's formats over the control socket.</summary>
 public class HyvectlLiveTests
 {
     private static string SpinningRom() => GuestRom.ToFile(GuestRom.RealMode(a =>
@@ -15,11 +15,11 @@ public class HyvectlLiveTests
         a.jmp(l);
     }));
 
-    [SkippableKvmFact]
-    public void TopologyRegistersAndForcedPowerOff()
+    [Theory, KvmData, SoftData]
+    public void TopologyRegistersAndForcedPowerOff(string accel)
     {
         string name = "ctl" + Guid.NewGuid().ToString("N")[..8];
-        using var vm = HyveProcess.Start("-c", "cpus=4,sockets=2,cores=2,threads=1", "-l", $"bootrom,{SpinningRom()}", "-l", "com1,stdio", name);
+        using var vm = HyveProcess.Start(Backends.Args(accel, "-c", "cpus=4,sockets=2,cores=2,threads=1", "-l", $"bootrom,{SpinningRom()}", "-l", "com1,stdio", name));
         vm.WaitForOutput("spinning\n");
         vm.WaitForSocket(name);
 
@@ -50,22 +50,20 @@ public class HyvectlLiveTests
         Assert.Equal(1, vm.ExitCode);
     }
 
-    [SkippableKvmFact]
-    public void ASecondHyveWithTheSameNameIsRefused()
+    [Theory, KvmData, SoftData]
+    public void ASecondHyveWithTheSameNameIsRefused(string accel)
     {
         string name = "dup" + Guid.NewGuid().ToString("N")[..8];
         string rom = SpinningRom();
-        using var first = HyveProcess.Start("-l", $"bootrom,{rom}", "-l", "com1,stdio", name);
+        using var first = HyveProcess.Start(Backends.Args(accel, "-l", $"bootrom,{rom}", "-l", "com1,stdio", name));
         first.WaitForOutput("spinning\n");
         first.WaitForSocket(name);
-        using var second = HyveProcess.Start("-l", $"bootrom,{rom}", name);
-        // Same run directory as the first: point the second at it.
-        second.Dispose();
+        // The second hyve uses the first one's run directory.
         var psi = new System.Diagnostics.ProcessStartInfo(Path.Combine(HyveProcess.RepoRoot, "hyve"))
         {
             RedirectStandardError = true, RedirectStandardOutput = true, UseShellExecute = false,
         };
-        foreach (var a in new[] { "-l", $"bootrom,{rom}", name }) psi.ArgumentList.Add(a);
+        foreach (var a in Backends.Args(accel, "-l", $"bootrom,{rom}", name)) psi.ArgumentList.Add(a);
         psi.Environment["HYVE_RUN_DIR"] = first.RunDir;
         using var p = System.Diagnostics.Process.Start(psi)!;
         string err = p.StandardError.ReadToEnd();
@@ -77,11 +75,11 @@ public class HyvectlLiveTests
         Assert.Equal(1, first.ExitCode);
     }
 
-    [SkippableKvmFact]
-    public void ForcedResetRestartsTheGuest()
+    [Theory, KvmData, SoftData]
+    public void ForcedResetRestartsTheGuest(string accel)
     {
         string name = "rst" + Guid.NewGuid().ToString("N")[..8];
-        using var vm = HyveProcess.Start("-l", $"bootrom,{SpinningRom()}", "-l", "com1,stdio", name);
+        using var vm = HyveProcess.Start(Backends.Args(accel, "-l", $"bootrom,{SpinningRom()}", "-l", "com1,stdio", name));
         vm.WaitForOutput("spinning\n");
         vm.WaitForSocket(name);
         Assert.Equal(0, vm.Ctl($"--vm={name}", "--force-reset").Status);

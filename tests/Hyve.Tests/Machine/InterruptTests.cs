@@ -10,7 +10,7 @@ namespace Hyve.Tests.Machine;
 
 /// <summary>
 /// Interrupts end to end on the real ./hyve: the 8259 pair fed by the PIT and the RTC, an NMI from hyvectl,
-/// and the RTC's time and NVRAM through the control socket across a reset. Each guest is a real-mode boot ROM
+/// and the RTC's time and NVRAM through the control socket across a reset, on each CPU engine. Each guest is a real-mode boot ROM
 /// whose handlers sit in the ROM and run through its shadow at F000.
 /// </summary>
 public partial class InterruptTests
@@ -167,8 +167,8 @@ public partial class InterruptTests
         }
     }
 
-    [SkippableKvmFact]
-    public void PitChannel0At1kHzThroughThe8259Gives200InterruptsInAFifthOfASecond()
+    [Theory, KvmData, SoftData]
+    public void PitChannel0At1kHzThroughThe8259Gives200InterruptsInAFifthOfASecond(string accel)
     {
         string rom = Rom(a =>
         {
@@ -198,7 +198,7 @@ public partial class InterruptTests
             h.pop(ax);
             h.iret();
         }));
-        using var p = new TimedHyve("-l", $"bootrom,{rom}", "-l", "com1,stdio", Name());
+        using var p = new TimedHyve(Backends.Args(accel, "-l", $"bootrom,{rom}", "-l", "com1,stdio", Name()));
         var start = p.SeenAt("start", 180); // the first run may rebuild ./hyve
         var done = p.SeenAt("done");
         int status = p.WaitForExit();
@@ -208,8 +208,8 @@ public partial class InterruptTests
         Assert.True(status == 2, $"status {status}, stderr: {p.Stderr}");
     }
 
-    [SkippableKvmFact]
-    public void RtcUpdateEndedInterruptArrivesAsIrq8ThroughTheSlave8259()
+    [Theory, KvmData, SoftData]
+    public void RtcUpdateEndedInterruptArrivesAsIrq8ThroughTheSlave8259(string accel)
     {
         // The PC BIOS layout: master at vector 8, slave at 0x70, so IRQ 8 is vector 0x70.
         string rom = Rom(a =>
@@ -255,7 +255,7 @@ public partial class InterruptTests
             h.popa();
             h.iret();
         }));
-        using var p = new TimedHyve("-l", $"bootrom,{rom}", "-l", "com1,stdio", Name());
+        using var p = new TimedHyve(Backends.Args(accel, "-l", $"bootrom,{rom}", "-l", "com1,stdio", Name()));
         var armed = p.SeenAt("armed", 180);
         var first = p.SeenAt("rtc irq", 5);
         p.SeenAt("done", 5);
@@ -266,8 +266,8 @@ public partial class InterruptTests
         Assert.True(status == 2, $"status {status}, stderr: {p.Stderr}");
     }
 
-    [SkippableKvmFact]
-    public void HyvectlInjectNmiReachesTheGuestsNmiHandler()
+    [Theory, KvmData, SoftData]
+    public void HyvectlInjectNmiReachesTheGuestsNmiHandler(string accel)
     {
         string rom = Rom(a =>
         {
@@ -280,7 +280,7 @@ public partial class InterruptTests
             h.iret();
         }));
         string name = Name();
-        using var p = HyveProcess.Start("-l", $"bootrom,{rom}", "-l", "com1,stdio", name);
+        using var p = HyveProcess.Start(Backends.Args(accel, "-l", $"bootrom,{rom}", "-l", "com1,stdio", name));
         p.WaitForOutput("ready\n", 180);
         p.WaitForSocket(name);
         var nmi = p.Ctl($"--vm={name}", "--inject-nmi");
@@ -304,8 +304,8 @@ public partial class InterruptTests
         return long.Parse(m.Groups[1].Value, NumberStyles.HexNumber, CultureInfo.InvariantCulture);
     }
 
-    [SkippableKvmFact]
-    public void RtcNvramSurvivesAResetAndRtcTimeFollowsTheHostAndRoundTrips()
+    [Theory, KvmData, SoftData]
+    public void RtcNvramSurvivesAResetAndRtcTimeFollowsTheHostAndRoundTrips(string accel)
     {
         string rom = Rom(a =>
         {
@@ -315,7 +315,7 @@ public partial class InterruptTests
         });
         string name = Name();
         // -u: the RTC keeps UTC, so it compares with the host's UTC whatever the host's time zone.
-        using var p = HyveProcess.Start("-u", "-l", $"bootrom,{rom}", "-l", "com1,stdio", name);
+        using var p = HyveProcess.Start(Backends.Args(accel, "-u", "-l", $"bootrom,{rom}", "-l", "com1,stdio", name));
         p.WaitForOutput("banner\n", 180);
         p.WaitForSocket(name);
 

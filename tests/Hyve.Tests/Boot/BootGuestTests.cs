@@ -10,8 +10,8 @@ using static Iced.Intel.AssemblerRegisters;
 
 namespace Hyve.Tests.Boot;
 
-/// <summary>Test kernels in every supported format, booted on KVM, reporting what they were handed on COM1.</summary>
-public class BootKvmTests
+/// <summary>Test kernels in every supported format, booted on each CPU engine, reporting what they were handed on COM1.</summary>
+public class BootGuestTests
 {
     private const uint Pass = 0x21, Fail = 0x55;
 
@@ -28,8 +28,8 @@ public class BootKvmTests
 
     private static ulong Hex(string s) => ulong.Parse(s, NumberStyles.HexNumber, CultureInfo.InvariantCulture);
 
-    [SkippableKvmFact]
-    public void Multiboot1AoutKernelGetsCmdlineModuleAndMemoryInfo()
+    [Theory, KvmData, SoftData]
+    public void Multiboot1AoutKernelGetsCmdlineModuleAndMemoryInfo(string accel)
     {
         const uint Base = 0x100000;
         byte[] code = BootKit.Assemble(32, Base + 32, (a, g) =>
@@ -61,7 +61,7 @@ public class BootKvmTests
         code.CopyTo(kernel, 32);
         Assert.True(kernel.Length < 0x1000);
 
-        var run = BootKit.Run(kernel, Encoding.ASCII.GetBytes("MODULE CONTENT"), "console=ttyS0 hello", initrdName: "mod.txt");
+        var run = BootKit.Run(accel, kernel, Encoding.ASCII.GetBytes("MODULE CONTENT"), "console=ttyS0 hello", initrdName: "mod.txt");
 
         Assert.Equal(KernelFormat.Multiboot1, run.Kernel.Format);
         Assert.True(run.Stop.Error is null, $"{run.Stop.Error}; output: {run.Text}");
@@ -79,8 +79,8 @@ public class BootKvmTests
         Assert.Equal((int)(Pass << 1 | 1), run.ExitStatus);
     }
 
-    [SkippableKvmFact]
-    public void Multiboot2AddressTagKernelGetsTags()
+    [Theory, KvmData, SoftData]
+    public void Multiboot2AddressTagKernelGetsTags(string accel)
     {
         const uint Base = 0x200000;
         const int HeaderLen = 16 + 24 + 16 + 8; // fixed part, address tag, entry tag (12 padded to 16), end tag
@@ -119,7 +119,7 @@ public class BootKvmTests
         Assert.Equal(HeaderLen, header.Length);
         var kernel = header.Concat(code).ToArray();
 
-        var run = BootKit.Run(kernel, Encoding.ASCII.GetBytes("MB2 MODULE"), "root=/dev/vda", initrdName: "initrd.img");
+        var run = BootKit.Run(accel, kernel, Encoding.ASCII.GetBytes("MB2 MODULE"), "root=/dev/vda", initrdName: "initrd.img");
 
         Assert.Equal(KernelFormat.Multiboot2, run.Kernel.Format);
         Assert.True(run.Stop.Error is null, $"{run.Stop.Error}; output: {run.Text}");
@@ -159,12 +159,12 @@ public class BootKvmTests
         g.Print("tr="); a.xor(eax, eax); a.str(ax); g.Hex(); g.Print("\n");
     }
 
-    [SkippableKvmFact]
-    public void Elf32EntersFlatProtectedMode()
+    [Theory, KvmData, SoftData]
+    public void Elf32EntersFlatProtectedMode(string accel)
     {
         const uint Entry = 0x200000;
         byte[] code = BootKit.Assemble(32, Entry, (a, g) => { ReportState32(a, g); g.Exit(Pass); });
-        var run = BootKit.Run(BootKit.Elf(false, Entry, Entry, code, Entry));
+        var run = BootKit.Run(accel, BootKit.Elf(false, Entry, Entry, code, Entry));
 
         Assert.Equal(KernelFormat.Elf32, run.Kernel.Format);
         Assert.True(run.Stop.Error is null, $"{run.Stop.Error}; output: {run.Text}");
@@ -183,8 +183,8 @@ public class BootKvmTests
         Assert.Equal((int)(Pass << 1 | 1), run.ExitStatus);
     }
 
-    [SkippableKvmFact]
-    public void Elf64LinkedHighEntersLongModeAtThePhysicalEntry()
+    [Theory, KvmData, SoftData]
+    public void Elf64LinkedHighEntersLongModeAtThePhysicalEntry(string accel)
     {
         const ulong Phys = 0x200000, Virt = 0xffffffff80200000;
         byte[] code = BootKit.Assemble(64, Phys, (a, g) =>
@@ -207,7 +207,7 @@ public class BootKvmTests
             g.Print("high="); a.mov(rax, 0x1fffff8ul); a.mov(rax, __qword_ptr[rax]); g.Hex(); g.Print("\n");
             g.Exit(Pass);
         });
-        var run = BootKit.Run(BootKit.Elf(true, Virt, Phys, code, Virt));
+        var run = BootKit.Run(accel, BootKit.Elf(true, Virt, Phys, code, Virt));
 
         Assert.Equal(KernelFormat.Elf64, run.Kernel.Format);
         Assert.True(run.Stop.Error is null, $"{run.Stop.Error}; output: {run.Text}");
@@ -228,8 +228,8 @@ public class BootKvmTests
         Assert.Equal((int)(Pass << 1 | 1), run.ExitStatus);
     }
 
-    [SkippableKvmFact]
-    public void PvhKernelGetsStartInfo()
+    [Theory, KvmData, SoftData]
+    public void PvhKernelGetsStartInfo(string accel)
     {
         const uint Entry = 0x100000;
         byte[] code = BootKit.Assemble(32, Entry, (a, g) =>
@@ -257,7 +257,7 @@ public class BootKvmTests
             g.Exit(Pass);
         });
         byte[] note = BootKit.Note("Xen", 18, BootKit.Dwords(Entry));
-        var run = BootKit.Run(BootKit.Elf(false, Entry, Entry, code, 0xdead, notes: note), Encoding.ASCII.GetBytes("PVH MODULE"), "pvh cmdline");
+        var run = BootKit.Run(accel, BootKit.Elf(false, Entry, Entry, code, 0xdead, notes: note), Encoding.ASCII.GetBytes("PVH MODULE"), "pvh cmdline");
 
         Assert.Equal(KernelFormat.Pvh, run.Kernel.Format);
         Assert.Equal(new SegmentDescriptor(0, 0x67, BootCpuState.TssAccess), run.Kernel.Cpu.Tr.Descriptor);
@@ -286,13 +286,13 @@ public class BootKvmTests
     }
 }
 
-/// <summary>Synthetic bzImages run on KVM: the Linux boot protocol's register contract as the kernel sees it.</summary>
-public class LinuxBootKvmTests
+/// <summary>Synthetic bzImages run on each CPU engine: the Linux boot protocol's register contract as the kernel sees it.</summary>
+public class LinuxBootGuestTests
 {
     private const uint Pass = 0x21;
 
-    [SkippableKvmFact]
-    public void BzImage64EntersStartup64WithBootParamsInRsi()
+    [Theory, KvmData, SoftData]
+    public void BzImage64EntersStartup64WithBootParamsInRsi(string accel)
     {
         const ulong Load = 0x1000000;
         byte[] startup64 = BootKit.Assemble(64, Load + 0x200, (a, g) =>
@@ -311,7 +311,7 @@ public class LinuxBootKvmTests
         Array.Fill(pm, (byte)0xf4, 0, 0x200); // the 32-bit entry: never used here
         startup64.CopyTo(pm, 0x200);
 
-        var run = BootKit.Run(KernelLoaderTests.BzImage(pm, kernel64: true), cmdline: "console=ttyS0 root=/dev/vda");
+        var run = BootKit.Run(accel, KernelLoaderTests.BzImage(pm, kernel64: true), cmdline: "console=ttyS0 root=/dev/vda");
 
         Assert.True(run.Stop.Error is null, $"{run.Stop.Error}; output: {run.Text}");
         Assert.Contains($"rsi={KernelLoader.InfoAddress:x16}\n", run.Text);
@@ -325,8 +325,8 @@ public class LinuxBootKvmTests
         Assert.Equal((int)(Pass << 1 | 1), run.ExitStatus);
     }
 
-    [SkippableKvmFact]
-    public void BzImage32EntersCode32WithEsiAndZeroedEbpEdiEbx()
+    [Theory, KvmData, SoftData]
+    public void BzImage32EntersCode32WithEsiAndZeroedEbpEdiEbx(string accel)
     {
         byte[] pm = BootKit.Assemble(32, 0x1000000, (a, g) =>
         {
@@ -338,7 +338,7 @@ public class LinuxBootKvmTests
             g.Print("cr0="); a.mov(eax, cr0); g.Hex(); g.Print("\n");
             g.Exit(Pass);
         });
-        var run = BootKit.Run(KernelLoaderTests.BzImage(pm, kernel64: false));
+        var run = BootKit.Run(accel, KernelLoaderTests.BzImage(pm, kernel64: false));
 
         Assert.True(run.Stop.Error is null, $"{run.Stop.Error}; output: {run.Text}");
         Assert.Contains($"esi={KernelLoader.InfoAddress:x8}\n", run.Text);

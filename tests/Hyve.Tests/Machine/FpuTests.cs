@@ -4,11 +4,15 @@ using static Iced.Intel.AssemblerRegisters;
 
 namespace Hyve.Tests.Machine;
 
-/// <summary>Instructions this machine's KVM refuses run in hyve's engine (the user-space fallback).</summary>
-public class KvmFallbackTests
+/// <summary>
+/// x87 instructions in a boot ROM on each CPU engine. This machine's KVM (kvm-pvm) refuses x87 with an
+/// emulation-failure exit, so the KVM row runs them in hyve's user-space fallback engine; the soft row runs them in the
+/// software CPU.
+/// </summary>
+public class FpuTests
 {
-    [SkippableKvmFact]
-    public void FninitFwaitFnstcwGiveTheInitialControlWord()
+    [Theory, KvmData, SoftData]
+    public void FninitFwaitFnstcwGiveTheInitialControlWord(string accel)
     {
         string rom = GuestRom.ToFile(GuestRom.RealMode(a =>
         {
@@ -24,7 +28,7 @@ public class KvmFallbackTests
             a.cli();
             a.hlt();
         }));
-        using var p = HyveProcess.Run("-l", $"bootrom,{rom}", "-l", "com1,stdio", "fpu" + Guid.NewGuid().ToString("N")[..8]);
+        using var p = HyveProcess.Run(Backends.Args(accel, "-l", $"bootrom,{rom}", "-l", "com1,stdio", "fpu" + Guid.NewGuid().ToString("N")[..8]));
         Assert.True(p.ExitCode == 2, $"status {p.ExitCode}: {p.Stderr}");
         Assert.Equal("037f\n", p.Stdout);
     }

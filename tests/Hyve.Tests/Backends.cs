@@ -1,0 +1,78 @@
+// SPDX-License-Identifier: BSD-2-Clause
+using System.Reflection;
+using Hyve.Kvm;
+using Hyve.Soft;
+using Hyve.Vmm;
+using Xunit.Sdk;
+
+namespace Hyve.Tests;
+
+/// <summary>
+/// The CPU engines every guest-running test runs on: one parameterized suite, <c>[Theory, KvmData, SoftData]</c> with
+/// a <c>string accel</c> parameter ("kvm" or "soft") that the test passes on as <c>-o accel=</c> to ./hyve or to
+/// <see cref="Create"/> in process. The KVM row skips with the reason when /dev/kvm cannot be opened; either row may
+/// also be skipped for one test with <c>Skip = "why"</c> (a host limitation named precisely).
+/// </summary>
+public static class Backends
+{
+    /// <summary>The CPU engine named by <paramref name="accel"/> for an in-process <see cref="Vm.Run"/>.</summary>
+    public static ICpuBackend Create(string accel, Vm vm) => accel switch
+    {
+        "kvm" => new KvmBackend(vm),
+        "soft" => new SoftBackend(vm),
+        _ => throw new ArgumentException($"unknown accel {accel}"),
+    };
+
+    /// <summary>The ./hyve arguments choosing <paramref name="accel"/> followed by <paramref name="args"/>.</summary>
+    public static string[] Args(string accel, params string[] args) => ["-o", $"accel={accel}", .. args];
+}
+
+/// <summary>The theory row accel = "kvm", skipped with the reason when KVM cannot be opened.</summary>
+public sealed class KvmDataAttribute : DataAttribute
+{
+    /// <summary>The row ("kvm").</summary>
+    public KvmDataAttribute()
+    {
+        if (!KvmSystem.IsAvailable(out var reason)) Skip = $"KVM unavailable: {reason}";
+    }
+
+    /// <summary>Skips the row with this reason on a kvm-pvm host only (<see cref="KvmPvm"/>): a limitation of that KVM,
+    /// not of Hyve, so the row still runs where KVM has hardware virtualization.</summary>
+    public string? SkipOnKvmPvm
+    {
+        get => KvmPvm.IsHost ? Skip : null;
+        set { if (Skip is null && KvmPvm.IsHost) Skip = value; }
+    }
+
+    /// <inheritdoc/>
+    public override IEnumerable<object[]> GetData(MethodInfo testMethod) => [["kvm"]];
+}
+
+/// <summary>The theory row accel = "soft": the software CPU, available everywhere.</summary>
+public sealed class SoftDataAttribute : DataAttribute
+{
+    /// <inheritdoc/>
+    public override IEnumerable<object[]> GetData(MethodInfo testMethod) => [["soft"]];
+}
+
+/// <summary>
+/// Skip reasons for KVM rows that this kind of host cannot run: kvm-pvm (KVM without VT-x/AMD-V, guests run through
+/// the kernel's instruction emulator). On a host with hardware virtualization these rows run.
+/// </summary>
+public static class KvmPvm
+{
+    /// <summary>True when /dev/kvm is there but the CPU shows neither VT-x (vmx) nor AMD-V (svm).</summary>
+    public static bool IsHost { get; } = !CpuHasVirtualization();
+
+    private static bool CpuHasVirtualization()
+    {
+        try
+        {
+            foreach (var line in File.ReadLines("/proc/cpuinfo"))
+                if (line.StartsWith("flags", StringComparison.Ordinal) && (line.Contains(" vmx", StringComparison.Ordinal) || line.Contains(" svm", StringComparison.Ordinal)))
+                    return true;
+        }
+        catch (IOException) { }
+        return false;
+    }
+}

@@ -1,0 +1,132 @@
+// SPDX-License-Identifier: BSD-2-Clause
+using System.Text;
+using Hyve.Vmm;
+using Hyve.Vmm.Control;
+using Iced.Intel;
+using Xunit;
+using static Iced.Intel.AssemblerRegisters;
+
+namespace Hyve.Tests.Machine;
+
+/// <summary>
+/// A <see cref="Vm"/> run in process on each CPU engine with a boot ROM: printing and halting, the PIT's IRQ0 through the
+/// 8259 waking HLT, and INIT/SIPI through the local APICs starting an application processor.
+/// </summary>
+public class InProcessVmTests
+{
+    private sealed class Capture : IPortDevice
+    {
+        public readonly StringBuilder Text = new();
+        public uint PortRead(ushort port, int size) => port == 0x3fd ? 0x60u : 0u;
+        public void PortWrite(ushort port, int size, uint value) { if (port == 0x3f8) lock (Text) Text.Append((char)value); }
+    }
+
+    private static (VmStop Stop, string Out, byte[] Low) RunRom(string accel, byte[] rom, int cpus = 1)
+    {
+        using var clock = new TimerQueue();
+        using var mem = new GuestMemory(16 << 20);
+        var vm = new Vm("t", new CpuTopology(cpus, 1, 1, cpus), mem, clock);
+        var cap = new Capture();
+        vm.Ports.Register(0x3f8, 8, cap);
+        string path = GuestRom.ToFile(rom);
+        try
+        {
+            BootRom.Load(mem, path, null);
+            // As the machine does: the ROM's tail also appears below 1 MiB, so a real-mode far return or IRET to
+            // F000:x (the CS an interrupt pushes while the ROM runs from its reset alias) lands in the ROM's code.
+            BootRom.ShadowLegacyArea(mem);
+            using var watchdog = new Timer(_ => vm.SetError("timed out"), null, 30_000, Timeout.Infinite);
+            var stop = vm.Run(v => Backends.Create(accel, v));
+            Assert.True(mem.TryGetSpan(0, 0x10000, MemProt.Read, out var low));
+            lock (cap.Text) return (stop, cap.Text.ToString(), low.ToArray());
+        }
+        finally { File.Delete(path); }
+    }
+
+    private static void StoreBytes(Assembler a, uint address, byte[] bytes, bool flat)
+    {
+        for (int k = 0; k < bytes.Length; k++)
+        {
+            if (flat) a.mov(__byte_ptr[address + (uint)k], bytes[k]);
+            else a.mov(__byte_ptr[(ushort)(address + (uint)k)], bytes[k]);
+        }
+    }
+
+    [Theory, KvmData, SoftData]
+    public void RomPrintsAndHaltsWithInterruptsDisabled(string accel)
+    {
+        var r = RunRom(accel, GuestRom.RealMode(a => { GuestRom.Print(a, "hello\n"); a.cli(); a.hlt(); }));
+        Assert.Null(r.Stop.Error);
+        Assert.Equal("hello\n", r.Out);
+        Assert.Equal(SuspendHow.Halt, r.Stop.How);
+        Assert.Equal(2, r.Stop.ExitStatus);
+    }
+
+    [Theory, KvmData, SoftData]
+    public void PitInterruptThroughThe8259WakesHltAndReachesTheIvtHandler(string accel)
+    {
+        // Handler at 0000:0600: mov al,20h; out 20h,al (EOI); mov byte [0700h],1; iret.
+        byte[] handler = [0xb0, 0x20, 0xe6, 0x20, 0xc6, 0x06, 0x00, 0x07, 0x01, 0xcf];
+        var r = RunRom(accel, GuestRom.RealMode(a =>
+        {
+            a.xor(ax, ax);
+            a.mov(ds, ax);
+            a.mov(ss, ax);
+            a.mov(sp, 0x7000);
+            StoreBytes(a, 0x600, handler, false);
+            a.mov(__word_ptr[0x20], 0x600); // IVT entry 8 (IRQ0 after the remap below)
+            a.mov(__word_ptr[0x22], 0);
+            // ICW1-4: edge, cascade, vector base 8, slave on IR2, 8086 mode; then unmask IRQ0 only.
+            foreach (var (port, v) in new (byte, byte)[] { (0x20, 0x11), (0x21, 0x08), (0x21, 0x04), (0x21, 0x01), (0x21, 0xfe) })
+            {
+                a.mov(al, v);
+                a.@out(port, al);
+            }
+            // PIT channel 0, mode 2, count 0x1000 (about 3.4 ms).
+            a.mov(al, 0x34); a.@out(0x43, al);
+            a.mov(al, 0x00); a.@out(0x40, al);
+            a.mov(al, 0x10); a.@out(0x40, al);
+            var wait = a.CreateLabel();
+            a.Label(ref wait);
+            a.sti();
+            a.hlt();
+            a.cmp(__byte_ptr[0x700], 1);
+            a.jne(wait);
+            a.cli();
+            GuestRom.Print(a, "tick\n");
+            a.hlt();
+        }));
+        Assert.Null(r.Stop.Error);
+        Assert.Equal("tick\n", r.Out);
+        Assert.Equal(SuspendHow.Halt, r.Stop.How);
+    }
+
+    [Theory, KvmData, SoftData]
+    public void InitAndStartupIpisStartAnApplicationProcessor(string accel)
+    {
+        // The AP starts at 0800:0000 (SIPI vector 8): mov byte [0900h],5ah; cli; hlt.
+        byte[] ap = [0xc6, 0x06, 0x00, 0x09, 0x5a, 0xfa, 0xf4];
+        var r = RunRom(accel, GuestRom.ProtectedMode32(a =>
+        {
+            StoreBytes(a, 0x8000, ap, true);
+            a.mov(__dword_ptr[0xfee000f0], 0x1ff);      // SVR: software-enable the BSP's APIC
+            a.mov(__dword_ptr[0xfee00310], 0);
+            a.mov(__dword_ptr[0xfee00300], 0x000c4500); // INIT to all but self
+            a.mov(__dword_ptr[0xfee00300], 0x000c4608); // start-up, vector 8
+            var spin = a.CreateLabel();
+            a.Label(ref spin);
+            a.pause();
+            a.cmp(__byte_ptr[0x900], 0x5a);
+            a.jne(spin);
+            a.mov(dx, 0x3f8);
+            a.mov(al, (byte)'A');
+            a.@out(dx, al);
+            a.cli();
+            a.hlt();
+        }), cpus: 2);
+        Assert.Null(r.Stop.Error);
+        Assert.True(r.Out == "A", $"{r.Stop} out={r.Out} flag={r.Low[0x900]:x} ap0={r.Low[0x8000]:x}");
+        Assert.Equal(0x5a, r.Low[0x900]);
+        Assert.Equal(SuspendHow.Halt, r.Stop.How);
+    }
+}
