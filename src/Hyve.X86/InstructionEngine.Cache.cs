@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: BSD-2-Clause
 using System.Numerics;
 using System.Runtime.CompilerServices;
+using System.Runtime.InteropServices;
 using Iced.Intel;
 
 namespace Hyve.X86;
@@ -31,11 +32,16 @@ public sealed unsafe partial class InstructionEngine
     {
         public ulong Gpa, Rip;
         public int Bitness, Count, ByteLen;
-        public bool EndsSystem; // the last instruction may change what the caller must look at (flags, mode, devices)
-        public readonly Instruction[] Insns = new Instruction[MaxBlockInstructions];
-        public readonly delegate*<InstructionEngine, ref Instruction, Exec>[] Handlers = new delegate*<InstructionEngine, ref Instruction, Exec>[MaxBlockInstructions];
-        public readonly ulong[] Next = new ulong[MaxBlockInstructions];
+        public bool EndsSystem; // the last instruction may change what the caller must look at (flags, mode, CS, devices)
+        public readonly BlockOp[] Ops = new BlockOp[MaxBlockInstructions];
         public readonly byte[] Bytes = new byte[MaxBlockInstructions * 15];
+    }
+
+    private struct BlockOp
+    {
+        public Instruction Insn;
+        public delegate*<InstructionEngine, ref Instruction, Exec> Handler;
+        public ulong Next; // RIP after the instruction, reduced to the code size
     }
 
     private readonly Block?[] _blocks = new Block?[BlockSlots];
@@ -64,47 +70,67 @@ public sealed unsafe partial class InstructionEngine
     {
         executed = 0;
         var tlb = _mem.Walker.Tlb;
+        if (tlb is null || cpu.InterruptShadow != 0 || (cpu.Rflags & CpuState.FlagTf) != 0) return StepOne(cpu, ports, ref executed);
+        // Code size, CS and CPL stay fixed for the whole call: every instruction that could change them ends it.
+        if (!Segmentation.Linearize(cpu, Seg.Cs, cpu.Rip, 1, PageAccess.Execute, out _).IsOk) return StepOne(cpu, ports, ref executed);
+        _cpu = cpu;
+        _ports = ports;
+        int bits = cpu.CodeBitness;
+        _bitness = bits;
+        var csd = cpu.Segs[(int)Seg.Cs].Descriptor;
+        ulong csBase = bits == 64 ? 0 : csd.Base;
+        ulong limit = bits == 64 ? ulong.MaxValue : csd.Limit;
+        ulong codePage = ulong.MaxValue, gpaPage = 0, epoch = 0;
+        byte* pageHost = null;
+        var mem = _mem;
         var result = default(StepResult);
         while (executed < budget)
         {
-            if (tlb is null || cpu.InterruptShadow != 0 || (cpu.Rflags & CpuState.FlagTf) != 0)
-                return StepOne(cpu, ports, ref executed);
-            _cpu = cpu;
-            _ports = ports;
-            int bits = cpu.CodeBitness;
-            _bitness = bits;
             ulong rip = cpu.Rip;
-            if (!Segmentation.Linearize(cpu, Seg.Cs, rip, 1, PageAccess.Execute, out ulong la).IsOk) return StepOne(cpu, ports, ref executed);
-            if ((cpu.Efer & CpuState.EferLma) == 0 || (cpu.Cr0 & CpuState.Cr0Pg) == 0) la &= 0xffffffff;
-            if (!tlb.Translate(cpu, la, PageAccess.Execute, out ulong gpa, out byte* page, out _).IsOk || page == null)
-                return StepOne(cpu, ports, ref executed);
-            var b = FindBlock(gpa, rip, bits, page);
-            if (b is null || (bits != 64 && rip + (ulong)b.ByteLen - 1 > cpu.Segs[(int)Seg.Cs].Descriptor.Limit))
-                return StepOne(cpu, ports, ref executed);
+            ulong la;
+            if (bits == 64)
+            {
+                la = rip;
+                if (!Segmentation.IsCanonical(cpu, la)) return StepOne(cpu, ports, ref executed);
+            }
+            else
+            {
+                if (rip > limit) return StepOne(cpu, ports, ref executed);
+                la = (csBase + rip) & 0xffffffff;
+            }
+            if ((la & ~0xffful) != codePage || tlb.Epoch != epoch)
+            {
+                if (!tlb.Translate(cpu, la, PageAccess.Execute, out ulong g, out byte* h, out _).IsOk || h == null)
+                    return StepOne(cpu, ports, ref executed);
+                codePage = la & ~0xffful;
+                gpaPage = g & ~0xffful;
+                pageHost = h;
+                epoch = tlb.Epoch;
+            }
+            ulong gpa = gpaPage | (la & 0xfff);
+            var b = FindBlock(gpa, rip, bits, pageHost);
+            if (b is null || rip + (ulong)b.ByteLen - 1 > limit) return StepOne(cpu, ports, ref executed);
 
-            ulong ifBefore = cpu.Rflags & CpuState.FlagIf;
-            var mem = _mem;
-            mem.WatchPage = gpa & ~0xffful;
+            if (DebugTrace) Console.Error.WriteLine($"block rip={rip:x} gpa={gpa:x} n={b.Count} len={b.ByteLen} first={b.Ops[0].Insn} last={b.Ops[b.Count-1].Insn} rflags={cpu.Rflags:x} rax={cpu.Gpr[0]:x} rcx={cpu.Gpr[1]:x}");
+            mem.WatchPage = gpaPage;
             mem.WatchHit = false;
             int n = b.Count;
-            var insns = b.Insns;
-            var handlers = b.Handlers;
-            var next = b.Next;
+            var ops = b.Ops;
             Code code = Code.INVALID;
             bool stop = false;
-            for (int k = 0; k < n; k++)
+            for (int k = 0; k < ops.Length && k < n; k++)
             {
-                ref var ins = ref insns[k];
+                ref var op = ref ops[k];
                 _repDone = 0;
-                var x = handlers[k](this, ref ins);
+                var x = op.Handler(this, ref op.Insn);
                 if (x == Exec.Next)
                 {
-                    cpu.Rip = next[k];
+                    cpu.Rip = op.Next;
                     executed++;
-                    if (mem.WatchHit) { code = ins.Code; stop = true; break; }
+                    if (mem.WatchHit) { code = op.Insn.Code; stop = true; break; }
                     continue;
                 }
-                code = ins.Code;
+                code = op.Insn.Code;
                 switch (x)
                 {
                     case Exec.Branch:
@@ -112,7 +138,7 @@ public sealed unsafe partial class InstructionEngine
                         executed++;
                         break;
                     case Exec.Halt:
-                        cpu.Rip = next[k];
+                        cpu.Rip = op.Next;
                         executed++;
                         mem.WatchPage = ulong.MaxValue;
                         return new StepResult(StepStatus.Halt, default, 0, code);
@@ -126,14 +152,14 @@ public sealed unsafe partial class InstructionEngine
                 break;
             }
             mem.WatchPage = ulong.MaxValue;
-            if (code == Code.INVALID) code = insns[n - 1].Code;
+            if (code == Code.INVALID) code = ops[n - 1].Insn.Code;
             result = new StepResult(StepStatus.Ok, default, 0, code);
-            if (stop || b.EndsSystem || cpu.InterruptShadow != 0 || ((cpu.Rflags & CpuState.FlagIf) & ~ifBefore) != 0
-                || code is Code.Iretw or Code.Iretd or Code.Iretq)
-                return result;
+            if (stop || b.EndsSystem) return result;
         }
         return result;
     }
+
+    internal static bool DebugTrace = Environment.GetEnvironmentVariable("HYVE_BLOCK_TRACE") == "1";
 
     private StepResult StepOne(CpuState cpu, IGuestPorts? ports, ref int executed)
     {
@@ -181,21 +207,22 @@ public sealed unsafe partial class InstructionEngine
             ulong ip = rip + (ulong)len;
             dec.IP = ip;
             rd.Pos = len;
-            dec.Decode(out b.Insns[count]);
-            ref var ins = ref b.Insns[count];
+            ref var op = ref b.Ops[count];
+            dec.Decode(out op.Insn);
+            ref var ins = ref op.Insn;
             if (dec.LastError != DecoderError.None) break;
             int il = ins.Length;
             if (bits != 64 && (ip + (ulong)il - 1 > limit || ip + (ulong)il > ipEnd)) break;
             var h = s_handlers[(int)ins.Code];
             if (h == null) break;
             var fast = FastHandler(ref ins);
-            b.Handlers[count] = fast != null ? fast : h;
+            op.Handler = fast != null ? fast : h;
             ulong nx = ins.NextIP;
-            b.Next[count] = bits == 64 ? nx : bits == 32 ? (uint)nx : (ushort)nx;
+            op.Next = bits == 64 ? nx : bits == 32 ? (uint)nx : (ushort)nx;
             len += il;
             count++;
-            if (ins.FlowControl != FlowControl.Next) break;
             if (EndsBlock(ref ins)) { system = true; break; }
+            if (ins.FlowControl != FlowControl.Next) break;
         }
         if (count == 0) return null;
         new ReadOnlySpan<byte>(page + off, len).CopyTo(b.Bytes);
@@ -214,9 +241,19 @@ public sealed unsafe partial class InstructionEngine
     private static bool EndsBlock(ref Instruction i)
     {
         if (i.IsPrivileged) return true; // CR/DR/MSR/descriptor-table/INVLPG/HLT/CLI/STI/IN/OUT and friends
+        switch (i.FlowControl)
+        {
+            case FlowControl.Next: case FlowControl.ConditionalBranch: case FlowControl.UnconditionalBranch:
+            case FlowControl.IndirectBranch: case FlowControl.Call: case FlowControl.IndirectCall: case FlowControl.Return:
+                break;
+            default:
+                return true; // INT n, INTO, UD, SYSCALL/SYSRET and other mode-changing transfers
+        }
+        if (i.IsJmpFar || i.IsJmpFarIndirect || i.IsCallFar || i.IsCallFarIndirect) return true; // CS (and maybe mode) change
         switch (i.Mnemonic)
         {
-            case Mnemonic.Popf: case Mnemonic.Lds: case Mnemonic.Les: case Mnemonic.Lfs: case Mnemonic.Lgs: case Mnemonic.Lss:
+            case Mnemonic.Retf: case Mnemonic.Iret: case Mnemonic.Iretd: case Mnemonic.Iretq: case Mnemonic.Sysret: case Mnemonic.Sysexit: case Mnemonic.Sysenter: case Mnemonic.Syscall:
+            case Mnemonic.Popf: case Mnemonic.Popfd: case Mnemonic.Popfq: case Mnemonic.Lds: case Mnemonic.Les: case Mnemonic.Lfs: case Mnemonic.Lgs: case Mnemonic.Lss:
             case Mnemonic.In: case Mnemonic.Out: case Mnemonic.Insb: case Mnemonic.Insw: case Mnemonic.Insd: case Mnemonic.Outsb: case Mnemonic.Outsw: case Mnemonic.Outsd: case Mnemonic.Wrpkru: case Mnemonic.Xsetbv:
             case Mnemonic.Cpuid: case Mnemonic.Stac: case Mnemonic.Clac: case Mnemonic.Hlt: case Mnemonic.Sahf:
                 return true;
@@ -288,7 +325,7 @@ public sealed unsafe partial class InstructionEngine
     private struct Rr : ISrc
     {
         public static ulong Get(CpuState c, ref Instruction i, int size)
-            => c.Gpr[size == 4 ? i.Op1Register - Register.EAX : i.Op1Register - Register.RAX];
+            => Gpr(c, size == 4 ? i.Op1Register - Register.EAX : i.Op1Register - Register.RAX);
     }
     private struct Ri : ISrc
     {
@@ -300,15 +337,29 @@ public sealed unsafe partial class InstructionEngine
         };
     }
 
+    // The block builder only picks these handlers for RAX..R15 / EAX..R15D operands, so the index is 0..15.
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static ref ulong Gpr(CpuState c, int n) => ref Unsafe.Add(ref MemoryMarshal.GetArrayDataReference(c.Gpr), n);
+
     private interface IAluOp
     {
         static abstract bool Writes { get; }
         static abstract ulong Do(ulong a, ulong b, int bits, out ulong flags);
     }
 
+    // PF for each value of a result's low byte (set when it has an even number of ones).
+    private static readonly byte[] s_parity = BuildParity();
+
+    private static byte[] BuildParity()
+    {
+        var t = new byte[256];
+        for (int v = 0; v < 256; v++) t[v] = (BitOperations.PopCount((uint)v) & 1) == 0 ? (byte)PF : (byte)0;
+        return t;
+    }
+
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static ulong FastSzp(ulong r, int bits)
-        => (r == 0 ? ZF : 0) | (((r >> (bits - 1)) & 1) != 0 ? SF : 0) | ((BitOperations.PopCount(r & 0xff) & 1) == 0 ? PF : 0);
+        => (r == 0 ? ZF : 0) | (((r >> (bits - 1)) & 1) * SF) | s_parity[(byte)r];
 
     private struct AddOp : IAluOp
     {
@@ -368,10 +419,9 @@ public sealed unsafe partial class InstructionEngine
     private static Exec Alu32<TOp, TSrc>(InstructionEngine e, ref Instruction i) where TOp : struct, IAluOp where TSrc : struct, ISrc
     {
         var c = e._cpu;
-        var g = c.Gpr;
-        int d = i.Op0Register - Register.EAX;
-        ulong r = TOp.Do((uint)g[d], (uint)TSrc.Get(c, ref i, 4), 32, out ulong f);
-        if (TOp.Writes) g[d] = (uint)r;
+        ref ulong d = ref Gpr(c, i.Op0Register - Register.EAX);
+        ulong r = TOp.Do((uint)d, (uint)TSrc.Get(c, ref i, 4), 32, out ulong f);
+        if (TOp.Writes) d = (uint)r;
         c.Rflags = (c.Rflags & ~CpuState.StatusFlags) | f;
         return Exec.Next;
     }
@@ -379,10 +429,9 @@ public sealed unsafe partial class InstructionEngine
     private static Exec Alu64<TOp, TSrc>(InstructionEngine e, ref Instruction i) where TOp : struct, IAluOp where TSrc : struct, ISrc
     {
         var c = e._cpu;
-        var g = c.Gpr;
-        int d = i.Op0Register - Register.RAX;
-        ulong r = TOp.Do(g[d], TSrc.Get(c, ref i, 8), 64, out ulong f);
-        if (TOp.Writes) g[d] = r;
+        ref ulong d = ref Gpr(c, i.Op0Register - Register.RAX);
+        ulong r = TOp.Do(d, TSrc.Get(c, ref i, 8), 64, out ulong f);
+        if (TOp.Writes) d = r;
         c.Rflags = (c.Rflags & ~CpuState.StatusFlags) | f;
         return Exec.Next;
     }
@@ -390,14 +439,14 @@ public sealed unsafe partial class InstructionEngine
     private static Exec Mov32<TSrc>(InstructionEngine e, ref Instruction i) where TSrc : struct, ISrc
     {
         var c = e._cpu;
-        c.Gpr[i.Op0Register - Register.EAX] = (uint)TSrc.Get(c, ref i, 4);
+        Gpr(c, i.Op0Register - Register.EAX) = (uint)TSrc.Get(c, ref i, 4);
         return Exec.Next;
     }
 
     private static Exec Mov64<TSrc>(InstructionEngine e, ref Instruction i) where TSrc : struct, ISrc
     {
         var c = e._cpu;
-        c.Gpr[i.Op0Register - Register.RAX] = TSrc.Get(c, ref i, 8);
+        Gpr(c, i.Op0Register - Register.RAX) = TSrc.Get(c, ref i, 8);
         return Exec.Next;
     }
 
@@ -411,13 +460,12 @@ public sealed unsafe partial class InstructionEngine
     private static Exec IncDec(InstructionEngine e, int d, int bits, ulong delta)
     {
         var c = e._cpu;
-        var g = c.Gpr;
+        ref ulong g = ref Gpr(c, d);
         ulong f;
-        ulong a = bits == 64 ? g[d] : (uint)g[d];
+        ulong a = bits == 64 ? g : (uint)g;
         if (delta == 1) AddOp.Do(a, 1, bits, out f);
         else SubOp.Do(a, 1, bits, out f);
-        ulong r = bits == 64 ? a + delta : (uint)(a + delta);
-        g[d] = r;
+        g = bits == 64 ? a + delta : (uint)(a + delta);
         c.Rflags = (c.Rflags & ~(CpuState.StatusFlags & ~CF)) | (f & ~CF);
         return Exec.Next;
     }

@@ -57,6 +57,9 @@ public sealed unsafe class Tlb
         walker.Tlb = this;
     }
 
+    /// <summary>Changes whenever any entry may have been dropped (callers caching a translation compare it).</summary>
+    public ulong Epoch { get; private set; }
+
     /// <summary>Lookups that needed a page walk (for tests and statistics).</summary>
     public long Walks { get; private set; }
 
@@ -147,6 +150,7 @@ public sealed unsafe class Tlb
             if (v != _seenVersion) { _seenVersion = v; all = true; }
         }
         _cr0 = cpu.Cr0; _cr3 = cpu.Cr3; _cr4 = cpu.Cr4; _efer = cpu.Efer;
+        Epoch++;
         _pcid = (ushort)((cpu.Cr4 & CpuState.Cr4Pcide) != 0 ? cpu.Cr3 & 0xfff : 0);
         if (all) FlushAll();
     }
@@ -157,6 +161,7 @@ public sealed unsafe class Tlb
         _gen++;
         _globalGen = _gen;
         _hasLarge = false;
+        Epoch++;
     }
 
     /// <summary>
@@ -167,6 +172,7 @@ public sealed unsafe class Tlb
     {
         Sync(cpu); // CR0/CR4 changes first; a CR3 difference alone is handled here rather than as a full flush
         _cr3 = cpu.Cr3;
+        Epoch++;
         bool pcide = (cpu.Cr4 & CpuState.Cr4Pcide) != 0;
         _pcid = (ushort)(pcide ? cpu.Cr3 & 0xfff : 0);
         if (noFlush && pcide) return;
@@ -184,6 +190,7 @@ public sealed unsafe class Tlb
         ulong vpn = la >> 12;
         ref var e = ref _e[(int)(vpn & (Size - 1))];
         if (e.Vpn1 == vpn + 1) e.Vpn1 = 0;
+        Epoch++;
         if (!_hasLarge) return;
         for (int k = 0; k < Size; k++)
         {
