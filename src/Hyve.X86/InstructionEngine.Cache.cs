@@ -111,7 +111,6 @@ public sealed unsafe partial class InstructionEngine
             var b = FindBlock(gpa, rip, bits, pageHost);
             if (b is null || rip + (ulong)b.ByteLen - 1 > limit) return StepOne(cpu, ports, ref executed);
 
-            if (DebugTrace) Console.Error.WriteLine($"block rip={rip:x} gpa={gpa:x} n={b.Count} len={b.ByteLen} first={b.Ops[0].Insn} last={b.Ops[b.Count-1].Insn} rflags={cpu.Rflags:x} rax={cpu.Gpr[0]:x} rcx={cpu.Gpr[1]:x}");
             mem.WatchPage = gpaPage;
             mem.WatchHit = false;
             int n = b.Count;
@@ -158,8 +157,6 @@ public sealed unsafe partial class InstructionEngine
         }
         return result;
     }
-
-    internal static bool DebugTrace = Environment.GetEnvironmentVariable("HYVE_BLOCK_TRACE") == "1";
 
     private StepResult StepOne(CpuState cpu, IGuestPorts? ports, ref int executed)
     {

@@ -77,13 +77,13 @@ public class SoftCacheTests
     [Fact]
     public void CodePatchedAheadOfItselfInTheSameBlockRunsPatched()
     {
-        // 1000: mov cx,3 / xor bx,bx
+        // 1000: mov cx,5 / xor bx,bx
         // 1005: mov [100Ah],cl   ; patches the immediate of the next instruction, in the same straight-line block
         // 1009: mov al,0         ; runs as mov al,cl
         // 100B: add bl,al / dec cx / jnz 1005 / mov [0500h],bx / cli / hlt
         byte[] code =
         [
-            0xb9, 0x03, 0x00, 0x31, 0xdb,
+            0xb9, 0x05, 0x00, 0x31, 0xdb,
             0x88, 0x0e, 0x0a, 0x10,
             0xb0, 0x00,
             0x00, 0xc3, 0x49, 0x75, 0xf5,
@@ -92,18 +92,18 @@ public class SoftCacheTests
         var r = RunRom(RomRunningFromRam(0x1000, code));
         Assert.Null(r.Stop.Error);
         Assert.Equal(SuspendHow.Halt, r.Stop.How);
-        Assert.Equal(3u + 2 + 1, U32(r.Low, 0x500) & 0xffff); // stale code would give 0 + 3 + 2
+        Assert.Equal(5u + 4 + 3 + 2 + 1, U32(r.Low, 0x500) & 0xffff); // code decoded before each patch would give 0 + 5 + 4 + 3 + 2
     }
 
     [Fact]
     public void CodePatchedOnAnotherPageRunsPatchedWhenCalled()
     {
-        // 1000: mov cx,3 / xor bx,bx
+        // 1000: mov cx,5 / xor bx,bx
         // 1005: mov [2001h],cl / call 2000h / add bl,al / dec cx / jnz 1005 / mov [0500h],bx / cli / hlt
         // 2000: mov al,0 / ret   (the immediate is patched from the other page before every call)
         byte[] code =
         [
-            0xb9, 0x03, 0x00, 0x31, 0xdb,
+            0xb9, 0x05, 0x00, 0x31, 0xdb,
             0x88, 0x0e, 0x01, 0x20,
             0xe8, 0xf4, 0x0f,             // call 2000h (next IP 100Ch + 0FF4h)
             0x00, 0xc3, 0x49, 0x75, 0xf4,
@@ -117,19 +117,19 @@ public class SoftCacheTests
         }));
         Assert.Null(r.Stop.Error);
         Assert.Equal(SuspendHow.Halt, r.Stop.How);
-        Assert.Equal(3u + 2 + 1, U32(r.Low, 0x500) & 0xffff);
+        Assert.Equal(5u + 4 + 3 + 2 + 1, U32(r.Low, 0x500) & 0xffff);
     }
 
     [Fact]
     public void RepStosbOverwritingCodeAheadIsSeen()
     {
-        // 1000: mov dx,3 / xor bx,bx
+        // 1000: mov dx,5 / xor bx,bx
         // 1005: mov al,dl / mov di,1013h / mov cx,1 / rep stosb   ; writes the immediate of the mov at 1012h
         // 100F: nop / nop / nop
         // 1012: mov al,0 / add bl,al / dec dx / jnz 1005 / mov [0500h],bx / cli / hlt
         byte[] code =
         [
-            0xba, 0x03, 0x00, 0x31, 0xdb,
+            0xba, 0x05, 0x00, 0x31, 0xdb,
             0x88, 0xd0, 0xbf, 0x13, 0x10, 0xb9, 0x01, 0x00, 0xf3, 0xaa,
             0x90, 0x90, 0x90,
             0xb0, 0x00, 0x00, 0xc3, 0x4a, 0x75, 0xec,
@@ -138,7 +138,7 @@ public class SoftCacheTests
         var r = RunRom(RomRunningFromRam(0x1000, code));
         Assert.Null(r.Stop.Error);
         Assert.Equal(SuspendHow.Halt, r.Stop.How);
-        Assert.Equal(3u + 2 + 1, U32(r.Low, 0x500) & 0xffff);
+        Assert.Equal(5u + 4 + 3 + 2 + 1, U32(r.Low, 0x500) & 0xffff);
     }
 
     [Fact]
