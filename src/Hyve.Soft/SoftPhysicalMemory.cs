@@ -1,6 +1,8 @@
 // SPDX-License-Identifier: BSD-2-Clause
 using Hyve.Vmm;
 using Hyve.Vmm.Io;
+using System.Runtime.CompilerServices;
+using System.Runtime.InteropServices;
 using Hyve.X86;
 
 namespace Hyve.Soft;
@@ -10,9 +12,49 @@ namespace Hyve.Soft;
 /// xAPIC page in front (each processor decodes its local APIC's page itself), and an open bus behind: reads of
 /// addresses nothing claims return all ones and writes there are dropped, as on a PC.
 /// </summary>
-internal sealed class SoftPhysicalMemory(Vm vm, Vlapic lapic) : IGuestPhysicalMemory, IGuestPorts
+/// <remarks>
+/// As <see cref="IGuestHostMemory"/> it hands the vCPU's TLB host addresses of whole RAM and ROM pages; a change of the
+/// guest-physical map bumps <see cref="Version"/> so those are dropped before the next access.
+/// </remarks>
+internal sealed unsafe class SoftPhysicalMemory : IGuestHostMemory, IGuestPorts, IDisposable
 {
-    private readonly VmPhysicalMemory _inner = new(vm);
+    private readonly Vm vm;
+    private readonly Vlapic lapic;
+    private readonly VmPhysicalMemory _inner;
+    private readonly Action<GuestMapping, bool> _onMapChange;
+
+    public SoftPhysicalMemory(Vm vm, Vlapic lapic)
+    {
+        this.vm = vm;
+        this.lapic = lapic;
+        _inner = new VmPhysicalMemory(vm);
+        _onMapChange = (_, _) => Version.Bump();
+        vm.Memory.MappingChanged += _onMapChange;
+    }
+
+    /// <inheritdoc/>
+    public MapVersion Version { get; } = new();
+
+    /// <inheritdoc/>
+    public byte* HostPage(ulong gpa, out bool writable)
+    {
+        ulong page = gpa & ~0xffful;
+        writable = false;
+        // The xAPIC window is decoded by the processor itself whatever memory lies behind it.
+        if ((page >> 20) == 0xfee || IsApicPage(page)) return null;
+        if (vm.Memory.TryGetSpan(page, 0x1000, MemProt.Write, out var s))
+        {
+            writable = true;
+            return (byte*)Unsafe.AsPointer(ref MemoryMarshal.GetReference(s));
+        }
+        // Read-only memory (the boot ROM): only when no MMIO range claims the page (MMIO wins over ROM, as in TryReadMmio).
+        if (vm.Memory.TryGetSpan(page, 0x1000, MemProt.Read, out s) && !vm.Mmio.TryFind(page, out _) && !vm.Mmio.TryFind(page + 0xfff, out _))
+            return (byte*)Unsafe.AsPointer(ref MemoryMarshal.GetReference(s));
+        return null;
+    }
+
+    /// <summary>Stops following the guest-physical map.</summary>
+    public void Dispose() => vm.Memory.MappingChanged -= _onMapChange;
 
     /// <summary>Port accesses and MMIO accesses handled so far (for the VM's activity probe).</summary>
     public long Accesses;

@@ -59,6 +59,8 @@ internal sealed class SoftVcpu : IVcpuBackend, ILapicCpu
             Msrs = new SoftMsrs(Lapic, _tsc, _vm.StrictMsr),
             Tsc = _tsc,
         };
+        // This engine runs the whole vCPU, so it sees every invalidation: it may cache translations (and decoded blocks).
+        _ = new Tlb(_engine.Memory.Walker);
         // vCPU 0 starts at the reset vector; the others wait for INIT and a start-up IPI.
         _waitForSipi = id != 0;
     }
@@ -310,11 +312,14 @@ internal sealed class SoftVcpu : IVcpuBackend, ILapicCpu
         var c = _cpu;
         var engine = _engine;
         int n = 0;
-        for (; n < BatchSize; n++)
+        while (n < BatchSize)
         {
             if (_attention) break;
             if (_irqWaiting && (c.Rflags & CpuState.FlagIf) != 0 && c.InterruptShadow == 0) break;
-            var r = engine.Step(c, _phys);
+            // Runs cached blocks; returns at the first instruction that does not complete, or after one that may matter
+            // to the checks above (IF raised, interrupt shadow, IRET, system instructions).
+            var r = engine.Run(c, _phys, BatchSize - n, out int ran);
+            n += ran;
             switch (r.Status)
             {
                 case StepStatus.Ok:
@@ -322,12 +327,13 @@ internal sealed class SoftVcpu : IVcpuBackend, ILapicCpu
                     {
                         // IRET ends NMI blocking (SDM Vol. 3 6.7.1): a held NMI may now be taken.
                         _nmiBlocked = false;
-                        if (_nmiRequest) { n++; goto done; }
+                        if (_nmiRequest) goto done;
                     }
                     continue;
                 case StepStatus.Exception:
                 {
                     if (Trace) Console.Error.WriteLine($"vcpu{Id} #{r.Exception.Vector} err {r.Exception.ErrorCode:x} at {Where()} {r.Code}");
+                    n++; // delivery counts against the batch, so a fault loop still yields to the checks above
                     var ev = DeliverWithNesting(r.Exception, true);
                     if (ev is not null) return ev;
                     continue;
@@ -335,7 +341,6 @@ internal sealed class SoftVcpu : IVcpuBackend, ILapicCpu
                 case StepStatus.Halt:
                     _halted = true;
                     _haltReported = false;
-                    n++;
                     goto done;
                 case StepStatus.Unsupported:
                     return Fail($"instruction {r.Code.Mnemonic()} ({r.Code}) at {Where()} is not implemented by the software CPU");
@@ -440,5 +445,6 @@ internal sealed class SoftVcpu : IVcpuBackend, ILapicCpu
         _disposed = true;
         // The APIC timer must not fire into a VM incarnation that is gone.
         Lapic.Reset();
+        _phys.Dispose();
     }
 }

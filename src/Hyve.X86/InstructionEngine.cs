@@ -290,6 +290,8 @@ public sealed unsafe partial class InstructionEngine
     {
         public ulong Linear, Gpa0, Gpa1;
         public int Len0, Size;
+        // Host address of the whole access when it lies in one RAM page the TLB maps (writable when the access is a write).
+        public byte* Host;
     }
 
     /// <summary>Segment-checks and translates a memory access of <paramref name="size"/> bytes at seg:offset.</summary>
@@ -298,7 +300,7 @@ public sealed unsafe partial class InstructionEngine
         loc = default;
         var r = Segmentation.Linearize(_cpu, seg, offset, size, access, out ulong la);
         if (r.IsOk) r = AlignmentCheck(la, size);
-        if (r.IsOk) r = _mem.TranslateSpan(_cpu, la, size, access, out loc.Gpa0, out loc.Len0, out loc.Gpa1);
+        if (r.IsOk) r = _mem.TranslateSpan(_cpu, la, size, access, out loc.Gpa0, out loc.Len0, out loc.Gpa1, out loc.Host);
         if (!r.IsOk) { _fault = r; return false; }
         loc.Linear = la;
         loc.Size = size;
@@ -316,6 +318,7 @@ public sealed unsafe partial class InstructionEngine
 
     private bool ReadLoc(in MemLoc loc, out ulong v)
     {
+        if (loc.Host != null && loc.Size <= 8) { v = LinearMemory.ReadHost(loc.Host, loc.Size); return true; }
         if (loc.Len0 == loc.Size && _mem.Physical.TryGetSpan(loc.Gpa0, loc.Size, out var s)) { v = PageWalker.ReadLe(s, loc.Size); return true; }
         if (loc.Len0 == loc.Size && _mem.Physical.TryReadMmio(loc.Gpa0, loc.Size, out v)) { v &= Mask(loc.Size); return true; }
         Span<byte> buf = stackalloc byte[8];
@@ -329,6 +332,12 @@ public sealed unsafe partial class InstructionEngine
 
     private bool WriteLoc(in MemLoc loc, ulong v)
     {
+        if (loc.Host != null && loc.Size <= 8)
+        {
+            LinearMemory.WriteHost(loc.Host, loc.Size, v);
+            _mem.NoteWrite(loc.Gpa0);
+            return true;
+        }
         var r = _mem.WriteTranslated(loc.Gpa0, loc.Len0, loc.Gpa1, loc.Size, v);
         if (!r.IsOk) { _fault = r; return false; }
         return true;

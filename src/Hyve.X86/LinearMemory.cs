@@ -1,5 +1,6 @@
 // SPDX-License-Identifier: BSD-2-Clause
 using System.Buffers.Binary;
+using System.Runtime.CompilerServices;
 
 namespace Hyve.X86;
 
@@ -7,8 +8,31 @@ namespace Hyve.X86;
 /// Guest linear-address memory access: paging through a <see cref="PageWalker"/>, then RAM spans or MMIO.
 /// Multi-page writes translate every page before writing any byte so a fault leaves memory untouched.
 /// </summary>
-public sealed class LinearMemory
+public sealed unsafe class LinearMemory
 {
+    /// <summary>
+    /// Guest-physical page (4 KiB aligned) whose cached decoded instructions are executing, or ulong.MaxValue; a write
+    /// into it through this object sets <see cref="WatchHit"/> so the engine stops the block before running stale code.
+    /// </summary>
+    internal ulong WatchPage = ulong.MaxValue;
+
+    /// <summary>Set when a write touched <see cref="WatchPage"/>.</summary>
+    internal bool WatchHit;
+
+    /// <summary>Records a write at <paramref name="gpa"/> for self-modifying-code detection.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal void NoteWrite(ulong gpa)
+    {
+        if ((gpa & ~0xffful) == WatchPage) WatchHit = true;
+    }
+
+    private void NoteWrite(ulong gpa, int length)
+    {
+        if (WatchPage == ulong.MaxValue || length <= 0) return;
+        ulong last = gpa + (ulong)(length - 1);
+        if ((gpa & ~0xffful) <= WatchPage && (last & ~0xffful) >= WatchPage) WatchHit = true;
+    }
+
     /// <summary>The page walker used for translation.</summary>
     public PageWalker Walker { get; }
 
@@ -81,6 +105,51 @@ public sealed class LinearMemory
         return Walker.Translate(cpu, (linear + (ulong)len0) & mask, access, out gpa1);
     }
 
+    /// <summary>
+    /// As <see cref="TranslateSpan(CpuState, ulong, int, PageAccess, out ulong, out int, out ulong)"/>, and with a TLB over
+    /// host memory also the host address of an access that stays in one RAM page (null otherwise: use the physical path).
+    /// </summary>
+    internal AccessResult TranslateSpan(CpuState cpu, ulong linear, int size, PageAccess access, out ulong gpa0, out int len0, out ulong gpa1, out byte* host)
+    {
+        host = null;
+        if (Walker.Tlb is not { } tlb) return TranslateSpan(cpu, linear, size, access, out gpa0, out len0, out gpa1);
+        ulong mask = LinearMask(cpu);
+        linear &= mask;
+        len0 = (int)Math.Min((ulong)size, 0x1000 - (linear & 0xfff));
+        gpa1 = 0;
+        var r = tlb.Translate(cpu, linear, access, out gpa0, out byte* page, out bool writable);
+        if (!r.IsOk) return r;
+        if (len0 == size)
+        {
+            if (page != null && (writable || (access & PageAccess.Write) == 0)) host = page + (gpa0 & 0xfff);
+            return r;
+        }
+        return tlb.Translate(cpu, (linear + (ulong)len0) & mask, access, out gpa1, out _, out _);
+    }
+
+    /// <summary>Reads 1, 2, 4 or 8 little-endian bytes at a host address.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal static ulong ReadHost(byte* p, int size) => size switch
+    {
+        1 => *p,
+        2 => Unsafe.ReadUnaligned<ushort>(p),
+        4 => Unsafe.ReadUnaligned<uint>(p),
+        _ => Unsafe.ReadUnaligned<ulong>(p),
+    };
+
+    /// <summary>Writes the low 1, 2, 4 or 8 bytes of a value at a host address.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal static void WriteHost(byte* p, int size, ulong v)
+    {
+        switch (size)
+        {
+            case 1: *p = (byte)v; break;
+            case 2: Unsafe.WriteUnaligned(p, (ushort)v); break;
+            case 4: Unsafe.WriteUnaligned(p, (uint)v); break;
+            default: Unsafe.WriteUnaligned(p, v); break;
+        }
+    }
+
     /// <summary>Reads a value of 1, 2, 4 or 8 bytes at a linear address.</summary>
     internal AccessResult Read(CpuState cpu, ulong linear, int size, PageAccess access, out ulong value)
     {
@@ -108,6 +177,7 @@ public sealed class LinearMemory
     /// <summary>Writes a value to already-translated pages.</summary>
     internal AccessResult WriteTranslated(ulong g0, int l0, ulong g1, int size, ulong value)
     {
+        if (WatchPage != ulong.MaxValue) { NoteWrite(g0, l0); if (l0 < size) NoteWrite(g1, size - l0); }
         if (l0 == size && Physical.TryGetSpan(g0, size, out var s)) { WriteLe(s, size, value); return AccessResult.Ok; }
         if (l0 == size && Physical.TryWriteMmio(g0, size, value & SizeMask(size))) return AccessResult.Ok;
         Span<byte> buf = stackalloc byte[8];
@@ -142,6 +212,7 @@ public sealed class LinearMemory
     /// <summary>Writes guest-physical bytes: RAM spans where possible, otherwise naturally sized MMIO writes.</summary>
     public AccessResult WritePhysical(ulong gpa, ReadOnlySpan<byte> src)
     {
+        NoteWrite(gpa, src.Length);
         if (Physical.TryGetSpan(gpa, src.Length, out var s)) { src.CopyTo(s); return AccessResult.Ok; }
         int off = 0;
         bool bytewise = false;

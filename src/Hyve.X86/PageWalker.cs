@@ -64,21 +64,44 @@ public sealed class PageWalker
     /// <summary>The memory the walker reads paging structures from.</summary>
     public IGuestPhysicalMemory Memory => _mem;
 
+    /// <summary>
+    /// The translation cache consulted by <see cref="Translate"/> when set (the software CPU sets one per vCPU; an engine
+    /// that only emulates single instructions for another CPU leaves it null, as it cannot see that CPU's invalidations).
+    /// </summary>
+    public Tlb? Tlb { get; set; }
+
     /// <summary>Translates as the processor does for an access: on success sets Accessed in every entry used and Dirty in the leaf for writes.</summary>
-    public AccessResult Translate(CpuState cpu, ulong linear, PageAccess access, out ulong gpa)
-        => Walk(cpu, linear, access, true, out gpa);
+    public unsafe AccessResult Translate(CpuState cpu, ulong linear, PageAccess access, out ulong gpa)
+    {
+        if (Tlb is { } tlb) return tlb.Translate(cpu, linear, access, out gpa, out _, out _);
+        return Walk(cpu, linear, access, true, out gpa, out _);
+    }
 
     /// <summary>Translates identically but changes no entry; the result tells whether the access would fault (for debuggers).</summary>
     public AccessResult Probe(CpuState cpu, ulong linear, PageAccess access, out ulong gpa)
-        => Walk(cpu, linear, access, false, out gpa);
+        => Walk(cpu, linear, access, false, out gpa, out _);
 
-    private AccessResult Walk(CpuState cpu, ulong la, PageAccess access, bool update, out ulong gpa)
+    /// <summary>A full walk that also reports what a TLB entry needs (rights, global, dirty, page size).</summary>
+    internal AccessResult WalkForTlb(CpuState cpu, ulong linear, PageAccess access, out ulong gpa, out WalkInfo info)
+        => Walk(cpu, linear, access, true, out gpa, out info);
+
+    /// <summary>What a successful walk found, for filling a TLB entry.</summary>
+    internal struct WalkInfo
+    {
+        public bool Rw, Us, Xd, Global, Dirty, PkUser;
+        public ulong PageMask;
+    }
+
+    private AccessResult Walk(CpuState cpu, ulong la, PageAccess access, bool update, out ulong gpa, out WalkInfo info)
     {
         var mode = cpu.Paging;
+        info = default;
         if (mode == PagingMode.None)
         {
             gpa = la & 0xffffffff; // without paging the linear address space is 32 bits
             if ((cpu.Efer & CpuState.EferLma) != 0) gpa = la;
+            info.Rw = info.Us = info.Dirty = true;
+            info.PageMask = 0xfff;
             return AccessResult.Ok;
         }
         bool write = (access & PageAccess.Write) != 0;
@@ -132,6 +155,7 @@ public sealed class PageWalker
             if (!r32.IsOk) return r32;
             if (update) SetAccessedDirty(entryAddr[..levels], write, true);
             gpa = (frame | (la & pageMask)) & physMask;
+            FillInfo(ref info, cpu, leaf, rw, us, false, false, write, pageMask);
             return AccessResult.Ok;
         }
 
@@ -192,7 +216,18 @@ public sealed class PageWalker
         if (!r.IsOk) return r;
         if (update) SetAccessedDirty(entryAddr[..levels], write, false);
         gpa = frame | (la & pageMask);
+        FillInfo(ref info, cpu, leaf, rw, us, xd, pk, write, pageMask);
         return AccessResult.Ok;
+    }
+
+    private static void FillInfo(ref WalkInfo info, CpuState cpu, ulong leaf, bool rw, bool us, bool xd, bool pk, bool write, ulong pageMask)
+    {
+        const ulong G = 0x100;
+        info.Rw = rw; info.Us = us; info.Xd = xd;
+        info.Global = (leaf & G) != 0 && (cpu.Cr4 & Tlb.Cr4Pge) != 0;
+        info.Dirty = write || (leaf & D) != 0;
+        info.PkUser = pk && us;
+        info.PageMask = pageMask;
     }
 
     private static AccessResult CheckRights(CpuState cpu, ulong la, uint ec, bool user, bool write, bool fetch,

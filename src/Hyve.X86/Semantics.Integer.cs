@@ -58,9 +58,24 @@ public sealed unsafe partial class InstructionEngine
     private bool Commit(in MemLoc loc, ulong expected, ulong value, bool locked, out bool swapped)
     {
         swapped = true;
-        if (locked && loc.Len0 == loc.Size && _mem.Physical.TryGetSpan(loc.Gpa0, loc.Size, out var s))
+        if (locked) return CommitLocked(loc, expected, value, out swapped);
+        return WriteLoc(loc, value);
+    }
+
+    private static readonly object s_splitLock = new();
+
+    // LOCK: a naturally aligned RAM operand is swapped with a host compare-and-exchange on the shared guest memory, which
+    // is atomic against every other vCPU's; a split or misaligned RAM operand is compared and stored under one global lock
+    // (every vCPU's split locked operations serialize on it, as a bus lock would); MMIO is written plainly (no re-read).
+    private bool CommitLocked(in MemLoc loc, ulong expected, ulong value, out bool swapped)
+    {
+        swapped = true;
+        bool aligned = loc.Len0 == loc.Size && (loc.Gpa0 & (ulong)(loc.Size - 1)) == 0;
+        Span<byte> s = default;
+        if (aligned && (loc.Host != null || _mem.Physical.TryGetSpan(loc.Gpa0, loc.Size, out s)))
         {
-            ref byte b = ref MemoryMarshal.GetReference(s);
+            ref byte b = ref loc.Host != null ? ref *loc.Host : ref MemoryMarshal.GetReference(s);
+            _mem.NoteWrite(loc.Gpa0);
             swapped = loc.Size switch
             {
                 1 => Interlocked.CompareExchange(ref b, (byte)value, (byte)expected) == (byte)expected,
@@ -70,7 +85,15 @@ public sealed unsafe partial class InstructionEngine
             };
             return true;
         }
-        return WriteLoc(loc, value);
+        bool ram = loc.Host != null || (_mem.Physical.TryGetSpan(loc.Gpa0, loc.Len0, out _)
+            && (loc.Len0 == loc.Size || _mem.Physical.TryGetSpan(loc.Gpa1, loc.Size - loc.Len0, out _)));
+        if (!ram) return WriteLoc(loc, value);
+        lock (s_splitLock)
+        {
+            if (!ReadLoc(loc, out ulong now)) return false;
+            if (now != expected) { swapped = false; return true; }
+            return WriteLoc(loc, value);
+        }
     }
 
     // ---- data movement -----------------------------------------------------------------------------------

@@ -207,12 +207,15 @@ public sealed unsafe partial class InstructionEngine
                 {
                     if (c.Paging == PagingMode.Pae && !PdptesValid((uint)v)) return false;
                     c.Cr3 = (uint)v;
+                    _mem.Walker.Tlb?.MovToCr3(c, false);
                     return true;
                 }
+                bool noFlush = (c.Cr4 & CpuState.Cr4Pcide) != 0 && (v >> 63) != 0;
                 if ((c.Cr4 & CpuState.Cr4Pcide) != 0) v &= ~(1ul << 63); // bit 63 = "do not flush", not stored
                 int mp = _mem.Walker.MaxPhysAddr;
                 if (mp < 64 && (v >> mp) != 0) return RaiseFalse(PendingException.Gp0);
                 c.Cr3 = v;
+                _mem.Walker.Tlb?.MovToCr3(c, noFlush);
                 return true;
             }
             case 4:

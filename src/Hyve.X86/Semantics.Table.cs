@@ -78,7 +78,8 @@ public sealed unsafe partial class InstructionEngine
             case Code.Rdmsr: return &Rdmsr;
             case Code.Wrmsr: return &Wrmsr;
             case Code.Rdtsc: case Code.Rdtscp: return &Rdtsc;
-            case Code.Invlpg_m: case Code.Wbinvd: case Code.Invd: return &PrivilegedNop;
+            case Code.Invlpg_m: return &Invlpg;
+            case Code.Wbinvd: case Code.Invd: return &PrivilegedNop;
             case Code.Leavew: case Code.Leaved: case Code.Leaveq: return &Leave;
             case Code.Enterw_imm16_imm8: case Code.Enterd_imm16_imm8: case Code.Enterq_imm16_imm8: return &Enter;
             case Code.Lahf: case Code.Sahf: return &LahfSahf;
