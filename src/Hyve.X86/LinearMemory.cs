@@ -3,6 +3,13 @@ using System.Buffers.Binary;
 
 namespace Hyve.X86;
 
+/// <summary>Sees explicit data accesses by linear address before they are made (a debugger's data breakpoints).</summary>
+public interface ILinearAccessObserver
+{
+    /// <summary>An instruction is about to access <paramref name="size"/> bytes at <paramref name="linear"/>.</summary>
+    void OnDataAccess(ulong linear, int size, PageAccess access);
+}
+
 /// <summary>
 /// Guest linear-address memory access: paging through a <see cref="PageWalker"/>, then RAM spans or MMIO.
 /// Multi-page writes translate every page before writing any byte so a fault leaves memory untouched.
@@ -14,6 +21,10 @@ public sealed class LinearMemory
 
     /// <summary>Guest-physical memory.</summary>
     public IGuestPhysicalMemory Physical { get; }
+
+    /// <summary>Told of every explicit data access that goes through <see cref="TranslateSpan"/> (null: nobody
+    /// watches, and the access path pays one null test).</summary>
+    public ILinearAccessObserver? Observer { get; set; }
 
     /// <summary>Creates linear access over guest-physical memory.</summary>
     public LinearMemory(IGuestPhysicalMemory physical, int maxPhysAddr = 48)
@@ -74,6 +85,8 @@ public sealed class LinearMemory
     {
         ulong mask = LinearMask(cpu);
         linear &= mask;
+        // Data breakpoints match explicit accesses only: descriptor-table and TSS reads are the processor's own.
+        if (Observer is { } watch && (access & (PageAccess.Execute | PageAccess.Implicit)) == 0) watch.OnDataAccess(linear, size, access);
         len0 = (int)Math.Min((ulong)size, 0x1000 - (linear & 0xfff));
         gpa1 = 0;
         var r = Walker.Translate(cpu, linear, access, out gpa0);
