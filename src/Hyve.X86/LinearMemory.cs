@@ -22,8 +22,8 @@ public sealed class LinearMemory
     /// <summary>Guest-physical memory.</summary>
     public IGuestPhysicalMemory Physical { get; }
 
-    /// <summary>Told of every explicit data access that goes through <see cref="TranslateSpan"/> (null: nobody
-    /// watches, and the access path pays one null test).</summary>
+    /// <summary>Told of every explicit data access an instruction's operands make, once translated and before the access
+    /// (null: nobody watches, and the operand path pays one null test).</summary>
     public ILinearAccessObserver? Observer { get; set; }
 
     /// <summary>Creates linear access over guest-physical memory.</summary>
@@ -85,8 +85,6 @@ public sealed class LinearMemory
     {
         ulong mask = LinearMask(cpu);
         linear &= mask;
-        // Data breakpoints match explicit accesses only: descriptor-table and TSS reads are the processor's own.
-        if (Observer is { } watch && (access & (PageAccess.Execute | PageAccess.Implicit)) == 0) watch.OnDataAccess(linear, size, access);
         len0 = (int)Math.Min((ulong)size, 0x1000 - (linear & 0xfff));
         gpa1 = 0;
         var r = Walker.Translate(cpu, linear, access, out gpa0);
