@@ -13,7 +13,7 @@ namespace Hyve.Soft;
 /// executes instructions in batches, leaving only for a kick, a shutdown (triple fault) or an error. HLT sleeps until an
 /// interrupt, NMI, INIT or kick. Other threads only set flags and wake it; everything else runs on the vCPU's thread.
 /// </summary>
-internal sealed class SoftVcpu : IVcpuBackend, ILapicCpu
+internal sealed partial class SoftVcpu : IVcpuBackend, ILapicCpu
 {
     /// <summary>Instructions between looks at the interrupt controllers when nothing has signalled.</summary>
     private const int BatchSize = 4096;
@@ -149,7 +149,8 @@ internal sealed class SoftVcpu : IVcpuBackend, ILapicCpu
                 if (!_attention) _wake.Wait(100);
                 continue;
             }
-            ev = RunBatch();
+            // A debugger's breakpoints and single step cost the ordinary loop nothing: it has its own loop.
+            ev = _debugActive ? RunDebugBatch() : RunBatch();
             if (ev is { } stop2) return stop2;
         }
     }
@@ -179,6 +180,9 @@ internal sealed class SoftVcpu : IVcpuBackend, ILapicCpu
             var r = DeliverWithNesting(_pendingException, true);
             if (r is not null) return r;
         }
+        // A debugger's single step is not diverted into an interrupt handler (QEMU's gdbstub masks them too); a halted
+        // vCPU still wakes for one, or the step would never end.
+        if (_debug.SingleStep && !_halted) return null;
         var c = _cpu;
         bool shadow = c.InterruptShadow != 0;
         if (_nmiRequest && !_nmiBlocked && !shadow)
@@ -423,6 +427,7 @@ internal sealed class SoftVcpu : IVcpuBackend, ILapicCpu
     public void InjectException(int vector, uint errorCode = 0)
     {
         if ((uint)vector > 31 || vector == 2) throw new ArgumentException($"vector {vector} is not a hardware exception");
+        if (vector == Vector.BP && ReinjectBreakpoint()) return;
         if (_hasPendingException)
         {
             var n = ExceptionNesting.Combine(_pendingException.Vector, vector);

@@ -304,6 +304,8 @@ public sealed unsafe partial class InstructionEngine
         if (!r.IsOk) { _fault = r; return false; }
         loc.Linear = la;
         loc.Size = size;
+        // A debugger's data breakpoints (the software CPU's DR0-DR3) see operand accesses; nothing to do otherwise.
+        if (_mem.Observer is { } watch) watch.OnDataAccess(la, size, access);
         return true;
     }
 

@@ -4,6 +4,13 @@ using System.Runtime.CompilerServices;
 
 namespace Hyve.X86;
 
+/// <summary>Sees explicit data accesses by linear address before they are made (a debugger's data breakpoints).</summary>
+public interface ILinearAccessObserver
+{
+    /// <summary>An instruction is about to access <paramref name="size"/> bytes at <paramref name="linear"/>.</summary>
+    void OnDataAccess(ulong linear, int size, PageAccess access);
+}
+
 /// <summary>
 /// Guest linear-address memory access: paging through a <see cref="PageWalker"/>, then RAM spans or MMIO.
 /// Multi-page writes translate every page before writing any byte so a fault leaves memory untouched.
@@ -38,6 +45,10 @@ public sealed unsafe class LinearMemory
 
     /// <summary>Guest-physical memory.</summary>
     public IGuestPhysicalMemory Physical { get; }
+
+    /// <summary>Told of every explicit data access an instruction's operands make, once translated and before the access
+    /// (null: nobody watches, and the operand path pays one null test).</summary>
+    public ILinearAccessObserver? Observer { get; set; }
 
     /// <summary>Creates linear access over guest-physical memory.</summary>
     public LinearMemory(IGuestPhysicalMemory physical, int maxPhysAddr = 48)

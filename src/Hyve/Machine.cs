@@ -19,6 +19,7 @@ public sealed class Machine : IDisposable
 {
     private readonly ConfigTree _config;
     private readonly List<IDisposable> _owned = [];
+    private GdbServer? _gdb;
     private readonly TimerQueue _clock;
     private readonly Func<Vm, ICpuBackend> _createBackend;
     private PosixSignalRegistration? _sigterm;
@@ -104,7 +105,7 @@ public sealed class Machine : IDisposable
             var ip = GdbServer.ParseAddress(address);
             if (!System.Net.IPAddress.IsLoopback(ip))
                 Console.Error.WriteLine($"hyve: warning: the debug server listens on {ip}, which is not a loopback address");
-            Own(new GdbServer(Vm, ip, int.Parse(port, System.Globalization.CultureInfo.InvariantCulture)));
+            _gdb = Own(new GdbServer(Vm, ip, int.Parse(port, System.Globalization.CultureInfo.InvariantCulture)));
         }
         catch (Exception e) when (e is System.Net.Sockets.SocketException or ArgumentException or FormatException or OverflowException)
         {
@@ -141,6 +142,7 @@ public sealed class Machine : IDisposable
                 ConsoleBackend.FlushAll();
                 ConsoleTerminal.RestoreTerminal();
                 Console.Error.WriteLine($"hyve: {stop.Error}");
+                _gdb?.ReportExit(4);
                 return 4;
             }
             if (stop.How == SuspendHow.Reset && !exitOnReboot)
@@ -150,6 +152,8 @@ public sealed class Machine : IDisposable
                 continue;
             }
             ConsoleBackend.FlushAll();
+            // A debugger waiting on the guest hears that it ended, with hyve's exit status (gdb's 'W' packet).
+            _gdb?.ReportExit(stop.ExitStatus);
             return stop.ExitStatus;
         }
     }

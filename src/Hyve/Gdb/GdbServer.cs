@@ -132,8 +132,9 @@ public sealed partial class GdbServer : IVmDebugger, IDisposable
                 }
                 else if (info.Exception == 1)
                 {
-                    if (_steppingVcpu == id) reason = "";
-                    else if ((info.Dr6 & 0xf) != 0) reason = HardwareReason(info.Dr6);
+                    // A watchpoint hit by the stepped instruction is reported as the watchpoint, so gdb shows the change.
+                    if ((info.Dr6 & 0xf) != 0 && HasHardwareBreakpoint(info.Dr6)) reason = HardwareReason(info.Dr6);
+                    else if (_steppingVcpu == id) reason = "";
                 }
             }
             if (reason is null)
@@ -149,6 +150,13 @@ public sealed partial class GdbServer : IVmDebugger, IDisposable
             for (int i = 0; i < _vm.CpuCount; i++) _vm.HoldCpu(i);
             _session?.Post(new Event(EventKind.Stop, id, reason));
         }
+    }
+
+    private bool HasHardwareBreakpoint(ulong dr6)
+    {
+        for (int i = 0; i < 4; i++)
+            if ((dr6 & (1ul << i)) != 0 && _hwBreaks[i] is not null) return true;
+        return false;
     }
 
     private string HardwareReason(ulong dr6)
@@ -458,7 +466,17 @@ public sealed partial class GdbServer : IVmDebugger, IDisposable
         if (_vm.Debugger == this) _vm.Debugger = null;
     }
 
-    private enum EventKind { Packet, Interrupt, Stop, Closed }
+    /// <summary>Tells a connected debugger that the guest ended with hyve's exit <paramref name="status"/>: a debugger
+    /// waiting for a stop gets gdb's 'W' packet; the session then ends. Returns once the reply is sent (or after 2 s).</summary>
+    public void ReportExit(int status)
+    {
+        var s = _session;
+        if (s is null) return;
+        s.Post(new Event(EventKind.Exited, status));
+        s.WaitEnded(2000);
+    }
+
+    private enum EventKind { Packet, Interrupt, Stop, Closed, Exited }
 
     private readonly record struct Event(EventKind Kind, int Vcpu = 0, string? Text = null);
 

@@ -13,6 +13,7 @@ public sealed partial class GdbServer
     {
         private readonly BlockingCollection<Event> _events = new();
         private readonly object _writeLock = new();
+        private readonly ManualResetEventSlim _ended = new(false);
         private volatile bool _noAck;
         private volatile bool _closed;
         private bool _running; // vCPUs released by c/s: a stop reply is owed
@@ -34,7 +35,16 @@ public sealed partial class GdbServer
             _events.CompleteAdding();
         }
 
+        /// <summary>Waits until <see cref="Run"/> has returned.</summary>
+        public void WaitEnded(int timeoutMs) => _ended.Wait(timeoutMs);
+
         public void Run()
+        {
+            try { RunEvents(); }
+            finally { _ended.Set(); }
+        }
+
+        private void RunEvents()
         {
             server.Attach();
             _lastStop = "T05thread:01;";
@@ -45,6 +55,11 @@ public sealed partial class GdbServer
                 switch (e.Kind)
                 {
                     case EventKind.Closed:
+                        return;
+                    case EventKind.Exited:
+                        // gdb: "[Inferior 1 (Remote target) exited with code NN]". A debugger looking at a stopped
+                        // guest asked for nothing: it sees the connection close.
+                        if (_running) Send($"W{e.Vcpu & 0xff:x2}");
                         return;
                     case EventKind.Interrupt:
                         if (!_running) break;

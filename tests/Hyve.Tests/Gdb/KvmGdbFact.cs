@@ -13,3 +13,32 @@ public sealed class KvmGdbFactAttribute : FactAttribute
         else if (!File.Exists("/usr/bin/gdb")) Skip = "gdb is not installed (/usr/bin/gdb)";
     }
 }
+
+/// <summary>A fact that needs KVM to report INT3 as a debug exit (KVM_GUESTDBG_USE_SW_BP), and gdb.</summary>
+public sealed class KvmSoftwareBreakpointFactAttribute : FactAttribute
+{
+    public KvmSoftwareBreakpointFactAttribute()
+    {
+        if (!KvmSystem.IsAvailable(out var reason)) Skip = $"KVM unavailable: {reason}";
+        else if (!File.Exists("/usr/bin/gdb")) Skip = "gdb is not installed (/usr/bin/gdb)";
+        else if (!HostHasVirtualization())
+            Skip = "this host's KVM runs without VT-x/AMD-V (kvm-pvm) and never turns INT3 into KVM_EXIT_DEBUG; the software-CPU test covers Z0";
+    }
+
+    private static bool HostHasVirtualization()
+    {
+        foreach (var line in File.ReadLines("/proc/cpuinfo"))
+            if (line.StartsWith("flags", StringComparison.Ordinal))
+                return line.Contains(" vmx", StringComparison.Ordinal) || line.Contains(" svm", StringComparison.Ordinal);
+        return false;
+    }
+}
+
+/// <summary>A fact that needs Debian's gdb (the software CPU runs everywhere).</summary>
+public sealed class GdbFactAttribute : FactAttribute
+{
+    public GdbFactAttribute()
+    {
+        if (!File.Exists("/usr/bin/gdb")) Skip = "gdb is not installed (/usr/bin/gdb)";
+    }
+}
