@@ -135,6 +135,8 @@ public sealed unsafe partial class InstructionEngine
         }
         var sse = SelectSse(c);
         if (sse != null) return sse;
+        var x87 = SelectX87(c);
+        if (x87 != null) return x87;
         // Only legacy/VEX general-purpose forms below; SSE/AVX variants sharing a mnemonic stay unsupported.
         if (c.Encoding() != EncodingKind.Legacy) return null;
         return c.Mnemonic() switch

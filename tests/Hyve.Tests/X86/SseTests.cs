@@ -400,3 +400,56 @@ public sealed unsafe class SseTests : IDisposable
         Assert.Equal(0ul, mem.Read64(0x3ff8));
     }
 }
+
+/// <summary>x87 arithmetic on values a double holds exactly, differential against the host's x87 (which rounds to 64 bits).</summary>
+public sealed unsafe class X87Tests : IDisposable
+{
+    private readonly NativeRunner _run = new();
+
+    public void Dispose() => _run.Dispose();
+
+    private void Compare(string name, Action<Assembler> body, params double[] inputs)
+    {
+        ulong insn = _run.Load(body);
+        var data = _run.DataSpan;
+        data.Clear();
+        for (int k = 0; k < inputs.Length; k++)
+        {
+            BinaryPrimitives.WriteInt64LittleEndian(data[(0x1000 + 8 * k)..], BitConverter.DoubleToInt64Bits(inputs[k]));
+            BinaryPrimitives.WriteInt32LittleEndian(data[(0x1100 + 4 * k)..], (int)inputs[k]);
+        }
+        var init = data.ToArray();
+        var regs = new ulong[16];
+        regs[6] = (ulong)_run.Data + 0x1000;
+        ulong fl = 2;
+        _run.RunNative(regs, ref fl);
+        var native = data.ToArray();
+        var nflags = fl;
+        init.CopyTo(data);
+        var cpu = new CpuState();
+        cpu.Gpr[6] = (ulong)_run.Data + 0x1000;
+        cpu.Rflags = 2;
+        var r = _run.RunEngine(cpu, insn);
+        Assert.True(r.IsOk, $"{name}: {r.Status} {r.Code}");
+        Assert.True(native.AsSpan().SequenceEqual(data), $"{name}: memory differs: native {Convert.ToHexString(native, 0x1200, 32)} engine {Convert.ToHexString(data.ToArray(), 0x1200, 32)}");
+        Assert.Equal(nflags & 0x45, cpu.Rflags & 0x45); // ZF PF CF after FCOMI
+        Assert.Equal(0, (cpu.Fsw >> 11) & 7);           // the body leaves the stack as it found it
+    }
+
+    [Fact]
+    public void Loads_arithmetic_stores_and_compares_match_the_host()
+    {
+        double[] v = { 6, -2.5, 0.75, 1024, -3, 0 };
+        Compare("fild fimul fistp", a => { a.fild(__dword_ptr[rsi + 0x100]); a.fimul(__dword_ptr[rsi + 0x104]); a.fistp(__dword_ptr[rsi + 0x200]); }, v);
+        Compare("fld fadd fstp", a => { a.fld(__qword_ptr[rsi]); a.fadd(__qword_ptr[rsi + 8]); a.fstp(__qword_ptr[rsi + 0x200]); }, v);
+        Compare("fsub fsubr", a => { a.fld(__qword_ptr[rsi]); a.fld(__qword_ptr[rsi + 16]); a.fsubp(st1, st0); a.fld(__qword_ptr[rsi + 8]); a.fsubrp(st1, st0); a.fstp(__qword_ptr[rsi + 0x200]); }, v);
+        Compare("fdiv fdivr", a => { a.fld(__qword_ptr[rsi + 24]); a.fdiv(__qword_ptr[rsi + 16]); a.fld(__qword_ptr[rsi + 8]); a.fdivrp(st1, st0); a.fstp(__qword_ptr[rsi + 0x200]); }, v);
+        Compare("fdiv by zero", a => { a.fld1(); a.fdiv(__qword_ptr[rsi + 40]); a.fstp(__qword_ptr[rsi + 0x200]); }, v);
+        Compare("fchs fabs fxch m32 m80", a => { a.fld(__qword_ptr[rsi + 8]); a.fchs(); a.fld(__qword_ptr[rsi]); a.fxch(st0, st1); a.fstp(__dword_ptr[rsi + 0x200]); a.fabs(); a.fstp(__tword_ptr[rsi + 0x210]); }, v);
+        Compare("fistp rounding", a => { a.fld(__qword_ptr[rsi + 8]); a.fistp(__qword_ptr[rsi + 0x200]); a.fld(__qword_ptr[rsi + 16]); a.fistp(__word_ptr[rsi + 0x208]); }, v);
+        Compare("fcomip", a => { a.fld(__qword_ptr[rsi]); a.fld(__qword_ptr[rsi + 8]); a.fcomip(st0, st1); a.fstp(st0); }, v);
+        Compare("fcomp fnstsw", a => { a.fld(__qword_ptr[rsi + 8]); a.fcomp(__qword_ptr[rsi]); a.fnstsw(ax); a.and(ax, 0x4500); a.mov(__word_ptr[rsi + 0x200], ax); }, v);
+        Compare("fldz fld1 ftst fxam", a => { a.fldz(); a.ftst(); a.fnstsw(ax); a.and(ax, 0x7f00); a.mov(__word_ptr[rsi + 0x200], ax); a.fld1(); a.fxam(); a.fnstsw(ax); a.and(ax, 0x7f00); a.mov(__word_ptr[rsi + 0x202], ax); a.fstp(st0); a.fstp(st0); }, v);
+        Compare("fsqrt frndint", a => { a.fld(__qword_ptr[rsi + 24]); a.fsqrt(); a.fstp(__qword_ptr[rsi + 0x200]); a.fld(__qword_ptr[rsi + 8]); a.frndint(); a.fstp(__qword_ptr[rsi + 0x208]); }, v);
+    }
+}
