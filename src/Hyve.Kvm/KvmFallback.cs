@@ -42,6 +42,16 @@ internal sealed unsafe class KvmFallback
             return vm.TryGetSpan(gpa, length, out span);
         }
 
+        public bool TryGetReadSpan(ulong gpa, int length, out ReadOnlySpan<byte> span)
+        {
+            if (lapic.Contains(gpa) || lapic.Contains(gpa + (ulong)length - 1))
+            {
+                span = default;
+                return false;
+            }
+            return vm.TryGetReadSpan(gpa, length, out span);
+        }
+
         public bool TryReadMmio(ulong gpa, int size, out ulong value)
         {
             if (lapic.Contains(gpa))

@@ -62,6 +62,9 @@ internal sealed unsafe class SoftPhysicalMemory : IGuestHostMemory, IGuestPorts,
     /// <inheritdoc/>
     public bool TryGetSpan(ulong gpa, int length, out Span<byte> span) => _inner.TryGetSpan(gpa, length, out span);
 
+    /// <inheritdoc/>
+    public bool TryGetReadSpan(ulong gpa, int length, out ReadOnlySpan<byte> span) => _inner.TryGetReadSpan(gpa, length, out span);
+
     private bool IsApicPage(ulong gpa)
     {
         ulong b = lapic.ApicBase;

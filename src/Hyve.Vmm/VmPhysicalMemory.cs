@@ -14,6 +14,14 @@ public sealed class VmPhysicalMemory(Vm vm) : IGuestPhysicalMemory, IGuestPorts
     /// is served by <see cref="TryReadMmio"/> instead, and writes to it are dropped.</summary>
     public bool TryGetSpan(ulong gpa, int length, out Span<byte> span) => vm.Memory.TryGetSpan(gpa, length, MemProt.Write, out span);
 
+    /// <summary>Readable memory, the boot ROM included: fetches and reads from ROM are span copies, not MMIO callbacks.</summary>
+    public bool TryGetReadSpan(ulong gpa, int length, out ReadOnlySpan<byte> span)
+    {
+        bool ok = vm.Memory.TryGetSpan(gpa, length, MemProt.Read, out var s);
+        span = s;
+        return ok;
+    }
+
     /// <inheritdoc/>
     public bool TryReadMmio(ulong gpa, int size, out ulong value)
     {

@@ -13,6 +13,18 @@ public interface IGuestPhysicalMemory
     /// </summary>
     bool TryGetSpan(ulong gpa, int length, out Span<byte> span);
 
+    /// <summary>
+    /// Gets a read-only span over [<paramref name="gpa"/>, +<paramref name="length"/>) when it is RAM or read-only memory
+    /// (a boot ROM) in one mapping, so instruction fetches and reads from ROM need not go through MMIO callbacks.
+    /// By default the same as <see cref="TryGetSpan"/>.
+    /// </summary>
+    bool TryGetReadSpan(ulong gpa, int length, out ReadOnlySpan<byte> span)
+    {
+        bool ok = TryGetSpan(gpa, length, out var s);
+        span = s;
+        return ok;
+    }
+
     /// <summary>Reads <paramref name="size"/> (1, 2, 4 or 8) bytes of MMIO at <paramref name="gpa"/>; false when nothing backs the address.</summary>
     bool TryReadMmio(ulong gpa, int size, out ulong value);
 

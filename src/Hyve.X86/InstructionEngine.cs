@@ -321,7 +321,7 @@ public sealed unsafe partial class InstructionEngine
     private bool ReadLoc(in MemLoc loc, out ulong v)
     {
         if (loc.Host != null && loc.Size <= 8) { v = LinearMemory.ReadHost(loc.Host, loc.Size); return true; }
-        if (loc.Len0 == loc.Size && _mem.Physical.TryGetSpan(loc.Gpa0, loc.Size, out var s)) { v = PageWalker.ReadLe(s, loc.Size); return true; }
+        if (loc.Len0 == loc.Size && _mem.Physical.TryGetReadSpan(loc.Gpa0, loc.Size, out var s)) { v = PageWalker.ReadLe(s, loc.Size); return true; }
         if (loc.Len0 == loc.Size && _mem.Physical.TryReadMmio(loc.Gpa0, loc.Size, out v)) { v &= Mask(loc.Size); return true; }
         Span<byte> buf = stackalloc byte[8];
         buf.Clear();

@@ -201,14 +201,14 @@ public sealed unsafe class LinearMemory
     /// <summary>Reads guest-physical bytes: RAM spans where possible, otherwise naturally sized MMIO reads.</summary>
     public AccessResult ReadPhysical(ulong gpa, Span<byte> dest)
     {
-        if (Physical.TryGetSpan(gpa, dest.Length, out var s)) { s.CopyTo(dest); return AccessResult.Ok; }
+        if (Physical.TryGetReadSpan(gpa, dest.Length, out var s)) { s.CopyTo(dest); return AccessResult.Ok; }
         int off = 0;
         bool bytewise = false;
         while (off < dest.Length)
         {
             ulong a = gpa + (ulong)off;
             int n = bytewise ? 1 : Piece(a, dest.Length - off);
-            if (Physical.TryGetSpan(a, n, out s)) s.CopyTo(dest.Slice(off, n));
+            if (Physical.TryGetReadSpan(a, n, out s)) s.CopyTo(dest.Slice(off, n));
             else if (Physical.TryReadMmio(a, n, out ulong v))
             {
                 for (int i = 0; i < n; i++) dest[off + i] = (byte)(v >> (8 * i));

@@ -134,6 +134,10 @@ public sealed unsafe partial class InstructionEngine
             case Code.Nopw: case Code.Nopd: case Code.Nopq: case Code.Nop_rm16: case Code.Nop_rm32: case Code.Nop_rm64:
                 return &Nop;
         }
+        var sse = SelectSse(c);
+        if (sse != null) return sse;
+        var x87 = SelectX87(c);
+        if (x87 != null) return x87;
         // Only legacy/VEX general-purpose forms below; SSE/AVX variants sharing a mnemonic stay unsupported.
         if (c.Encoding() != EncodingKind.Legacy) return null;
         return c.Mnemonic() switch

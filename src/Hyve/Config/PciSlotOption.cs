@@ -35,6 +35,7 @@ public static class PciSlotOption
         ["hda"] = Legacy.Generic,
         ["nvme"] = Legacy.Block,
         ["passthru"] = Legacy.Passthru,
+        ["piix4-pm"] = Legacy.Generic, // hyve's: PIIX4 PM function for firmware built for QEMU's i440FX
         ["uart"] = Legacy.Uart,
         ["virtio-9p"] = Legacy.NineP,
         ["virtio-blk"] = Legacy.Block,

@@ -37,13 +37,14 @@ public sealed class PciDeviceRegistry
 {
     private readonly Dictionary<string, PciDeviceFactory> _factories = new(StringComparer.Ordinal);
 
-    /// <summary>A registry holding this area's emulations: hostbridge, amd_hostbridge and lpc.</summary>
+    /// <summary>A registry holding this area's emulations: hostbridge, amd_hostbridge, lpc and piix4-pm.</summary>
     public static PciDeviceRegistry CreateDefault()
     {
         var r = new PciDeviceRegistry();
         r.Register("hostbridge", HostBridge.Create);
         r.Register("amd_hostbridge", HostBridge.CreateAmd);
         r.Register("lpc", LpcBridge.Create);
+        r.Register("piix4-pm", Piix4Pm.Create);
         return r;
     }
 
