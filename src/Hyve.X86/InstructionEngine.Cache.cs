@@ -133,8 +133,12 @@ public sealed unsafe partial class InstructionEngine
                 switch (x)
                 {
                     case Exec.Branch:
-                    case Exec.Restart:
                         executed++;
+                        break;
+                    case Exec.Restart:
+                        // A REP instruction stopped part-way (MaxRepIterations): let the caller look for interrupts.
+                        executed++;
+                        stop = true;
                         break;
                     case Exec.Halt:
                         cpu.Rip = op.Next;
@@ -326,7 +330,9 @@ public sealed unsafe partial class InstructionEngine
     }
     private struct Ri : ISrc
     {
-        public static ulong Get(CpuState c, ref Instruction i, int size) => size == 4 ? i.Immediate32 : i.Op1Kind switch
+        public static ulong Get(CpuState c, ref Instruction i, int size) => size == 4
+            ? (i.Op1Kind == OpKind.Immediate8to32 ? (uint)(int)(sbyte)i.Immediate8 : i.Immediate32)
+            : i.Op1Kind switch
         {
             OpKind.Immediate8to64 => (ulong)(long)(sbyte)i.Immediate8,
             OpKind.Immediate32to64 => (ulong)(long)(int)i.Immediate32,
