@@ -37,7 +37,11 @@ public class GdbProtocolTests
             int b;
             while ((b = _s.ReadByte()) != '$') if (b < 0) throw new IOException("closed");
             var sb = new StringBuilder();
-            while ((b = _s.ReadByte()) != '#') sb.Append((char)b);
+            while ((b = _s.ReadByte()) != '#')
+            {
+                if (b < 0 || sb.Length > 0x10000) throw new IOException($"bad packet from the server: {sb}");
+                sb.Append((char)b);
+            }
             _s.ReadByte();
             _s.ReadByte();
             if (ack) _s.WriteByte((byte)'+');
