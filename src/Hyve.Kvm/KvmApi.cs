@@ -35,6 +35,10 @@ internal static class KvmApi
     public static readonly nuint SetSignalMask = Iow(0x8b, 4);
     public static readonly nuint GetFpu = Ior(0x8c, 416);
     public static readonly nuint SetFpu = Iow(0x8d, 416);
+    /// <summary>KVM_GET_XSAVE: the vCPU's XSAVE image (struct kvm_xsave, 4 KiB; the first 512 bytes are in FXSAVE format).</summary>
+    public static readonly nuint GetXsave = Ior(0xa4, 4096);
+    /// <summary>KVM_SET_XSAVE.</summary>
+    public static readonly nuint SetXsave = Iow(0xa5, 4096);
     public static readonly nuint GetLapic = Ior(0x8e, 1024);
     public static readonly nuint SetLapic = Iow(0x8f, 1024);
     public static readonly nuint SetCpuid2 = Iow(0x90, 8);

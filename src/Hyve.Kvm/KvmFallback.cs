@@ -17,13 +17,54 @@ internal sealed unsafe class KvmFallback
     private readonly int _fd;
     private readonly CpuState _cpu = new();
     private readonly InstructionEngine _engine;
-    private readonly VmPhysicalMemory _phys;
+    private readonly FallbackMemory _phys;
 
-    public KvmFallback(Vm vm, int vcpuFd)
+    public KvmFallback(KvmBackend backend, int vcpuFd, int vcpuId)
     {
         _fd = vcpuFd;
-        _phys = new VmPhysicalMemory(vm);
+        _phys = new FallbackMemory(new VmPhysicalMemory(backend.Vm), new KvmLapicWindow(backend, backend.Vm, vcpuFd, vcpuId));
         _engine = new InstructionEngine(_phys);
+    }
+
+    /// <summary>The VM's memory, ports and devices, with the in-kernel local APIC's page in front.</summary>
+    private sealed class FallbackMemory(VmPhysicalMemory vm, KvmLapicWindow lapic) : IGuestPhysicalMemory, IGuestPorts
+    {
+        public KvmLapicWindow Lapic => lapic;
+
+        public bool TryGetSpan(ulong gpa, int length, out Span<byte> span)
+        {
+            // The APIC page shadows whatever RAM lies under it (SDM Vol. 3 11.4.1).
+            if (lapic.Contains(gpa) || lapic.Contains(gpa + (ulong)length - 1))
+            {
+                span = default;
+                return false;
+            }
+            return vm.TryGetSpan(gpa, length, out span);
+        }
+
+        public bool TryReadMmio(ulong gpa, int size, out ulong value)
+        {
+            if (lapic.Contains(gpa))
+            {
+                value = lapic.Read(gpa, size);
+                return true;
+            }
+            return vm.TryReadMmio(gpa, size, out value);
+        }
+
+        public bool TryWriteMmio(ulong gpa, int size, ulong value)
+        {
+            if (lapic.Contains(gpa))
+            {
+                lapic.Write(gpa, size, value);
+                return true;
+            }
+            return vm.TryWriteMmio(gpa, size, value);
+        }
+
+        public uint In(ushort port, int size) => vm.In(port, size);
+
+        public void Out(ushort port, int size, uint value) => vm.Out(port, size, value);
     }
 
     /// <summary>What happened to the instruction.</summary>
@@ -35,14 +76,18 @@ internal sealed unsafe class KvmFallback
         error = "";
         KvmRegs regs;
         KvmSregs sregs;
-        byte* fpu = stackalloc byte[416];
-        if (Libc.Ioctl(_fd, KvmApi.GetRegs, &regs) < 0 || Libc.Ioctl(_fd, KvmApi.GetSregs, &sregs) < 0 || Libc.Ioctl(_fd, KvmApi.GetFpu, fpu) < 0)
+        // The XSAVE image rather than struct kvm_fpu: KVM_SET_FPU does not take MXCSR.
+        byte* fpu = stackalloc byte[4096];
+        if (Libc.Ioctl(_fd, KvmApi.GetRegs, &regs) < 0 || Libc.Ioctl(_fd, KvmApi.GetSregs, &sregs) < 0 || Libc.Ioctl(_fd, KvmApi.GetXsave, fpu) < 0)
         {
             error = $"cannot read vCPU state for the fallback: {Libc.ErrnoText(Marshal.GetLastPInvokeError())}";
             return Outcome.Failed;
         }
         Load(in regs, in sregs, fpu);
+        _phys.Lapic.SetApicBase(sregs.ApicBase);
+        _phys.Lapic.WrittenTpr = -1;
         var r = bytes.IsEmpty ? _engine.Step(_cpu, _phys) : _engine.Step(_cpu, _phys, bytes);
+        if (_phys.Lapic.WrittenTpr >= 0) _cpu.Cr8 = (ulong)_phys.Lapic.WrittenTpr >> 4;
         switch (r.Status)
         {
             case StepStatus.Ok:
@@ -102,20 +147,8 @@ internal sealed unsafe class KvmFallback
         c.Gdtr = new SegmentDescriptor(s.Gdt.Base, s.Gdt.Limit, 0);
         c.Idtr = new SegmentDescriptor(s.Idt.Base, s.Idt.Limit, 0);
         c.Cr0 = s.Cr0; c.Cr2 = s.Cr2; c.Cr3 = s.Cr3; c.Cr4 = s.Cr4; c.Cr8 = s.Cr8; c.Efer = s.Efer;
-        // struct kvm_fpu: fpr[8][16] at 0, fcw 128, fsw 130, ftwx 132, last_opcode 134, last_ip 136,
-        // last_dp 144, xmm[16][16] 152, mxcsr 408. FXSAVE: FCW 0, FSW 2, FTW 4, FOP 6, FIP 8, FDP 16,
-        // MXCSR 24, ST 32, XMM 160.
-        var fx = c.Fx.AsSpan();
-        fx.Clear();
-        new ReadOnlySpan<byte>(fpu + 128, 4).CopyTo(fx);
-        fx[4] = fpu[132];
-        new ReadOnlySpan<byte>(fpu + 134, 2).CopyTo(fx[6..]);
-        new ReadOnlySpan<byte>(fpu + 136, 8).CopyTo(fx[8..]);
-        new ReadOnlySpan<byte>(fpu + 144, 8).CopyTo(fx[16..]);
-        new ReadOnlySpan<byte>(fpu + 408, 4).CopyTo(fx[24..]);
-        c.Fx[28] = 0xff; c.Fx[29] = 0xff; // MXCSR_MASK
-        new ReadOnlySpan<byte>(fpu, 128).CopyTo(fx[32..]);
-        new ReadOnlySpan<byte>(fpu + 152, 256).CopyTo(fx[160..]);
+        // The XSAVE image's legacy region is the FXSAVE layout CpuState keeps.
+        new ReadOnlySpan<byte>(fpu, 512).CopyTo(c.Fx.AsSpan());
     }
 
     private bool Store(ref KvmRegs r, ref KvmSregs s, byte* fpu, out string error)
@@ -133,19 +166,13 @@ internal sealed unsafe class KvmFallback
         s.Gdt.Base = c.Gdtr.Base; s.Gdt.Limit = (ushort)c.Gdtr.Limit;
         s.Idt.Base = c.Idtr.Base; s.Idt.Limit = (ushort)c.Idtr.Limit;
         s.Cr0 = c.Cr0; s.Cr2 = c.Cr2; s.Cr3 = c.Cr3; s.Cr4 = c.Cr4; s.Cr8 = c.Cr8; s.Efer = c.Efer;
-        var fx = c.Fx.AsSpan();
-        fx[..4].CopyTo(new Span<byte>(fpu + 128, 4));
-        fpu[132] = fx[4];
-        fx.Slice(6, 2).CopyTo(new Span<byte>(fpu + 134, 2));
-        fx.Slice(8, 8).CopyTo(new Span<byte>(fpu + 136, 8));
-        fx.Slice(16, 8).CopyTo(new Span<byte>(fpu + 144, 8));
-        fx.Slice(24, 4).CopyTo(new Span<byte>(fpu + 408, 4));
-        fx.Slice(32, 128).CopyTo(new Span<byte>(fpu, 128));
-        fx.Slice(160, 256).CopyTo(new Span<byte>(fpu + 152, 256));
+        c.Fx.AsSpan(0, 512).CopyTo(new Span<byte>(fpu, 512));
+        // XSTATE_BV: the x87 and SSE state (MXCSR included) in the legacy region are the state to load.
+        *(ulong*)(fpu + 512) |= 3;
         fixed (KvmRegs* pr = &r)
         fixed (KvmSregs* ps = &s)
         {
-            if (Libc.Ioctl(_fd, KvmApi.SetSregs, ps) < 0 || Libc.Ioctl(_fd, KvmApi.SetRegs, pr) < 0 || Libc.Ioctl(_fd, KvmApi.SetFpu, fpu) < 0)
+            if (Libc.Ioctl(_fd, KvmApi.SetSregs, ps) < 0 || Libc.Ioctl(_fd, KvmApi.SetRegs, pr) < 0 || Libc.Ioctl(_fd, KvmApi.SetXsave, fpu) < 0)
             {
                 error = $"cannot write vCPU state after the fallback: {Libc.ErrnoText(Marshal.GetLastPInvokeError())}";
                 return false;

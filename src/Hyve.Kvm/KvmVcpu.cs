@@ -256,7 +256,7 @@ internal sealed unsafe class KvmVcpu : IVcpuBackend
         ReadOnlySpan<byte> bytes = default;
         if (*(uint*)(e + 4) >= 1 && (*(ulong*)(e + 8) & KvmApi.InternalErrorEmulationFlagInstructionBytes) != 0)
             bytes = new ReadOnlySpan<byte>(e + 17, Math.Min((int)e[16], 15));
-        _fallback ??= new KvmFallback(_owner, _fd);
+        _fallback ??= new KvmFallback(_vm, _fd, Id);
         if (_fallback.Emulate(bytes, out var error) != KvmFallback.Outcome.Failed) return true;
         LastError = error;
         return false;
@@ -293,12 +293,47 @@ internal sealed unsafe class KvmVcpu : IVcpuBackend
     {
         uint mp = 0;
         if (Libc.Ioctl(_fd, KvmApi.GetMpState, &mp) != 0) return VcpuRunState.Running;
-        return mp switch
+        switch (mp)
         {
-            KvmApi.MpStateUninitialized or KvmApi.MpStateInitReceived => VcpuRunState.WaitingForStartup,
-            KvmApi.MpStateHalted => (GetRegs().Rflags & 0x200) == 0 ? VcpuRunState.HaltedInterruptsDisabled : VcpuRunState.Halted,
-            _ => VcpuRunState.Running,
-        };
+            case KvmApi.MpStateUninitialized or KvmApi.MpStateInitReceived:
+                return VcpuRunState.WaitingForStartup;
+            case KvmApi.MpStateHalted:
+                return (GetRegs().Rflags & 0x200) == 0 ? VcpuRunState.HaltedInterruptsDisabled : VcpuRunState.Halted;
+            default:
+                StepIfStuck();
+                return VcpuRunState.Running;
+        }
+    }
+
+    // The RIP and exit count at the last probe that found this vCPU running.
+    private ulong _probeRip = ulong.MaxValue;
+    private long _probeExits = -1;
+
+    /// <summary>
+    /// KVM can retry one instruction forever without an exit: its emulator restarts an instruction whose implicit
+    /// write fails, such as the Accessed bit a far JMP sets in a GDT descriptor that lies in the read-only boot ROM
+    /// (a real chipset drops that write and the CPU goes on). Called on probes (every 50 ms while the vCPU makes no
+    /// exit): when RIP has not moved since the last probe and no event is being injected, the instruction runs once
+    /// in hyve's engine, where a write to ROM is dropped. A guest merely spinning on a jump-to-self loses nothing:
+    /// the engine executes that jump as the CPU would.
+    /// </summary>
+    private void StepIfStuck()
+    {
+        ulong rip = GetRegs().Rip;
+        long exits = ExitCount;
+        if (rip != _probeRip || exits != _probeExits)
+        {
+            _probeRip = rip;
+            _probeExits = exits;
+            return;
+        }
+        byte* ev = stackalloc byte[64];
+        if (Libc.Ioctl(_fd, KvmApi.GetVcpuEvents, ev) != 0) return;
+        if (ev[0] != 0 || ev[3] != 0 || ev[8] != 0 || ev[12] != 0) return; // an exception, interrupt or NMI is on its way in
+        _fallback ??= new KvmFallback(_vm, _fd, Id);
+        // A failure here (an instruction the engine lacks) leaves the vCPU to KVM as it was.
+        _fallback.Emulate(default, out _);
+        _probeRip = GetRegs().Rip;
     }
 
     private KvmRegs GetRegs()

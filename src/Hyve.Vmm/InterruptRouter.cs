@@ -73,6 +73,18 @@ public sealed class InterruptRouter : IIrqLines
     }
 
     /// <inheritdoc/>
+    public void PicAssert(int irq)
+    {
+        if ((uint)irq <= 15) Pic.Assert(irq);
+    }
+
+    /// <inheritdoc/>
+    public void PicDeassert(int irq)
+    {
+        if ((uint)irq <= 15) Pic.Deassert(irq);
+    }
+
+    /// <inheritdoc/>
     public void IoapicAssert(int pin) => Ioapic.Assert(pin);
 
     /// <inheritdoc/>

@@ -17,6 +17,13 @@ public interface IIrqLines
     /// <summary>Raises then lowers ISA IRQ <paramref name="irq"/> (an edge).</summary>
     void IsaPulse(int irq);
 
+    /// <summary>Raises IRQ <paramref name="irq"/> (0-15) on the 8259 pair only: a PCI interrupt link (PIRQ) steered to
+    /// an ISA IRQ, whose IOAPIC side is the device's own pin 16 and up (bhyve's vm_isa_assert_irq with no IOAPIC pin).</summary>
+    void PicAssert(int irq);
+
+    /// <summary>Lowers 8259 IRQ <paramref name="irq"/> raised by <see cref="PicAssert"/>.</summary>
+    void PicDeassert(int irq);
+
     /// <summary>Raises IOAPIC pin <paramref name="pin"/> only.</summary>
     void IoapicAssert(int pin);
 

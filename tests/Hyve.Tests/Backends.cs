@@ -84,10 +84,6 @@ public static class KvmPvm
         return false;
     }
 
-    /// <summary>The far JMP from real mode into 32-bit protected mode never completes here.</summary>
-    public const string FarJumpToProtectedMode =
-        "kvm-pvm: the far JMP from real mode into protected mode loops without an exit (RIP stays on it with CR0.PE set; issue 4)";
-
     /// <summary>KVM's emulator delivers real-mode interrupts without checking the IVT against IDTR.limit.</summary>
     public const string RealModeIvtLimit =
         "kvm-pvm: KVM's instruction emulator delivers real-mode interrupts without checking IDTR.limit (emulate_int_real: \"TODO: Add limit checks\")";

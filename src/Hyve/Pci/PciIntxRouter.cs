@@ -103,9 +103,9 @@ public sealed class PciIntxRouter
             byte nv = (byte)(value & (PirqDisabled | 0x0f));
             if (_reg[i] == nv) return;
             var irq = _irq();
-            if (_active[i] != 0 && Valid(_reg[i])) irq?.IsaDeassert(_reg[i] & 0x0f);
+            if (_active[i] != 0 && Valid(_reg[i])) irq?.PicDeassert(_reg[i] & 0x0f);
             _reg[i] = nv;
-            if (_active[i] != 0 && Valid(nv)) irq?.IsaAssert(nv & 0x0f);
+            if (_active[i] != 0 && Valid(nv)) irq?.PicAssert(nv & 0x0f);
         }
     }
 
@@ -147,7 +147,7 @@ public sealed class PciIntxRouter
         }
     }
 
-    /// <summary>Raises a route's level: its IOAPIC pin, and the PIRQ's ISA IRQ when the link is enabled.</summary>
+    /// <summary>Raises a route's level: its IOAPIC pin, and the PIRQ's 8259 IRQ when the link is enabled.</summary>
     public void Assert(PciIntxRoute route)
     {
         lock (_gate)
@@ -155,7 +155,7 @@ public sealed class PciIntxRouter
             var irq = _irq();
             int i = route.Pirq - 1;
             irq?.IoapicAssert(route.IoapicPin);
-            if (++_active[i] == 1 && Valid(_reg[i])) irq?.IsaAssert(_reg[i] & 0x0f);
+            if (++_active[i] == 1 && Valid(_reg[i])) irq?.PicAssert(_reg[i] & 0x0f);
         }
     }
 
@@ -168,7 +168,7 @@ public sealed class PciIntxRouter
             int i = route.Pirq - 1;
             if (_active[i] == 0) return;
             irq?.IoapicDeassert(route.IoapicPin);
-            if (--_active[i] == 0 && Valid(_reg[i])) irq?.IsaDeassert(_reg[i] & 0x0f);
+            if (--_active[i] == 0 && Valid(_reg[i])) irq?.PicDeassert(_reg[i] & 0x0f);
         }
     }
 

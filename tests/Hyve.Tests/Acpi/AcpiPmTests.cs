@@ -13,6 +13,8 @@ public class AcpiPmTests
         public readonly int[] Level = new int[16];
         public void IsaAssert(int irq) => Level[irq]++;
         public void IsaDeassert(int irq) => Level[irq]--;
+        public void PicAssert(int irq) { }
+        public void PicDeassert(int irq) { }
         public void IsaPulse(int irq) { }
         public void IoapicAssert(int pin) { }
         public void IoapicDeassert(int pin) { }

@@ -21,6 +21,8 @@ internal sealed class RecordingIrq : IIrqLines
     public int Other;
     public void IsaAssert(int irq) => Other++;
     public void IsaDeassert(int irq) => Other++;
+    public void PicAssert(int irq) => Other++;
+    public void PicDeassert(int irq) => Other++;
     public void IsaPulse(int irq) { if ((uint)irq < 16) IsaPulses[irq]++; }
     public void IoapicAssert(int pin) => Other++;
     public void IoapicDeassert(int pin) => Other++;

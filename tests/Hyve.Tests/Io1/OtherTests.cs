@@ -94,6 +94,19 @@ public class InterruptRouterTests
     }
 
     [Fact]
+    public void APciLinkOnThe8259LeavesTheIoapicPinOfTheSameNumberAlone()
+    {
+        // A PIRQ steered to IRQ 11 (bhyve's vm_isa_assert_irq with no IOAPIC pin): the device's IOAPIC input is
+        // its own pin 16 and up, and IOAPIC pin 11 may belong to another device.
+        Assert.True(_router.SetIsaTriggerMode(11, true));
+        _router.PicAssert(11);
+        Assert.Equal(0x2B, _pic.InterruptAcknowledge());
+        Assert.Equal(0, _io.AssertCount(11));
+        _router.PicDeassert(11);
+        _router.PicAssert(16); // out of range: ignored
+    }
+
+    [Fact]
     public void IsaLevelAndIoapicOnlyLines()
     {
         Assert.True(_router.SetIsaTriggerMode(11, true));

@@ -18,6 +18,8 @@ internal sealed class RecordingIrqLines : IIrqLines
 
     public void IsaAssert(int irq) { Events.Add($"isa+{irq}"); IsaLevel[irq]++; OnIsaAssert?.Invoke(irq); }
     public void IsaDeassert(int irq) { Events.Add($"isa-{irq}"); IsaLevel[irq]--; }
+    public void PicAssert(int irq) => Events.Add($"pic+{irq}");
+    public void PicDeassert(int irq) => Events.Add($"pic-{irq}");
     public void IsaPulse(int irq) => Events.Add($"isa~{irq}");
     public void IoapicAssert(int pin) { Events.Add($"pin+{pin}"); PinLevel[pin]++; }
     public void IoapicDeassert(int pin) { Events.Add($"pin-{pin}"); PinLevel[pin]--; }

@@ -109,6 +109,8 @@ public class FuzzTests
     {
         public void IsaAssert(int irq) { }
         public void IsaDeassert(int irq) { }
+        public void PicAssert(int irq) { }
+        public void PicDeassert(int irq) { }
         public void IsaPulse(int irq) { }
         public void IoapicAssert(int pin) { }
         public void IoapicDeassert(int pin) { }

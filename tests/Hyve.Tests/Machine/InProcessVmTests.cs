@@ -139,7 +139,7 @@ public class InProcessVmTests
         Assert.Equal(SuspendHow.Halt, r.Stop.How);
     }
 
-    [Theory, KvmData(SkipOnKvmPvm = KvmPvm.FarJumpToProtectedMode), SoftData]
+    [Theory, KvmData, SoftData]
     public void InitAndStartupIpisStartAnApplicationProcessor(string accel)
     {
         // The AP starts at 0800:0000 (SIPI vector 8): mov byte [0900h],5ah; cli; hlt.

@@ -15,6 +15,8 @@ public sealed class RecordingIrq : IIrqLines
     public void IsaAssert(int irq) { Isa[irq]++; Log.Add($"isa+{irq}"); }
     public void IsaDeassert(int irq) { Isa[irq]--; Log.Add($"isa-{irq}"); }
     public void IsaPulse(int irq) => Log.Add($"isa^{irq}");
+    public void PicAssert(int irq) { Isa[irq]++; Log.Add($"pic+{irq}"); }
+    public void PicDeassert(int irq) { Isa[irq]--; Log.Add($"pic-{irq}"); }
     public void IoapicAssert(int pin) { Ioapic[pin]++; Log.Add($"io+{pin}"); }
     public void IoapicDeassert(int pin) { Ioapic[pin]--; Log.Add($"io-{pin}"); }
     public void IoapicPulse(int pin) => Log.Add($"io^{pin}");

@@ -321,6 +321,8 @@ public class LpcComPortsTests
         public readonly List<string> Log = [];
         public void IsaAssert(int irq) => Log.Add($"+{irq}");
         public void IsaDeassert(int irq) => Log.Add($"-{irq}");
+        public void PicAssert(int irq) { }
+        public void PicDeassert(int irq) { }
         public void IsaPulse(int irq) => Log.Add($"^{irq}");
         public void IoapicAssert(int pin) { }
         public void IoapicDeassert(int pin) { }
