@@ -38,7 +38,8 @@ public sealed class HyveProcess : IDisposable
     }
 
     /// <summary>Starts ./hyve with <paramref name="args"/>.</summary>
-    /// <remarks>Tests written for KVM run on KVM (accel=kvm) unless they choose the CPU engine themselves with accel=.</remarks>
+    /// <remarks>Guest tests choose the CPU engine with <see cref="Backends.Args"/> (one theory row per engine); without an
+    /// accel= argument hyve runs on KVM (accel=kvm), for the tests that are KVM-only.</remarks>
     public static HyveProcess Start(params string[] args) => new("hyve", WithAccel(args), NewRunDir());
 
     private static string[] WithAccel(string[] args)

@@ -4,7 +4,8 @@ using Xunit;
 
 namespace Hyve.Tests;
 
-/// <summary>A fact that needs /dev/kvm: skipped with the reason when KVM cannot be opened.</summary>
+/// <summary>A fact that needs /dev/kvm: skipped with the reason when KVM cannot be opened. For KVM-only tests (the KVM API,
+/// its CPUID); a test that runs a guest runs on every engine instead: <c>[Theory, KvmData, SoftData]</c> (Backends.cs).</summary>
 public sealed class SkippableKvmFactAttribute : FactAttribute
 {
     public SkippableKvmFactAttribute()

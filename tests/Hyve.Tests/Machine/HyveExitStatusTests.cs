@@ -41,6 +41,26 @@ public class HyveExitStatusTests
         Assert.True(p.ExitCode == 3, $"status {p.ExitCode}, stderr: {p.Stderr}");
     }
 
+    [Theory, KvmData(SkipOnKvmPvm = KvmPvm.RealModeIvtLimit), SoftData]
+    public void RealModeInterruptBeyondTheIvtLimitIsATripleFaultWithStatus3(string accel)
+    {
+        // Real mode checks the vector against the IDTR limit too (SDM Vol. 2 INT n: #GP when (vector << 2) + 3 is
+        // beyond it): with a limit of 0 neither the #BP nor the #GP nor the #DF can be delivered, and the CPU shuts down.
+        string rom = Rom(a =>
+        {
+            a.xor(ax, ax);
+            a.mov(ds, ax);
+            a.mov(__dword_ptr[0x602], 0);
+            a.mov(__word_ptr[0x600], 0);
+            a.lidt(__[0x600]);
+            a.int3();
+            a.cli();
+            a.hlt();
+        });
+        using var p = HyveProcess.Run(Backends.Args(accel, "-l", $"bootrom,{rom}", Name()));
+        Assert.True(p.ExitCode == 3, $"status {p.ExitCode}, stderr: {p.Stderr}");
+    }
+
     // Prints the banner; on the first boot (a RAM flag, which survives a reset, is clear) sets the flag and
     // resets through <paramref name="reset"/>; on the second boot halts.
     private static string ResettingRom(Action<Assembler> reset) => Rom(a =>

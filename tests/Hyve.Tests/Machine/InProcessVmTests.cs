@@ -102,6 +102,44 @@ public class InProcessVmTests
     }
 
     [Theory, KvmData, SoftData]
+    public void X2ApicInitAndStartupIpisFromRealModeStartAnApplicationProcessor(string accel)
+    {
+        // The same start-up as below through the x2APIC MSRs, which real mode reaches (and kvm-pvm runs) without
+        // entering protected mode. The AP starts at 0800:0000 (SIPI vector 8): mov byte [0900h],5ah; cli; hlt.
+        byte[] ap = [0xc6, 0x06, 0x00, 0x09, 0x5a, 0xfa, 0xf4];
+        var r = RunRom(accel, GuestRom.RealMode(a =>
+        {
+            a.xor(ax, ax);
+            a.mov(ds, ax);
+            StoreBytes(a, 0x8000, ap, false);
+            a.mov(ecx, 0x1b);                 // IA32_APIC_BASE: enable, then x2APIC mode (EXTD)
+            a.rdmsr();
+            a.or(eax, 0xc00);
+            a.wrmsr();
+            a.xor(edx, edx);
+            a.mov(ecx, 0x80f);                // SVR: software-enable
+            a.mov(eax, 0x1ff);
+            a.wrmsr();
+            a.mov(ecx, 0x830);                // ICR: INIT, then start-up vector 8, to all but self
+            a.mov(eax, 0x000c4500);
+            a.wrmsr();
+            a.mov(eax, 0x000c4608);
+            a.wrmsr();
+            var spin = a.CreateLabel();
+            a.Label(ref spin);
+            a.pause();
+            a.cmp(__byte_ptr[0x900], 0x5a);
+            a.jne(spin);
+            GuestRom.Print(a, "A");
+            a.cli();
+            a.hlt();
+        }), cpus: 2);
+        Assert.Null(r.Stop.Error);
+        Assert.True(r.Out == "A", $"{r.Stop} out={r.Out} flag={r.Low[0x900]:x} ap0={r.Low[0x8000]:x}");
+        Assert.Equal(SuspendHow.Halt, r.Stop.How);
+    }
+
+    [Theory, KvmData, SoftData]
     public void InitAndStartupIpisStartAnApplicationProcessor(string accel)
     {
         // The AP starts at 0800:0000 (SIPI vector 8): mov byte [0900h],5ah; cli; hlt.

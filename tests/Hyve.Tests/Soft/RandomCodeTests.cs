@@ -5,6 +5,7 @@ using Hyve.Vmm;
 using Hyve.Vmm.Control;
 using Hyve.X86;
 using Xunit;
+using Xunit.Abstractions;
 
 namespace Hyve.Tests.Soft;
 
@@ -16,7 +17,7 @@ namespace Hyve.Tests.Soft;
 /// ports and MMIO. The guest may fault, double fault, triple fault, halt or reach an instruction the engine does not
 /// model; the host never throws. Seeds are fixed: a failure names the mode and page that reproduce it.
 /// </summary>
-public class RandomCodeTests
+public class RandomCodeTests(ITestOutputHelper output)
 {
     /// <summary>Where random code starts in each page run.</summary>
     public enum FuzzMode
@@ -33,7 +34,7 @@ public class RandomCodeTests
         Compatibility,
     }
 
-    private const int Pages = 600;            // per mode: 3,000 pages in all
+    private const int Pages = 500;            // per mode: 2,500 pages in all
     private const int StepsPerPage = 2000;    // instructions (and deliveries) per page at most
     private const int RamSize = 2 << 20;
 
@@ -67,6 +68,7 @@ public class RandomCodeTests
                 throw new InvalidOperationException($"host exception in {mode} page {page} (seed {seed}): {e.GetType().Name}: {e.Message}\n{e.StackTrace}", e);
             }
         }
+        output.WriteLine($"{mode}: {Pages} pages, {stats}");
         // The runs went somewhere: instructions ran and events went through the IVT/IDT.
         Assert.True(stats.Steps > Pages * 20L, $"only {stats.Steps} instructions in {Pages} pages; {stats}");
         Assert.True(stats.Delivered > Pages, $"only {stats.Delivered} events delivered; {stats}");
@@ -75,9 +77,11 @@ public class RandomCodeTests
     private sealed class Stats
     {
         public long Steps, Delivered, Halts, TripleFaults, Unsupported, Unbacked, Exhausted, ExternalInterrupts, Nmis;
+        public readonly Dictionary<Iced.Intel.Code, int> UnsupportedCodes = [];
         public override string ToString() =>
             $"steps {Steps}, delivered {Delivered} (external {ExternalInterrupts}, NMI {Nmis}), halts {Halts}, triple faults {TripleFaults}, " +
-            $"unsupported {Unsupported}, unbacked {Unbacked}, ran out of steps {Exhausted}";
+            $"unsupported {Unsupported}, unbacked {Unbacked}, ran out of steps {Exhausted}; most frequent unsupported: " +
+            string.Join(", ", UnsupportedCodes.OrderByDescending(kv => kv.Value).Take(12).Select(kv => $"{kv.Key} {kv.Value}"));
     }
 
     private static void RunPage(GuestMemory mem, FuzzMode mode, int seed, Stats stats)
@@ -136,8 +140,12 @@ public class RandomCodeTests
                     if (!Deliver(engine, cpu, new PendingException((byte)rng.Next(0x20, 0x100), false, 0, 0), false, stats)) return;
                     continue;
                 case StepStatus.Unsupported:
+                    // The software CPU stops the VM here (naming the instruction); the fuzz run goes on as if the
+                    // instruction were undefined, to reach further.
                     stats.Unsupported++;
-                    return;
+                    stats.UnsupportedCodes[r.Code] = stats.UnsupportedCodes.GetValueOrDefault(r.Code) + 1;
+                    if (!Deliver(engine, cpu, PendingException.Ud, true, stats)) return;
+                    continue;
                 default:
                     stats.Unbacked++;
                     return;
