@@ -32,6 +32,9 @@ public sealed unsafe partial class InstructionEngine
             case Mnemonic.Fucompp: case Mnemonic.Fcomi: case Mnemonic.Fcomip: case Mnemonic.Fucomi: case Mnemonic.Fucomip:
             case Mnemonic.Ftst: case Mnemonic.Fxam:
                 return c is Code.Ftstp ? null : &X87Compare;
+            case Mnemonic.Fcmovb: case Mnemonic.Fcmove: case Mnemonic.Fcmovbe: case Mnemonic.Fcmovu:
+            case Mnemonic.Fcmovnb: case Mnemonic.Fcmovne: case Mnemonic.Fcmovnbe: case Mnemonic.Fcmovnu:
+                return &Fcmov;
             case Mnemonic.Fchs: case Mnemonic.Fabs: case Mnemonic.Fsqrt: case Mnemonic.Frndint: case Mnemonic.Fxch:
             case Mnemonic.Ffree: case Mnemonic.Ffreep: case Mnemonic.Fincstp: case Mnemonic.Fdecstp: case Mnemonic.Fnop:
                 return &X87Misc;
@@ -272,6 +275,27 @@ public sealed unsafe partial class InstructionEngine
         }
         if (m is Mnemonic.Fcomp or Mnemonic.Fucomp or Mnemonic.Fcomip or Mnemonic.Fucomip) e.X87Pop();
         else if (m is Mnemonic.Fcompp or Mnemonic.Fucompp) { e.X87Pop(); e.X87Pop(); }
+        return Exec.Next;
+    }
+
+    // FCMOVcc ST(0), ST(i): copies ST(i) when the EFLAGS condition (B: CF, E: ZF, BE: CF|ZF, U: PF, or their negations) holds.
+    private static Exec Fcmov(InstructionEngine e, ref Instruction i)
+    {
+        if (!e.X87Ready()) return Exec.Fault;
+        ulong f = e._cpu.Rflags;
+        bool cond = i.Mnemonic switch
+        {
+            Mnemonic.Fcmovb => (f & CF) != 0,
+            Mnemonic.Fcmove => (f & ZF) != 0,
+            Mnemonic.Fcmovbe => (f & (CF | ZF)) != 0,
+            Mnemonic.Fcmovu => (f & PF) != 0,
+            Mnemonic.Fcmovnb => (f & CF) == 0,
+            Mnemonic.Fcmovne => (f & ZF) == 0,
+            Mnemonic.Fcmovnbe => (f & (CF | ZF)) == 0,
+            _ => (f & PF) == 0,
+        };
+        if (cond) e._cpu.St(i.Op1Register - Register.ST0).CopyTo(e._cpu.St(0));
+        e._cpu.Fsw &= unchecked((ushort)~0x200);
         return Exec.Next;
     }
 

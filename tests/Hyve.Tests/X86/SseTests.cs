@@ -450,6 +450,7 @@ public sealed unsafe class X87Tests : IDisposable
         Compare("fcomip", a => { a.fld(__qword_ptr[rsi]); a.fld(__qword_ptr[rsi + 8]); a.fcomip(st0, st1); a.fstp(st0); }, v);
         Compare("fcomp fnstsw", a => { a.fld(__qword_ptr[rsi + 8]); a.fcomp(__qword_ptr[rsi]); a.fnstsw(ax); a.and(ax, 0x4500); a.mov(__word_ptr[rsi + 0x200], ax); }, v);
         Compare("fldz fld1 ftst fxam", a => { a.fldz(); a.ftst(); a.fnstsw(ax); a.and(ax, 0x7f00); a.mov(__word_ptr[rsi + 0x200], ax); a.fld1(); a.fxam(); a.fnstsw(ax); a.and(ax, 0x7f00); a.mov(__word_ptr[rsi + 0x202], ax); a.fstp(st0); a.fstp(st0); }, v);
+        Compare("fcomi fcmov", a => { a.fld(__qword_ptr[rsi]); a.fld(__qword_ptr[rsi + 8]); a.fcomi(st0, st1); a.fcmovnbe(st0, st1); a.fstp(__qword_ptr[rsi + 0x200]); a.fld(__qword_ptr[rsi + 16]); a.fcomi(st0, st1); a.fcmovb(st0, st1); a.fstp(__qword_ptr[rsi + 0x208]); a.fstp(st0); }, v);
         Compare("fsqrt frndint", a => { a.fld(__qword_ptr[rsi + 24]); a.fsqrt(); a.fstp(__qword_ptr[rsi + 0x200]); a.fld(__qword_ptr[rsi + 8]); a.frndint(); a.fstp(__qword_ptr[rsi + 0x208]); }, v);
     }
 }
