@@ -45,7 +45,7 @@ void ExitRoundTrip()
     var qCpu = new List<Cpu>();
     for (int i = 0; i < runs; i++)
     {
-        h.Add(Time(hyve, $"-l bootrom,{rom} -l debug-exit,iobase=0xf4,iosize=4 bench{i}", hCpu));
+        h.Add(Time(hyve, $"-o accel=kvm -l bootrom,{rom} -l debug-exit,iobase=0xf4,iosize=4 bench{i}", hCpu));
         q.Add(Time("qemu-system-x86_64", $"-accel kvm -nodefaults -display none -m 256 -bios {rom} -device isa-debug-exit,iobase=0xf4,iosize=4", qCpu));
     }
     Report($"exit round trip ({reads} port reads)", h, q, "goal: hyve/qemu <= 0.90");
@@ -68,19 +68,26 @@ void Startup()
     var h = new List<double>();
     var q = new List<double>();
     var first = new List<double>();
+    var firstViaLauncher = new List<double>();
+    // The NativeAOT executable itself; ./hyve is a bash launcher (two bash starts and a source-staleness find) in front of it.
+    string binary = Path.Combine(root, ".build", "hyve", "hyve");
     for (int i = 0; i < Math.Max(runs, 10) + 1; i++)
     {
-        var (life, firstExit) = TimeFirstExit(hyve, $"-l bootrom,{rom} -l debug-exit,iobase=0xf4,iosize=4 start{i}");
+        var (_, viaLauncher) = TimeFirstExit(hyve, $"-o accel=kvm -l bootrom,{rom} -l debug-exit,iobase=0xf4,iosize=4 launch{i}");
+        var (life, firstExit) = TimeFirstExit(binary, $"-o accel=kvm -l bootrom,{rom} -l debug-exit,iobase=0xf4,iosize=4 start{i}");
         double ql = Time("qemu-system-x86_64", $"-accel kvm -nodefaults -display none -m 256 -bios {rom} -device isa-debug-exit,iobase=0xf4,iosize=4");
         if (i == 0) continue; // the first spawn warms the bench's own process-launch path
         h.Add(life);
         q.Add(ql);
         if (firstExit is double f) first.Add(f);
+        if (viaLauncher is double v) firstViaLauncher.Add(v);
     }
     Report("start-up, whole process life (upper bound)", h, q, "");
     Console.WriteLine(first.Count == 0
         ? "start-up: hyve reported no first exit (HYVE_BENCH_T0 not honoured?)"
         : $"start-up: exec to the guest's first port write: hyve {Median(first) * 1000:F2} ms (median of {first.Count}, min {first.Min() * 1000:F2}); goal: hyve <= 5 ms");
+    if (firstViaLauncher.Count > 0)
+        Console.WriteLine($"  through the ./hyve launcher: {Median(firstViaLauncher) * 1000:F2} ms (median, min {firstViaLauncher.Min() * 1000:F2})");
 }
 
 (double Life, double? FirstExit) TimeFirstExit(string program, string arguments)
@@ -107,7 +114,7 @@ void Startup()
 void Footprint()
 {
     string rom = Rom(a => { var l = a.CreateLabel(); a.Label(ref l); a.jmp(l); });
-    using var p = Process.Start(new ProcessStartInfo(hyve) { ArgumentList = { "-l", $"bootrom,{rom}", "footprint" }, UseShellExecute = false })!;
+    using var p = Process.Start(new ProcessStartInfo(hyve) { ArgumentList = { "-o", "accel=kvm", "-l", $"bootrom,{rom}", "footprint" }, UseShellExecute = false })!;
     Thread.Sleep(1500);
     var status = File.ReadAllLines($"/proc/{p.Id}/status");
     long Kb(string key) => long.Parse(status.First(l => l.StartsWith(key)).Split(':')[1].Trim().Split(' ')[0]);
