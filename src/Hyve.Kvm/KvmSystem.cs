@@ -24,6 +24,20 @@ public sealed unsafe class KvmSystem
     /// <summary>The shared instance; throws <see cref="IOException"/> when KVM cannot be used.</summary>
     public static KvmSystem Open() => Instance.Value;
 
+    /// <summary>True when /proc/cpuinfo shows VT-x (vmx) or AMD-V (svm). Without either, a /dev/kvm that opens is one that
+    /// runs guests through the kernel's instruction emulator (kvm-pvm here).</summary>
+    public static bool HostHasHardwareVirtualization()
+    {
+        try
+        {
+            foreach (var line in File.ReadLines("/proc/cpuinfo"))
+                if (line.StartsWith("flags", StringComparison.Ordinal) && (line.Contains(" vmx", StringComparison.Ordinal) || line.Contains(" svm", StringComparison.Ordinal)))
+                    return true;
+        }
+        catch (IOException) { }
+        return false;
+    }
+
     /// <summary>True when /dev/kvm opens and answers; never throws.</summary>
     public static bool IsAvailable(out string reason)
     {

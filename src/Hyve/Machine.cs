@@ -170,22 +170,10 @@ public sealed class Machine : IDisposable
             case "auto":
                 // KVM only with hardware virtualization: without VT-x/AMD-V it emulates every instruction in the
                 // kernel, slower than the software CPU and refusing some (x87).
-                return HostHasVirtualization() && KvmSystem.IsAvailable(out _) ? vm => new KvmBackend(vm) : vm => new SoftBackend(vm);
+                return KvmSystem.HostHasHardwareVirtualization() && KvmSystem.IsAvailable(out _) ? vm => new KvmBackend(vm) : vm => new SoftBackend(vm);
             default:
                 throw new HostConfigException($"accel={accel}: expected kvm, soft or auto");
         }
-    }
-
-    private static bool HostHasVirtualization()
-    {
-        try
-        {
-            foreach (var line in File.ReadLines("/proc/cpuinfo"))
-                if (line.StartsWith("flags", StringComparison.Ordinal) && (line.Contains(" vmx", StringComparison.Ordinal) || line.Contains(" svm", StringComparison.Ordinal)))
-                    return true;
-        }
-        catch (IOException) { }
-        return false;
     }
 
     private static Dictionary<int, int[]>? ReadPinning(ConfigTree config, int cpus)

@@ -70,19 +70,7 @@ public sealed class SoftDataAttribute : DataAttribute
 public static class KvmPvm
 {
     /// <summary>True when /dev/kvm is there but the CPU shows neither VT-x (vmx) nor AMD-V (svm).</summary>
-    public static bool IsHost { get; } = !CpuHasVirtualization();
-
-    private static bool CpuHasVirtualization()
-    {
-        try
-        {
-            foreach (var line in File.ReadLines("/proc/cpuinfo"))
-                if (line.StartsWith("flags", StringComparison.Ordinal) && (line.Contains(" vmx", StringComparison.Ordinal) || line.Contains(" svm", StringComparison.Ordinal)))
-                    return true;
-        }
-        catch (IOException) { }
-        return false;
-    }
+    public static bool IsHost { get; } = !KvmSystem.HostHasHardwareVirtualization();
 
     /// <summary>KVM's emulator delivers real-mode interrupts without checking the IVT against IDTR.limit.</summary>
     public const string RealModeIvtLimit =
