@@ -22,16 +22,8 @@ public sealed class KvmHardwareDebugFactAttribute : FactAttribute
     {
         if (!KvmSystem.IsAvailable(out var reason)) Skip = $"KVM unavailable: {reason}";
         else if (!File.Exists("/usr/bin/gdb")) Skip = "gdb is not installed (/usr/bin/gdb)";
-        else if (!HostHasVirtualization())
+        else if (!KvmSystem.HostHasHardwareVirtualization())
             Skip = $"this host's KVM runs without VT-x/AMD-V (kvm-pvm): {whatKvmPvmLacks}; the software-CPU test covers it";
-    }
-
-    private static bool HostHasVirtualization()
-    {
-        foreach (var line in File.ReadLines("/proc/cpuinfo"))
-            if (line.StartsWith("flags", StringComparison.Ordinal))
-                return line.Contains(" vmx", StringComparison.Ordinal) || line.Contains(" svm", StringComparison.Ordinal);
-        return false;
     }
 }
 
