@@ -33,24 +33,18 @@ internal sealed unsafe class KvmFallback
 
         public bool TryGetSpan(ulong gpa, int length, out Span<byte> span)
         {
-            // The APIC page shadows whatever RAM lies under it (SDM Vol. 3 11.4.1).
-            if (lapic.Contains(gpa) || lapic.Contains(gpa + (ulong)length - 1))
-            {
-                span = default;
-                return false;
-            }
-            return vm.TryGetSpan(gpa, length, out span);
+            span = default;
+            return !OnApicPage(gpa, length) && vm.TryGetSpan(gpa, length, out span);
         }
 
         public bool TryGetReadSpan(ulong gpa, int length, out ReadOnlySpan<byte> span)
         {
-            if (lapic.Contains(gpa) || lapic.Contains(gpa + (ulong)length - 1))
-            {
-                span = default;
-                return false;
-            }
-            return vm.TryGetReadSpan(gpa, length, out span);
+            span = default;
+            return !OnApicPage(gpa, length) && vm.TryGetReadSpan(gpa, length, out span);
         }
+
+        // The APIC page shadows whatever RAM lies under it (SDM Vol. 3 11.4.1): no span may cover it.
+        private bool OnApicPage(ulong gpa, int length) => lapic.Contains(gpa) || lapic.Contains(gpa + (ulong)length - 1);
 
         public bool TryReadMmio(ulong gpa, int size, out ulong value)
         {
