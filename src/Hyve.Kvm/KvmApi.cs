@@ -29,6 +29,8 @@ internal static class KvmApi
     public static readonly nuint SetRegs = Iow(0x82, 144);
     public static readonly nuint GetSregs = Ior(0x83, 312);
     public static readonly nuint SetSregs = Iow(0x84, 312);
+    /// <summary>KVM_TRANSLATE: a linear address to guest-physical through the vCPU's current paging (struct kvm_translation).</summary>
+    public static readonly nuint Translate = Iowr(0x85, 24);
     public static readonly nuint Interrupt = Iow(0x86, 4);
     public static readonly nuint GetMsrs = Iowr(0x88, 8);
     public static readonly nuint SetMsrs = Iow(0x89, 8);

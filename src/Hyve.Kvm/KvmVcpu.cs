@@ -327,6 +327,7 @@ internal sealed unsafe class KvmVcpu : IVcpuBackend
             _probeExits = exits;
             return;
         }
+        if (SpinsOnJumpToSelf(rip)) return;
         byte* ev = stackalloc byte[64];
         if (Libc.Ioctl(_fd, KvmApi.GetVcpuEvents, ev) != 0) return;
         if (ev[0] != 0 || ev[3] != 0 || ev[8] != 0 || ev[12] != 0) return; // an exception, interrupt or NMI is on its way in
@@ -334,6 +335,30 @@ internal sealed unsafe class KvmVcpu : IVcpuBackend
         // A failure here (an instruction the engine lacks) leaves the vCPU to KVM as it was.
         _fallback.Emulate(default, out _);
         _probeRip = GetRegs().Rip;
+    }
+
+    /// <summary>
+    /// True when CS:RIP holds a jump to itself (JMP rel8 -2; JMP rel16 -3 or rel32 -5 by code size): a guest waiting
+    /// forever, which KVM runs correctly. The check keeps the engine (about 1 MiB of decoder tables) from being built
+    /// for a guest that only spins.
+    /// </summary>
+    private bool SpinsOnJumpToSelf(ulong rip)
+    {
+        var s = GetSregs();
+        ulong* t = stackalloc ulong[3]; // struct kvm_translation: linear_address, physical_address, valid/writeable/usermode
+        t[0] = s.Cs.Base + rip;
+        t[1] = 0;
+        t[2] = 0;
+        if (Libc.Ioctl(_fd, KvmApi.Translate, t) != 0 || (byte)t[2] == 0) return false;
+        bool wide = s.Cs.L != 0 || s.Cs.Db != 0;
+        int length = wide ? 5 : 3;
+        if ((t[1] & 0xfff) + (ulong)length > 0x1000) length = 2; // the short form is all that can be checked on this page
+        if (!_vm.Vm.Memory.TryGetSpan(t[1], length, MemProt.Read, out var code)) return false;
+        if (code[0] == 0xEB && code[1] == 0xFE) return true;
+        if (code.Length < 3 || code[0] != 0xE9) return false;
+        return wide
+            ? code.Length == 5 && code[1] == 0xFB && code[2] == 0xFF && code[3] == 0xFF && code[4] == 0xFF
+            : code[1] == 0xFD && code[2] == 0xFF;
     }
 
     private KvmRegs GetRegs()

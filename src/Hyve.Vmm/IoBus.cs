@@ -22,12 +22,12 @@ public interface IMmioDevice
 }
 
 /// <summary>
-/// The port-I/O bus: one slot per port, so dispatch on the exit path is an array index.
+/// The port-I/O bus: one slot per port, so dispatch on the exit path is two array loads.
 /// Unclaimed ports read as all ones and ignore writes, as on a PC with nothing decoding them.
 /// </summary>
 public sealed class PortBus
 {
-    private readonly IPortDevice?[] _ports = new IPortDevice?[65536];
+    private readonly SparseTable<IPortDevice> _ports = new();
 
     /// <summary>Claims <paramref name="count"/> ports starting at <paramref name="first"/>; overlapping a claimed port is a host error.</summary>
     public void Register(ushort first, int count, IPortDevice device)

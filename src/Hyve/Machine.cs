@@ -134,6 +134,9 @@ public sealed class Machine : IDisposable
             if (Interlocked.Increment(ref sigterms) > 1 || !Platform.Pm.PressPowerButton()) Vm.Suspend(SuspendHow.PowerOff);
         });
         bool exitOnReboot = _config.GetBool("exit_on_reboot", false);
+        // Start-up is over once the vCPUs run: let go of the code that only it needed (see StartupPages).
+        var trim = _clock.CreateTimer(_ => StartupPages.Trim());
+        trim.Start(_clock.NowNs + StartupPagesTrimDelayNs);
         while (true)
         {
             var stop = Vm.Run(_createBackend);
@@ -157,6 +160,8 @@ public sealed class Machine : IDisposable
             return stop.ExitStatus;
         }
     }
+
+    private const long StartupPagesTrimDelayNs = 100_000_000;
 
     private static Func<Vm, ICpuBackend> ChooseBackend(string accel)
     {

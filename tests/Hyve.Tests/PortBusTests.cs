@@ -34,6 +34,28 @@ public class PortBusTests
     }
 
     [Fact]
+    public void EveryPortFromZeroTo0xFfffCanBeClaimedAndReleased()
+    {
+        var bus = new PortBus();
+        var low = new Echo();
+        var high = new Echo();
+        bus.Register(0x0000, 1, low);
+        bus.Register(0xfffc, 4, high);
+        bus.Register(0x00ff, 2, low); // straddles the table's first 256-port page
+        Assert.Same(low, bus.Find(0x0000));
+        Assert.Same(low, bus.Find(0x0100));
+        Assert.Same(high, bus.Find(0xffff));
+        Assert.Null(bus.Find(0x0101));
+        Assert.Null(bus.Find(0x8000));
+        bus.Write(0xffff, 1, 0x1234);
+        Assert.Equal(0x34u, high.Last);
+        bus.Unregister(0xfffc, 4, high);
+        Assert.Null(bus.Find(0xffff));
+        Assert.Equal(0xffu, bus.Read(0xffff, 1));
+        Assert.Throws<ArgumentOutOfRangeException>(() => bus.Register(0xffff, 2, high));
+    }
+
+    [Fact]
     public void MmioRangesAreFoundByAddressAndGetRelativeOffsets()
     {
         var bus = new MmioBus();

@@ -28,6 +28,8 @@ public static partial class Libc
     public const int OCloexec = 0x80000;
     /// <summary>MADV_DONTDUMP: keep guest memory out of core dumps unless -C asks for it.</summary>
     public const int MadvDontDump = 16;
+    /// <summary>MADV_DONTNEED: drop the range's page-table entries; file pages stay in the page cache.</summary>
+    public const int MadvDontNeed = 4;
     /// <summary>EINTR.</summary>
     public const int EIntr = 4;
     /// <summary>EAGAIN.</summary>
@@ -71,6 +73,10 @@ public static partial class Libc
     /// <summary>open(2).</summary>
     [LibraryImport("libc", SetLastError = true, EntryPoint = "open", StringMarshalling = StringMarshalling.Utf8)]
     public static partial int Open(string path, int flags);
+
+    /// <summary>read(2).</summary>
+    [LibraryImport("libc", SetLastError = true, EntryPoint = "read")]
+    public static unsafe partial nint Read(int fd, byte* buffer, nuint count);
 
     /// <summary>ioctl(2) with no argument or an integer argument.</summary>
     [LibraryImport("libc", SetLastError = true, EntryPoint = "ioctl")]

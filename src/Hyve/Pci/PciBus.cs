@@ -27,7 +27,7 @@ public sealed class PciBus
     public const ulong Mem64LowThreshold = 128ul << 20;
 
     private const int StateVersion = 1;
-    private readonly PciDevice?[] _funcs = new PciDevice?[256 * 32 * 8];
+    private readonly SparseTable<PciDevice> _funcs = new();
     private readonly List<PciDevice> _list = [];
     private readonly Dictionary<int, int[]> _pinUse = [];
     private readonly Func<IIrqLines?> _irq;
