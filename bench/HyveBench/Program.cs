@@ -41,14 +41,21 @@ void ExitRoundTrip()
     });
     var h = new List<double>();
     var q = new List<double>();
+    var f = new List<double>();
     var hCpu = new List<Cpu>();
     var qCpu = new List<Cpu>();
+    string? floor = BuildFloor();
     for (int i = 0; i < runs; i++)
     {
         h.Add(Time(hyve, $"-o accel=kvm -l bootrom,{rom} -l debug-exit,iobase=0xf4,iosize=4 bench{i}", hCpu));
         q.Add(Time("qemu-system-x86_64", $"-accel kvm -nodefaults -display none -m 256 -bios {rom} -device isa-debug-exit,iobase=0xf4,iosize=4", qCpu));
+        if (floor is not null) f.Add(Time(floor, rom));
     }
     Report($"exit round trip ({reads} port reads)", h, q, "goal: hyve/qemu <= 0.90");
+    // The host's floor: bench/floor/kvm-floor.c runs the same ROM with nothing but KVM_RUN and the two port answers.
+    Console.WriteLine(floor is null
+        ? "  floor: no C compiler (cc), bench/floor/kvm-floor.c not run"
+        : $"  floor (bench/floor/kvm-floor.c, KVM_RUN and nothing else): {Median(f) * 1000:F1} ms; floor/qemu = {Median(f) / Median(q):F2}, hyve/floor = {Median(h) / Median(f):F2}");
     Console.WriteLine($"  hyve {reads / Median(h) / 1000:F0}k exits/s, qemu {reads / Median(q) / 1000:F0}k exits/s");
     // CPU time does not count time spent waiting for a core, so it compares the two fairly on a loaded host; the
     // split shows where an exit's cost lies (user: the VMM's dispatch; sys: KVM_RUN, the kernel's emulation, entry).
@@ -201,6 +208,22 @@ void Mips()
     double k = File.Exists("/dev/kvm") ? Rate("-o accel=kvm", false, kvm, kvmIters) : double.NaN;
     double t = Rate("-accel tcg", true, tcg, tcgIters);
     Console.WriteLine($"mips: hyve-soft {s / 1e6:F1} M/s, hyve-kvm {k / 1e6:F1} M/s, qemu-tcg {t / 1e6:F1} M/s; hyve-soft/qemu-tcg = {s / t:F3}; goal: hyve-soft >= 100 M/s");
+}
+
+// Compiles bench/floor/kvm-floor.c with the system's C compiler; null when there is none.
+string? BuildFloor()
+{
+    string exe = Path.Combine(work, "kvm-floor");
+    try
+    {
+        using var cc = Process.Start(new ProcessStartInfo("cc", $"-O2 -o {exe} {Path.Combine(root, "bench", "floor", "kvm-floor.c")}") { UseShellExecute = false })!;
+        cc.WaitForExit();
+        return cc.ExitCode == 0 ? exe : null;
+    }
+    catch (System.ComponentModel.Win32Exception)
+    {
+        return null;
+    }
 }
 
 string Rom(Action<Assembler> code)

@@ -199,13 +199,15 @@ public sealed class Vm : IVmControl
                     continue;
                 }
                 long exits = s.Vcpu!.ExitCount;
-                if (exits != s.ExitsAtProbe)
+                bool exited = exits != s.ExitsAtProbe;
+                if (exited)
                 {
-                    // It did something since the last look: what it is doing now is unknown.
+                    // It made exits since the last look, so it is running: no need to interrupt it to ask. What it
+                    // does next is unknown until a look finds no exits.
                     s.ExitsAtProbe = exits;
                     s.ProbedState = null;
                 }
-                if (s.ProbedState is null or VcpuRunState.Running)
+                else if (s.ProbedState is null or VcpuRunState.Running)
                 {
                     s.ProbeRequested = true;
                     s.Vcpu.Kick();
