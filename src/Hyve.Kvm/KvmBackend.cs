@@ -26,7 +26,7 @@ public sealed unsafe class KvmBackend : ICpuBackend
     {
         Vm = vm;
         System = KvmSystem.Open();
-        VmFd = Libc.Ioctl(System.Fd, KvmApi.CreateVm, 0);
+        VmFd = System.CreateVm();
         if (VmFd < 0) throw new IOException($"KVM_CREATE_VM: {Libc.ErrnoText(Marshal.GetLastPInvokeError())}");
         try
         {

@@ -24,6 +24,46 @@ public sealed unsafe class KvmSystem
     /// <summary>The shared instance; throws <see cref="IOException"/> when KVM cannot be used.</summary>
     public static KvmSystem Open() => Instance.Value;
 
+    // A VM created ahead by OpenInBackground for the first KvmBackend; -1 when none is waiting.
+    private static readonly object SpareGate = new();
+    private static int _spareVmFd = -1;
+    private static bool _vmTaken;
+
+    /// <summary>
+    /// Starts opening KVM on another thread: KVM_GET_SUPPORTED_CPUID (slow where CPUID traps to an outer hypervisor)
+    /// and KVM_CREATE_VM then overlap the rest of start-up on another core. <see cref="Open"/> and
+    /// <see cref="IsAvailable"/> wait for it and report its failure as their own.
+    /// </summary>
+    public static void OpenInBackground()
+    {
+        new Thread(() =>
+        {
+            try
+            {
+                var system = Instance.Value;
+                lock (SpareGate)
+                    if (!_vmTaken) _spareVmFd = Libc.Ioctl(system.Fd, KvmApi.CreateVm, 0);
+            }
+            catch (IOException)
+            {
+                // Open and IsAvailable rethrow it.
+            }
+        }) { IsBackground = true, Name = "kvm-open" }.Start();
+    }
+
+    /// <summary>A new KVM VM (KVM_CREATE_VM), or the one <see cref="OpenInBackground"/> created; -1 and errno on failure.</summary>
+    internal int CreateVm()
+    {
+        lock (SpareGate)
+        {
+            _vmTaken = true;
+            int fd = _spareVmFd;
+            _spareVmFd = -1;
+            if (fd >= 0) return fd;
+        }
+        return Libc.Ioctl(Fd, KvmApi.CreateVm, 0);
+    }
+
     /// <summary>True when /proc/cpuinfo shows VT-x (vmx) or AMD-V (svm). Without either, a /dev/kvm that opens is one that
     /// runs guests through the kernel's instruction emulator (kvm-pvm here).</summary>
     public static bool HostHasHardwareVirtualization()

@@ -80,6 +80,7 @@ public sealed class Machine : IDisposable
                 LoadKernel(kernel!);
                 Vm.Resetting += () => LoadKernel(kernel!);
             }
+            if (_config.Get("accel") == "kvm" && !KvmSystem.IsAvailable(out var reason)) throw new HostConfigException(reason);
         }
         catch
         {
@@ -168,14 +169,17 @@ public sealed class Machine : IDisposable
         switch (accel)
         {
             case "kvm":
-                if (!KvmSystem.IsAvailable(out var reason)) throw new HostConfigException(reason);
+                // Opened on another core while the devices are built; CheckBackend reports a failure before the run.
+                KvmSystem.OpenInBackground();
                 return vm => new KvmBackend(vm);
             case "soft":
                 return vm => new SoftBackend(vm);
             case "auto":
                 // KVM only with hardware virtualization: without VT-x/AMD-V it emulates every instruction in the
                 // kernel, slower than the software CPU and refusing some (x87).
-                return KvmSystem.HostHasHardwareVirtualization() && KvmSystem.IsAvailable(out _) ? vm => new KvmBackend(vm) : vm => new SoftBackend(vm);
+                if (!KvmSystem.HostHasHardwareVirtualization()) return vm => new SoftBackend(vm);
+                KvmSystem.OpenInBackground();
+                return vm => KvmSystem.IsAvailable(out _) ? new KvmBackend(vm) : new SoftBackend(vm);
             default:
                 throw new HostConfigException($"accel={accel}: expected kvm, soft or auto");
         }

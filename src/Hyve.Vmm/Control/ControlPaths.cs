@@ -56,25 +56,6 @@ public static class ControlPaths
     /// <summary>True when the path fits in a sockaddr_un.</summary>
     public static bool FitsSocketAddress(string path) => Encoding.UTF8.GetByteCount(path) <= MaxSocketPathBytes;
 
-    /// <summary>The effective uid, read from /proc/self/status (Linux) so no P/Invoke is needed;
-    /// uint.MaxValue if unreadable, which counts as an unprivileged user.</summary>
-    public static uint EffectiveUid()
-    {
-        try
-        {
-            foreach (string line in File.ReadLines("/proc/self/status"))
-            {
-                // "Uid:\treal\teffective\tsaved\tfs"
-                if (!line.StartsWith("Uid:", StringComparison.Ordinal))
-                    continue;
-                string[] f = line.Split((char[]?)null, StringSplitOptions.RemoveEmptyEntries);
-                if (f.Length >= 3 && uint.TryParse(f[2], System.Globalization.NumberStyles.None,
-                        System.Globalization.CultureInfo.InvariantCulture, out uint euid))
-                    return euid;
-            }
-        }
-        catch (IOException) { }
-        catch (UnauthorizedAccessException) { }
-        return uint.MaxValue;
-    }
+    /// <summary>The effective uid (geteuid(2)).</summary>
+    public static uint EffectiveUid() => Native.Libc.Geteuid();
 }
