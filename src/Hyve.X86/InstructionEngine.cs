@@ -1,4 +1,5 @@
 // SPDX-License-Identifier: BSD-2-Clause
+using System.Runtime.CompilerServices;
 using Iced.Intel;
 
 namespace Hyve.X86;
@@ -216,8 +217,8 @@ public sealed unsafe partial class InstructionEngine
     private static int OpSize(ref Instruction i, int op)
     {
         var k = i.GetOpKind(op);
-        if (k == OpKind.Register) return i.GetOpRegister(op).GetSize();
-        if (k == OpKind.Memory || k >= OpKind.MemorySegSI) return i.MemorySize.GetSize();
+        if (k == OpKind.Register) return RegisterSize(i.GetOpRegister(op));
+        if (k == OpKind.Memory || k >= OpKind.MemorySegSI) return MemorySizeBytes(i.MemorySize);
         return k switch
         {
             OpKind.Immediate8 or OpKind.Immediate8_2nd => 1,
@@ -228,6 +229,28 @@ public sealed unsafe partial class InstructionEngine
     }
 
     private static bool IsGpr(Register r) => r >= Register.AL && r <= Register.R15;
+
+    // Iced's Register.GetSize() and MemorySize.GetSize() look up a table of info structs on every call; the engine asks
+    // for operand sizes on every generic-path instruction, so general-purpose registers are sized by their place in the
+    // enum (AL..R15L, AX..R15W, EAX..R15D, RAX..R15) and memory sizes come from one byte table.
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static int RegisterSize(Register r) => r > Register.R15 || r < Register.AL ? r.GetSize()
+        : r >= Register.RAX ? 8 : r >= Register.EAX ? 4 : r >= Register.AX ? 2 : 1;
+
+    private static readonly byte[] s_memorySizeBytes = BuildMemorySizes();
+
+    private static byte[] BuildMemorySizes()
+    {
+        int count = 0;
+        foreach (var m in Enum.GetValues<MemorySize>()) count = Math.Max(count, (int)m + 1);
+        var t = new byte[count];
+        for (int m = 0; m < t.Length; m++) t[m] = (byte)Math.Min(((MemorySize)m).GetSize(), 255);
+        return t;
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static int MemorySizeBytes(MemorySize m) => (uint)m < (uint)s_memorySizeBytes.Length && s_memorySizeBytes[(int)m] != 255
+        ? s_memorySizeBytes[(int)m] : m.GetSize();
 
     /// <summary>Reads a general-purpose register in Iced's naming.</summary>
     internal static ulong GetGpr(CpuState c, Register r)
@@ -275,7 +298,7 @@ public sealed unsafe partial class InstructionEngine
         if (b == Register.RIP) { addrSize = 8; return i.MemoryDisplacement64; }
         if (b == Register.EIP) { addrSize = 4; return (uint)i.MemoryDisplacement64; }
         var sizing = b != Register.None ? b : x;
-        if (sizing != Register.None) addrSize = sizing.GetSize();
+        if (sizing != Register.None) addrSize = RegisterSize(sizing);
         else addrSize = i.MemoryDisplSize switch { 2 => 2, 4 => 4, 8 => 8, _ => _bitness / 8 };
         ulong ea = i.MemoryDisplacement64;
         if (b != Register.None) ea += GetGpr(_cpu, b);

@@ -19,8 +19,7 @@ public sealed unsafe partial class InstructionEngine
         r &= Mask(size);
         ulong f = r == 0 ? ZF : 0;
         if ((r >> (8 * size - 1)) != 0) f |= SF;
-        if ((BitOperations.PopCount(r & 0xff) & 1) == 0) f |= PF;
-        return f;
+        return f | s_parity[(byte)r];
     }
 
     /// <summary>a + b + carry with all six flags.</summary>
