@@ -49,7 +49,8 @@ public sealed class Machine : IDisposable
             StartGdb();
 
             Vm.Ports.Register(ResetControl.Port, 1, new ResetControl(Vm));
-            var kbc = new I8042(Vm);
+            var kbc = new I8042(Vm.Irq, () => Vm.Suspend(SuspendHow.Reset));
+            Vm.Resetting += kbc.Reset;
             Vm.Ports.Register(I8042.DataPort, 1, kbc);
             Vm.Ports.Register(I8042.CommandPort, 1, kbc);
 
