@@ -3,6 +3,12 @@ using Hyve.Vmm;
 
 namespace Hyve.Devices;
 
+/// <summary>Saved state of <see cref="I8042"/>: controller RAM, the output buffer and the bytes queued behind it, pending
+/// command bytes, the output port and the mouse's settings.</summary>
+public sealed record I8042State(int Version, byte[] Ram, (byte Value, bool Aux)[] Queue, byte Output, bool OutputFull, bool OutputAux,
+    bool LastWasCommand, byte PendingCommand, byte KeyboardPending, byte MousePending, byte OutputPort, byte MouseRate,
+    byte MouseResolution, byte MouseStatus);
+
 /// <summary>
 /// The 8042 keyboard controller of a PC (bhyve's atkbdc) with a PS/2 keyboard on its first port and a PS/2 mouse on
 /// the auxiliary one, neither with a host input source. Status at 0x64, data at 0x60; the controller's RAM (byte 0 is
@@ -26,6 +32,7 @@ public sealed class I8042 : IPortDevice
     internal const byte StatusOutputFull = 0x01, StatusSystem = 0x04, StatusCommand = 0x08, StatusUnlocked = 0x10, StatusAuxData = 0x20;
     // Command byte bits.
     internal const byte CcbKeyboardIrq = 0x01, CcbMouseIrq = 0x02, CcbSystem = 0x04, CcbKeyboardOff = 0x10, CcbMouseOff = 0x20, CcbTranslate = 0x40;
+    private const int MaxQueued = 16;
     private const byte Ack = 0xFA, Resend = 0xFE, SelfTestPassed = 0xAA;
     // What a firmware leaves in the command byte: keyboard interrupt on, system flag set (self-test passed), translation on.
     private const byte PowerOnCommandByte = CcbKeyboardIrq | CcbSystem | CcbTranslate;
@@ -66,6 +73,34 @@ public sealed class I8042 : IPortDevice
             _mouseRate = 100;
             _mouseResolution = 2;
             _mouseStatus = 0;
+            UpdateIrqs();
+        }
+    }
+
+    private const int StateVersion = 1;
+
+    /// <summary>Saves the controller and device state.</summary>
+    public I8042State SaveState()
+    {
+        lock (_gate)
+            return new I8042State(StateVersion, (byte[])_ram.Clone(), _queue.ToArray(), _output, _outputFull, _outputAux, _lastWasCommand,
+                _pendingCommand, _keyboardPending, _mousePending, _outputPort, _mouseRate, _mouseResolution, _mouseStatus);
+    }
+
+    /// <summary>Restores saved state and the interrupt levels it implies; throws <see cref="ArgumentException"/> for
+    /// another version or a malformed record.</summary>
+    public void RestoreState(I8042State s)
+    {
+        if (s.Version != StateVersion) throw new ArgumentException($"8042 state version {s.Version}, expected {StateVersion}");
+        if (s.Ram is not { Length: 32 } || s.Queue is null || s.Queue.Length > MaxQueued) throw new ArgumentException("8042 state is malformed");
+        lock (_gate)
+        {
+            s.Ram.CopyTo(_ram, 0);
+            _queue.Clear();
+            foreach (var q in s.Queue) _queue.Enqueue(q);
+            (_output, _outputFull, _outputAux, _lastWasCommand) = (s.Output, s.OutputFull, s.OutputAux, s.LastWasCommand);
+            (_pendingCommand, _keyboardPending, _mousePending) = (s.PendingCommand, s.KeyboardPending, s.MousePending);
+            (_outputPort, _mouseRate, _mouseResolution, _mouseStatus) = (s.OutputPort, s.MouseRate, s.MouseResolution, s.MouseStatus);
             UpdateIrqs();
         }
     }
@@ -251,7 +286,7 @@ public sealed class I8042 : IPortDevice
     // Queues a byte for the guest; the output buffer takes it at once when empty.
     private void Put(byte value, bool aux)
     {
-        if (_queue.Count < 16) _queue.Enqueue((value, aux));
+        if (_queue.Count < MaxQueued) _queue.Enqueue((value, aux));
         Refill();
     }
 

@@ -165,4 +165,21 @@ public class I8042Tests
         Assert.Equal(0, Status() & 0x01);
         Assert.Equal(0, _irq.Level[1]);
     }
+
+    [Fact]
+    public void SavedStateRestoresPendingBytesAndTheInterruptTheyRaise()
+    {
+        Data(0xF2); // ACK, 0xAB, 0x83 waiting
+        Assert.Equal(0xFA, Read());
+        var saved = _kbc.SaveState();
+        var lines = new Lines();
+        var other = new I8042(lines, () => { });
+        other.RestoreState(saved);
+        Assert.Equal(1, lines.Level[1]);
+        Assert.Equal(0xABu, other.PortRead(I8042.DataPort, 1));
+        Assert.Equal(0x83u, other.PortRead(I8042.DataPort, 1));
+        Assert.Equal(0, lines.Level[1]);
+        Assert.Throws<ArgumentException>(() => other.RestoreState(saved with { Version = 2 }));
+        Assert.Throws<ArgumentException>(() => other.RestoreState(saved with { Ram = new byte[3] }));
+    }
 }
