@@ -58,6 +58,7 @@ public sealed class PcPlatform
         pci.AddFromConfig(slots, PciDeviceRegistry.CreateDefault());
         pci.Build();
         p.Describe(slots);
+        p.Smbios = p.BuildSmbios();
         if (config.Get("lpc.fwcfg") == "qemu") p.AddFwCfg();
         vm.Resetting += p.Reset;
         return p;
@@ -65,7 +66,57 @@ public sealed class PcPlatform
 
     /// <summary>Writes the MP table (unless x86.mptable=false) and the ACPI tables into the BIOS area, as bhyve does for
     /// a guest started without firmware; returns the RSDP address.</summary>
-    public ulong InstallBiosTables() => BiosTables.Install(_vm.Memory, Description).RsdpAddress;
+    public ulong InstallBiosTables() => BiosTables.Install(_vm.Memory, Description, Smbios).RsdpAddress;
+
+    /// <summary>The SMBIOS tables (system UUID from -U).</summary>
+    public SmbiosImage Smbios { get; private set; } = null!;
+
+    // bhyve's smbiostbl.c: the UUID is -U's, or one derived from the host and VM names so it stays the same from run
+    // to run. bhyve hashes the names with MD5; here two FNV-1a passes make the 128 bits (MD5 would load OpenSSL into
+    // every hyve), marked as an RFC 9562 version 8 (vendor-defined) UUID.
+    private SmbiosImage BuildSmbios()
+    {
+        string? text = _config.Get("uuid");
+        Guid uuid;
+        if (text is not null)
+        {
+            if (!Guid.TryParse(text, out uuid)) throw new HostConfigException($"-U {text}: not a UUID");
+        }
+        else
+        {
+            var hash = NameHash(Environment.MachineName + "/" + _vm.Name);
+            hash[6] = (byte)((hash[6] & 0x0F) | 0x80);
+            hash[8] = (byte)((hash[8] & 0x3F) | 0x80);
+            uuid = new Guid(hash, bigEndian: true);
+        }
+        var t = _vm.Topology;
+        return SmbiosTables.Build(new SmbiosDescription(uuid, t.Sockets, t.Cores, t.Threads, _vm.Memory.LowMemSize, _vm.Memory.HighMemSize,
+            HostCpuVendor()));
+    }
+
+    private static byte[] NameHash(string name)
+    {
+        var bytes = System.Text.Encoding.UTF8.GetBytes(name);
+        var hash = new byte[16];
+        for (int half = 0; half < 2; half++)
+        {
+            ulong h = 0xcbf29ce484222325ul ^ (ulong)half;
+            foreach (byte b in bytes) h = (h ^ b) * 0x100000001b3ul;
+            System.Buffers.Binary.BinaryPrimitives.WriteUInt64BigEndian(hash.AsSpan(half * 8), h);
+        }
+        return hash;
+    }
+
+    private static string HostCpuVendor()
+    {
+        if (!System.Runtime.Intrinsics.X86.X86Base.IsSupported) return SmbiosTables.Vendor;
+        var (_, b, c, d) = System.Runtime.Intrinsics.X86.X86Base.CpuId(0, 0);
+        Span<byte> v = stackalloc byte[12];
+        System.Buffers.Binary.BinaryPrimitives.WriteInt32LittleEndian(v, b);
+        System.Buffers.Binary.BinaryPrimitives.WriteInt32LittleEndian(v[4..], d);
+        System.Buffers.Binary.BinaryPrimitives.WriteInt32LittleEndian(v[8..], c);
+        return System.Text.Encoding.ASCII.GetString(v);
+    }
 
     /// <summary>The memory map given to firmware and kernels.</summary>
     public E820Map MemoryMap()
@@ -126,6 +177,9 @@ public sealed class PcPlatform
         fw.AddFile(AcpiLayout.TablesFile, acpi.Tables);
         fw.AddFile(AcpiLayout.RsdpFile, acpi.Rsdp);
         fw.AddFile(AcpiLayout.LoaderFile, acpi.TableLoader);
+        // QEMU's SMBIOS files: the firmware (SeaBIOS, OVMF) copies the structures and fixes the entry point's address.
+        fw.AddFile(SmbiosTables.AnchorFile, Smbios.EntryPoint);
+        fw.AddFile(SmbiosTables.TablesFile, Smbios.Table);
         foreach (var n in _config.ChildNames("fwcfg.user"))
         {
             string? name = _config.Get($"fwcfg.user.{n}.name");

@@ -46,6 +46,14 @@ public class HyveHostErrorTests
     }
 
     [Fact]
+    public void AUuidThatIsNotOneIsRefused()
+    {
+        string path = GuestRom.ToFile(new byte[4096]);
+        using var p = HyveProcess.Run("-U", "not-a-uuid", "-l", $"bootrom,{path}", "vm1");
+        AssertRefused(p, "-U not-a-uuid: not a UUID");
+    }
+
+    [Fact]
     public void BadTopologyIsRefused()
     {
         using var p = HyveProcess.Run("-c", "cpus=3,sockets=2", "vm1");
