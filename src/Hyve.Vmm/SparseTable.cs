@@ -12,9 +12,6 @@ public sealed class SparseTable<T> where T : class
     private const int PageMask = (1 << PageBits) - 1;
     private readonly T?[]?[] _pages = new T?[]?[1 << (16 - PageBits)];
 
-    /// <summary>Number of keys: 0 to 65,535.</summary>
-    public const int Size = 1 << 16;
-
     /// <summary>The entry at <paramref name="key"/>, or null; storing null into a missing page allocates nothing.</summary>
     public T? this[int key]
     {

@@ -199,8 +199,7 @@ public sealed class Vm : IVmControl
                     continue;
                 }
                 long exits = s.Vcpu!.ExitCount;
-                bool exited = exits != s.ExitsAtProbe;
-                if (exited)
+                if (exits != s.ExitsAtProbe)
                 {
                     // It made exits since the last look, so it is running: no need to interrupt it to ask. What it
                     // does next is unknown until a look finds no exits.
