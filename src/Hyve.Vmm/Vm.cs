@@ -114,6 +114,14 @@ public sealed class Vm : IVmControl
     /// <summary>Device reset hooks, called between a guest reset and the restart.</summary>
     public event Action? Resetting;
 
+    /// <summary>Raised once, on the thread that called the first <see cref="Run"/>, when the vCPUs have run for
+    /// <see cref="SettleProbes"/> halt-monitor intervals: start-up is over.</summary>
+    public event Action? SettledAfterStart;
+
+    /// <summary>Monitor intervals (50 ms each) after which <see cref="SettledAfterStart"/> is raised.</summary>
+    public const int SettleProbes = 2;
+    private int _probesSinceStart;
+
     /// <summary>
     /// Runs the VM on a fresh CPU engine until it suspends. Returns how it stopped; the caller decides
     /// whether a reset restarts it (<see cref="ResetDevices"/>, then Run again).
@@ -189,6 +197,7 @@ public sealed class Vm : IVmControl
         // kick the vCPUs that made no exit and ask what they are doing (bhyve's vm_handle_hlt decides the same).
         while (!_suspended.Wait(HaltProbeIntervalMs))
         {
+            if (++_probesSinceStart == SettleProbes) SettledAfterStart?.Invoke();
             bool allHalted = true, anyActive = false;
             foreach (var s in _slots)
             {

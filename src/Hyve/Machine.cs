@@ -137,8 +137,7 @@ public sealed class Machine : IDisposable
         });
         bool exitOnReboot = _config.GetBool("exit_on_reboot", false);
         // Start-up is over once the vCPUs run: let go of the code that only it needed (see StartupPages).
-        var trim = _clock.CreateTimer(_ => StartupPages.Trim());
-        trim.Start(_clock.NowNs + StartupPagesTrimDelayNs);
+        Vm.SettledAfterStart += () => StartupPages.Trim();
         while (true)
         {
             var stop = Vm.Run(_createBackend);
@@ -163,14 +162,12 @@ public sealed class Machine : IDisposable
         }
     }
 
-    private const long StartupPagesTrimDelayNs = 100_000_000;
-
     private static Func<Vm, ICpuBackend> ChooseBackend(string accel)
     {
         switch (accel)
         {
             case "kvm":
-                // Opened on another core while the devices are built; CheckBackend reports a failure before the run.
+                // Opened on another core while the devices are built; the end of the constructor reports a failure.
                 KvmSystem.OpenInBackground();
                 return vm => new KvmBackend(vm);
             case "soft":
