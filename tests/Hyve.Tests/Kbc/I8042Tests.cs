@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: BSD-2-Clause
 using Hyve.Devices;
-using Hyve.Vmm;
+using Hyve.Tests.Io2;
 using Xunit;
 
 namespace Hyve.Tests.Kbc;
@@ -8,21 +8,7 @@ namespace Hyve.Tests.Kbc;
 /// <summary>The 8042 controller and its PS/2 devices as the IBM PS/2 technical reference and Linux's i8042 driver use them.</summary>
 public class I8042Tests
 {
-    private sealed class Lines : IIrqLines
-    {
-        public readonly int[] Level = new int[16];
-        public void IsaAssert(int irq) => Level[irq]++;
-        public void IsaDeassert(int irq) => Level[irq]--;
-        public void IsaPulse(int irq) { }
-        public void PicAssert(int irq) { }
-        public void PicDeassert(int irq) { }
-        public void IoapicAssert(int pin) { }
-        public void IoapicDeassert(int pin) { }
-        public void IoapicPulse(int pin) { }
-        public void Msi(ulong address, ulong data) { }
-    }
-
-    private readonly Lines _irq = new();
+    private readonly RecordingIrqLines _irq = new();
     private int _resets;
     private readonly I8042 _kbc;
 
@@ -121,20 +107,20 @@ public class I8042Tests
     public void Irq1FollowsKeyboardDataAndIrq12MouseDataWhenTheCommandByteEnablesThem()
     {
         Data(0xF4);
-        Assert.Equal(1, _irq.Level[1]);
+        Assert.Equal(1, _irq.IsaLevel[1]);
         Read();
-        Assert.Equal(0, _irq.Level[1]);
+        Assert.Equal(0, _irq.IsaLevel[1]);
         Command(0xD3);
         Data(0x01);
-        Assert.Equal(0, _irq.Level[12]); // command byte bit 1 is clear
+        Assert.Equal(0, _irq.IsaLevel[12]); // command byte bit 1 is clear
         Read();
         Command(0x60);
         Data(0x47);
         Command(0xD3);
         Data(0x01);
-        Assert.Equal(1, _irq.Level[12]);
+        Assert.Equal(1, _irq.IsaLevel[12]);
         Read();
-        Assert.Equal(0, _irq.Level[12]);
+        Assert.Equal(0, _irq.IsaLevel[12]);
     }
 
     [Fact]
@@ -163,7 +149,7 @@ public class I8042Tests
         Data(0xFF);
         _kbc.Reset();
         Assert.Equal(0, Status() & 0x01);
-        Assert.Equal(0, _irq.Level[1]);
+        Assert.Equal(0, _irq.IsaLevel[1]);
     }
 
     [Fact]
@@ -172,13 +158,13 @@ public class I8042Tests
         Data(0xF2); // ACK, 0xAB, 0x83 waiting
         Assert.Equal(0xFA, Read());
         var saved = _kbc.SaveState();
-        var lines = new Lines();
+        var lines = new RecordingIrqLines();
         var other = new I8042(lines, () => { });
         other.RestoreState(saved);
-        Assert.Equal(1, lines.Level[1]);
+        Assert.Equal(1, lines.IsaLevel[1]);
         Assert.Equal(0xABu, other.PortRead(I8042.DataPort, 1));
         Assert.Equal(0x83u, other.PortRead(I8042.DataPort, 1));
-        Assert.Equal(0, lines.Level[1]);
+        Assert.Equal(0, lines.IsaLevel[1]);
         Assert.Throws<ArgumentException>(() => other.RestoreState(saved with { Version = 2 }));
         Assert.Throws<ArgumentException>(() => other.RestoreState(saved with { Ram = new byte[3] }));
     }
