@@ -77,6 +77,20 @@ public sealed unsafe partial class InstructionEngine
         _ports = ports;
         int bits = cpu.CodeBitness;
         _bitness = bits;
+        _lastRead = _lastWrite = default;
+        _lastPages = bits == 64 && _mem.Observer is null;
+        try
+        {
+            return RunBlocks(cpu, ports, budget, ref executed, tlb, bits);
+        }
+        finally
+        {
+            _lastPages = false;
+        }
+    }
+
+    private StepResult RunBlocks(CpuState cpu, IGuestPorts? ports, int budget, ref int executed, Tlb tlb, int bits)
+    {
         var csd = cpu.Segs[(int)Seg.Cs].Descriptor;
         ulong csBase = bits == 64 ? 0 : csd.Base;
         ulong limit = bits == 64 ? ulong.MaxValue : csd.Limit;
@@ -164,6 +178,7 @@ public sealed unsafe partial class InstructionEngine
 
     private StepResult StepOne(CpuState cpu, IGuestPorts? ports, ref int executed)
     {
+        _lastPages = false; // the uncached path decides everything itself
         var r = Step(cpu, ports);
         if (r.Status is StepStatus.Ok or StepStatus.Halt) executed++;
         return r;

@@ -60,6 +60,10 @@ public sealed unsafe class Tlb
     /// <summary>Changes whenever any entry may have been dropped (callers caching a translation compare it).</summary>
     public ulong Epoch { get; private set; }
 
+    /// <summary>True while the guest-physical map the host pointers come from is the one the entries were made under
+    /// (a moved BAR or remapped segment changes it; the next translation then drops everything and moves the epoch).</summary>
+    public bool MapUnchanged => _version is null || Volatile.Read(ref _version.Value) == _seenVersion;
+
     /// <summary>Lookups that needed a page walk (for tests and statistics).</summary>
     public long Walks { get; private set; }
 
