@@ -302,7 +302,9 @@ public sealed unsafe partial class InstructionEngine
     // flags as the generic handlers (SDM Vol. 2), without their operand-kind dispatch.
     private static delegate*<InstructionEngine, ref Instruction, Exec> FastHandler(ref Instruction i)
     {
-        if (i.HasLockPrefix || i.OpCount == 0 || i.Op0Kind != OpKind.Register) return null;
+        if (i.HasLockPrefix || i.OpCount == 0) return null;
+        if (i.Op0Kind == OpKind.Memory) return FastMemoryDestination(ref i);
+        if (i.Op0Kind != OpKind.Register) return null;
         var r0 = i.Op0Register;
         bool r32 = r0 >= Register.EAX && r0 <= Register.R15D, r64 = r0 >= Register.RAX && r0 <= Register.R15;
         if (!r32 && !r64) return null;
@@ -319,6 +321,20 @@ public sealed unsafe partial class InstructionEngine
         var k1 = i.Op1Kind;
         bool reg = k1 == OpKind.Register && (r32 ? i.Op1Register >= Register.EAX && i.Op1Register <= Register.R15D : i.Op1Register >= Register.RAX && i.Op1Register <= Register.R15);
         bool imm = k1 is OpKind.Immediate8to32 or OpKind.Immediate32 or OpKind.Immediate8to64 or OpKind.Immediate32to64 || (k1 == OpKind.Immediate64 && i.Mnemonic == Mnemonic.Mov);
+        if (k1 == OpKind.Memory && MemorySizeBytes(i.MemorySize) == (r32 ? 4 : 8))
+        {
+            return i.Mnemonic switch
+            {
+                Mnemonic.Mov => r32 ? &MovLoad32 : &MovLoad64,
+                Mnemonic.Add => r32 ? &AluLoad32<AddOp> : &AluLoad64<AddOp>,
+                Mnemonic.Sub => r32 ? &AluLoad32<SubOp> : &AluLoad64<SubOp>,
+                Mnemonic.Cmp => r32 ? &AluLoad32<CmpOp> : &AluLoad64<CmpOp>,
+                Mnemonic.And => r32 ? &AluLoad32<AndOp> : &AluLoad64<AndOp>,
+                Mnemonic.Or => r32 ? &AluLoad32<OrOp> : &AluLoad64<OrOp>,
+                Mnemonic.Xor => r32 ? &AluLoad32<XorOp> : &AluLoad64<XorOp>,
+                _ => null,
+            };
+        }
         if (!reg && !imm) return null;
         switch (i.Mnemonic)
         {
@@ -333,6 +349,34 @@ public sealed unsafe partial class InstructionEngine
             default: return null;
         }
     }
+
+    // MOV and the ALU operations with a 32- or 64-bit memory destination and a register or immediate source.
+    private static delegate*<InstructionEngine, ref Instruction, Exec> FastMemoryDestination(ref Instruction i)
+    {
+        if (i.OpCount != 2) return null;
+        int size = MemorySizeBytes(i.MemorySize);
+        if (size is not (4 or 8)) return null;
+        bool q = size == 8;
+        var k1 = i.Op1Kind;
+        bool reg = k1 == OpKind.Register && (q ? i.Op1Register >= Register.RAX && i.Op1Register <= Register.R15 : i.Op1Register >= Register.EAX && i.Op1Register <= Register.R15D);
+        bool imm = q ? k1 is OpKind.Immediate8to64 or OpKind.Immediate32to64 : k1 is OpKind.Immediate8to32 or OpKind.Immediate32;
+        if (!reg && !imm) return null;
+        switch (i.Mnemonic)
+        {
+            case Mnemonic.Mov: return q ? (reg ? &MovStore64<Rr> : &MovStore64<Ri>) : (reg ? &MovStore32<Rr> : &MovStore32<Ri>);
+            case Mnemonic.Add: return AluStore<AddOp>(q, reg);
+            case Mnemonic.Sub: return AluStore<SubOp>(q, reg);
+            case Mnemonic.Cmp: return AluStore<CmpOp>(q, reg);
+            case Mnemonic.And: return AluStore<AndOp>(q, reg);
+            case Mnemonic.Or: return AluStore<OrOp>(q, reg);
+            case Mnemonic.Xor: return AluStore<XorOp>(q, reg);
+            case Mnemonic.Test: return AluStore<TestOp>(q, reg);
+            default: return null;
+        }
+    }
+
+    private static delegate*<InstructionEngine, ref Instruction, Exec> AluStore<TOp>(bool q, bool reg) where TOp : struct, IAluOp
+        => q ? (reg ? &AluStore64<TOp, Rr> : &AluStore64<TOp, Ri>) : (reg ? &AluStore32<TOp, Rr> : &AluStore32<TOp, Ri>);
 
     private static delegate*<InstructionEngine, ref Instruction, Exec> Alu<TOp>(bool r32, bool reg) where TOp : struct, IAluOp
         => r32 ? (reg ? &Alu32<TOp, Rr> : &Alu32<TOp, Ri>) : (reg ? &Alu64<TOp, Rr> : &Alu64<TOp, Ri>);
@@ -465,6 +509,64 @@ public sealed unsafe partial class InstructionEngine
     {
         var c = e._cpu;
         Gpr(c, i.Op0Register - Register.RAX) = TSrc.Get(c, ref i, 8);
+        return Exec.Next;
+    }
+
+    // Memory forms. A fault leaves registers, flags and memory as they were (the access is resolved before anything
+    // changes; a read-modify-write resolves for writing first, as the generic handlers do).
+    private static Exec MovLoad32(InstructionEngine e, ref Instruction i) => MovLoad(e, ref i, 4);
+    private static Exec MovLoad64(InstructionEngine e, ref Instruction i) => MovLoad(e, ref i, 8);
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Exec MovLoad(InstructionEngine e, ref Instruction i, int size)
+    {
+        if (!e.ResolveModrm(ref i, size, PageAccess.Read, out var loc) || !e.ReadLoc(loc, out ulong v)) return Exec.Fault;
+        Gpr(e._cpu, i.Op0Register - (size == 8 ? Register.RAX : Register.EAX)) = v; // a 4-byte read is zero-extended
+        return Exec.Next;
+    }
+
+    private static Exec AluLoad32<TOp>(InstructionEngine e, ref Instruction i) where TOp : struct, IAluOp => AluLoad<TOp>(e, ref i, 4);
+    private static Exec AluLoad64<TOp>(InstructionEngine e, ref Instruction i) where TOp : struct, IAluOp => AluLoad<TOp>(e, ref i, 8);
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Exec AluLoad<TOp>(InstructionEngine e, ref Instruction i, int size) where TOp : struct, IAluOp
+    {
+        if (!e.ResolveModrm(ref i, size, PageAccess.Read, out var loc) || !e.ReadLoc(loc, out ulong v)) return Exec.Fault;
+        var c = e._cpu;
+        ref ulong d = ref Gpr(c, i.Op0Register - (size == 8 ? Register.RAX : Register.EAX));
+        ulong r = TOp.Do(size == 8 ? d : (uint)d, v, size * 8, out ulong f);
+        if (TOp.Writes) d = size == 8 ? r : (uint)r;
+        c.Rflags = (c.Rflags & ~CpuState.StatusFlags) | f;
+        return Exec.Next;
+    }
+
+    private static Exec MovStore32<TSrc>(InstructionEngine e, ref Instruction i) where TSrc : struct, ISrc => MovStore<TSrc>(e, ref i, 4);
+    private static Exec MovStore64<TSrc>(InstructionEngine e, ref Instruction i) where TSrc : struct, ISrc => MovStore<TSrc>(e, ref i, 8);
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Exec MovStore<TSrc>(InstructionEngine e, ref Instruction i, int size) where TSrc : struct, ISrc
+    {
+        ulong v = TSrc.Get(e._cpu, ref i, size);
+        if (size == 4) v = (uint)v;
+        return e.ResolveModrm(ref i, size, PageAccess.Write, out var loc) && e.WriteLoc(loc, v) ? Exec.Next : Exec.Fault;
+    }
+
+    private static Exec AluStore32<TOp, TSrc>(InstructionEngine e, ref Instruction i) where TOp : struct, IAluOp where TSrc : struct, ISrc
+        => AluStore<TOp, TSrc>(e, ref i, 4);
+    private static Exec AluStore64<TOp, TSrc>(InstructionEngine e, ref Instruction i) where TOp : struct, IAluOp where TSrc : struct, ISrc
+        => AluStore<TOp, TSrc>(e, ref i, 8);
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Exec AluStore<TOp, TSrc>(InstructionEngine e, ref Instruction i, int size) where TOp : struct, IAluOp where TSrc : struct, ISrc
+    {
+        var access = TOp.Writes ? PageAccess.Write : PageAccess.Read;
+        if (!e.ResolveModrm(ref i, size, access, out var loc) || !e.ReadLoc(loc, out ulong a)) return Exec.Fault;
+        var c = e._cpu;
+        ulong b = TSrc.Get(c, ref i, size);
+        if (size == 4) b = (uint)b;
+        ulong r = TOp.Do(a, b, size * 8, out ulong f);
+        if (TOp.Writes && !e.WriteLoc(loc, size == 8 ? r : (uint)r)) return Exec.Fault;
+        c.Rflags = (c.Rflags & ~CpuState.StatusFlags) | f;
         return Exec.Next;
     }
 

@@ -9,7 +9,7 @@ namespace Hyve.Tests.X86;
 
 /// <summary>
 /// The engine's cached-block path (<see cref="InstructionEngine.Run"/>) against its one-instruction path: the specialised
-/// register forms give the same registers and flags as the generic semantics, and a block is not reused once its bytes change.
+/// register and memory forms give the same registers, flags, memory and faults as the generic semantics, and a block is not reused once its bytes change.
 /// </summary>
 public sealed unsafe class BlockCacheTests
 {
@@ -162,6 +162,140 @@ public sealed unsafe class BlockCacheTests
             case ("mov", 0): a.mov(d, s); break;
             case ("mov", 1): a.mov(d, imm); break;
             default: a.mov(d, ((ulong)(uint)imm << 32) | (uint)~imm); break; // mov r64, imm64
+        }
+    }
+
+    // op reg, [rbx+disp] and op [rbx+disp], reg/imm against the one-instruction path, on two copies of the same memory:
+    // registers, flags, the data bytes and any fault must agree. RBX points inside a page, across a page end, or (64-bit)
+    // at a non-canonical or unmapped address.
+    [Theory]
+    [InlineData(32)]
+    [InlineData(64)]
+    public void SpecialisedMemoryFormsMatchTheGenericSemantics(int bitness)
+    {
+        using var m1 = new HostMemory();
+        using var m2 = new HostMemory();
+        var fast = new InstructionEngine(m1);
+        _ = new Tlb(fast.Memory.Walker);
+        var slow = new InstructionEngine(m2);
+        var rng = new Random(bitness + 1);
+        var names = new[] { "add", "sub", "cmp", "and", "or", "xor", "test", "mov" };
+        AssemblerRegister32[] r32 = [eax, ecx, edx, esi, edi];
+        AssemblerRegister64[] r64 = [rax, rcx, rdx, rsi, rdi];
+        const int Data = 0x10000;
+        for (int round = 0; round < 600; round++)
+        {
+            string op = names[round % names.Length];
+            int form = rng.Next(3); // 0: op reg,[mem]  1: op [mem],reg  2: op [mem],imm
+            if (op == "test" && form == 0) form = 1;
+            int r = rng.Next(r32.Length);
+            int disp = rng.Next(-16, 16);
+            int imm = rng.Next(2) == 0 ? rng.Next(-128, 128) : rng.Next(int.MinValue, int.MaxValue);
+            bool wide = bitness == 64 && rng.Next(2) == 0;
+            var mem = wide ? __qword_ptr[rbx + disp] : bitness == 64 ? __dword_ptr[rbx + disp] : __dword_ptr[ebx + disp];
+            Action<Assembler> emit = a =>
+            {
+                if (wide) EmitMemory64(a, op, form, r64[r], mem, imm);
+                else EmitMemory32(a, op, form, r32[r], mem, imm);
+                a.hlt();
+            };
+            Assemble(m1, bitness, emit);
+            Assemble(m2, bitness, emit);
+            var data = new byte[0x3000];
+            rng.NextBytes(data);
+            data.CopyTo(m1.Ram[Data..]);
+            data.CopyTo(m2.Ram[Data..]);
+            var c1 = new CpuState();
+            SetMode(m1, c1, bitness);
+            SetMode(m2, new CpuState(), bitness);
+            for (int k = 0; k < 16; k++) c1.Gpr[k] = (ulong)rng.NextInt64() ^ ((ulong)rng.Next() << 40);
+            int where = rng.Next(8);
+            c1.Gpr[3] = where switch
+            {
+                0 => Data + 0x1000 - 4 - (ulong)rng.Next(4),                       // across a page end
+                1 when bitness == 64 => 0x0000_8000_0000_0000ul,                    // non-canonical: #GP
+                2 when bitness == 64 => 0x0000_0000_4000_0000ul,                    // not mapped: #PF
+                _ => Data + 0x20 + (ulong)rng.Next(0x1f00),
+            };
+            if (bitness == 32) c1.Gpr[3] &= 0xffffffff;
+            c1.Rflags = 2 | (rng.Next(2) == 0 ? 0 : CpuState.FlagCf);
+            var c2 = new CpuState();
+            c1.CopyTo(c2);
+            var r1 = fast.Run(c1, null, 1000, out _);
+            var r2 = slow.Step(c2);
+            string what = $"{op} form {form} wide {wide} reg {r} rbx {c1.Gpr[3]:x} disp {disp} imm {imm:x}";
+            if (r2.IsOk)
+            {
+                Assert.True(r1.Status == StepStatus.Halt, $"{what}: {r1.Status}");
+            }
+            else
+            {
+                Assert.True(r1.Status == r2.Status && r1.Exception.Vector == r2.Exception.Vector, $"{what}: {r1.Status} {r1.Exception.Vector} != {r2.Status} {r2.Exception.Vector}");
+                Assert.Equal(c2.Rip, c1.Rip);
+            }
+            for (int k = 0; k < 16; k++) Assert.True(c2.Gpr[k] == c1.Gpr[k], $"{what}: r{k} {c1.Gpr[k]:x} != {c2.Gpr[k]:x}");
+            Assert.True(c2.Rflags == c1.Rflags, $"{what}: rflags {c1.Rflags:x} != {c2.Rflags:x}");
+            Assert.True(m1.Ram[Data..(Data + 0x3000)].SequenceEqual(m2.Ram[Data..(Data + 0x3000)]), $"{what}: memory differs");
+        }
+    }
+
+    private static void EmitMemory32(Assembler a, string op, int form, AssemblerRegister32 r, AssemblerMemoryOperand m, int imm)
+    {
+        switch (op, form)
+        {
+            case ("mov", 0): a.mov(r, m); break;
+            case ("mov", 1): a.mov(m, r); break;
+            case ("mov", _): a.mov(m, imm); break;
+            case ("add", 0): a.add(r, m); break;
+            case ("add", 1): a.add(m, r); break;
+            case ("add", _): a.add(m, imm); break;
+            case ("sub", 0): a.sub(r, m); break;
+            case ("sub", 1): a.sub(m, r); break;
+            case ("sub", _): a.sub(m, imm); break;
+            case ("cmp", 0): a.cmp(r, m); break;
+            case ("cmp", 1): a.cmp(m, r); break;
+            case ("cmp", _): a.cmp(m, imm); break;
+            case ("and", 0): a.and(r, m); break;
+            case ("and", 1): a.and(m, r); break;
+            case ("and", _): a.and(m, imm); break;
+            case ("or", 0): a.or(r, m); break;
+            case ("or", 1): a.or(m, r); break;
+            case ("or", _): a.or(m, imm); break;
+            case ("xor", 0): a.xor(r, m); break;
+            case ("xor", 1): a.xor(m, r); break;
+            case ("xor", _): a.xor(m, imm); break;
+            case ("test", 1): a.test(m, r); break;
+            default: a.test(m, imm); break;
+        }
+    }
+
+    private static void EmitMemory64(Assembler a, string op, int form, AssemblerRegister64 r, AssemblerMemoryOperand m, int imm)
+    {
+        switch (op, form)
+        {
+            case ("mov", 0): a.mov(r, m); break;
+            case ("mov", 1): a.mov(m, r); break;
+            case ("mov", _): a.mov(m, imm); break;
+            case ("add", 0): a.add(r, m); break;
+            case ("add", 1): a.add(m, r); break;
+            case ("add", _): a.add(m, imm); break;
+            case ("sub", 0): a.sub(r, m); break;
+            case ("sub", 1): a.sub(m, r); break;
+            case ("sub", _): a.sub(m, imm); break;
+            case ("cmp", 0): a.cmp(r, m); break;
+            case ("cmp", 1): a.cmp(m, r); break;
+            case ("cmp", _): a.cmp(m, imm); break;
+            case ("and", 0): a.and(r, m); break;
+            case ("and", 1): a.and(m, r); break;
+            case ("and", _): a.and(m, imm); break;
+            case ("or", 0): a.or(r, m); break;
+            case ("or", 1): a.or(m, r); break;
+            case ("or", _): a.or(m, imm); break;
+            case ("xor", 0): a.xor(r, m); break;
+            case ("xor", 1): a.xor(m, r); break;
+            case ("xor", _): a.xor(m, imm); break;
+            case ("test", 1): a.test(m, r); break;
+            default: a.test(m, imm); break;
         }
     }
 
