@@ -125,6 +125,7 @@ public sealed unsafe partial class InstructionEngine
             var b = FindBlock(gpa, rip, bits, pageHost);
             if (b is null || rip + (ulong)b.ByteLen - 1 > limit) return StepOne(cpu, ports, ref executed);
 
+            if (!tlb.MapUnchanged) _lastRead = _lastWrite = default; // a BAR moved or memory was remapped: translate again
             mem.WatchPage = gpaPage;
             mem.WatchHit = false;
             int n = b.Count;

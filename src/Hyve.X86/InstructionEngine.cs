@@ -323,8 +323,7 @@ public sealed unsafe partial class InstructionEngine
         if (_lastPages && seg != Seg.Fs && seg != Seg.Gs && (offset & 0xfff) + (ulong)size <= 0x1000 && (_cpu.Rflags & CpuState.FlagAc) == 0)
         {
             ref var last = ref access == PageAccess.Read ? ref _lastRead : ref _lastWrite;
-            if (last.Page1 == (offset >> 12) + 1 && (access == PageAccess.Read || access == PageAccess.Write) && last.Epoch == _mem.Walker.Tlb!.Epoch
-                && _mem.Walker.Tlb.MapUnchanged)
+            if (last.Page1 == (offset >> 12) + 1 && (access == PageAccess.Read || access == PageAccess.Write) && last.Epoch == _mem.Walker.Tlb!.Epoch)
             {
                 loc = new MemLoc { Linear = offset, Gpa0 = last.GpaPage | (offset & 0xfff), Len0 = size, Size = size, Host = last.Host + (offset & 0xfff) };
                 return true;
@@ -349,7 +348,8 @@ public sealed unsafe partial class InstructionEngine
 
     // The last RAM page read and the last written inside one Run call in 64-bit code, so that the next access to the
     // same page skips segmentation (no bases or limits but FS and GS, which are not cached), the canonical check (an
-    // access inside a page already found canonical) and the TLB. Valid while the TLB's epoch and the memory map stand;
+    // access inside a page already found canonical) and the TLB. Valid while the TLB's epoch and the memory map stand
+    // (RunBlocks looks at the map's version at every block);
     // CPL, paging and the code size cannot change inside a Run call (whatever changes them ends it), nor can the
     // debugger's observer appear. RFLAGS.AC set (alignment checks at CPL 3) takes the full path.
     private readonly struct LastPage(ulong page1, ulong gpaPage, byte* host, ulong epoch)
