@@ -67,6 +67,13 @@ public sealed unsafe class KvmBackend : ICpuBackend
     /// <inheritdoc/>
     public IVcpuBackend CreateVcpu(int id) => new KvmVcpu(this, id);
 
+    /// <summary>How many vCPUs have built the user-space fallback engine (built on a vCPU's first instruction KVM could
+    /// not run; about 1 MiB of decoder tables each).</summary>
+    public int FallbackEngines => _fallbackEngines;
+    private int _fallbackEngines;
+
+    internal void CountFallbackEngine() => Interlocked.Increment(ref _fallbackEngines);
+
     /// <summary>Delivers an MSI through KVM_SIGNAL_MSI (the IOAPIC, HPET and PCI devices end here).</summary>
     public void DeliverMsi(ulong address, ulong data)
     {

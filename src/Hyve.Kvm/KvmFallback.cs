@@ -22,6 +22,7 @@ internal sealed unsafe class KvmFallback
     public KvmFallback(KvmBackend backend, int vcpuFd, int vcpuId)
     {
         _fd = vcpuFd;
+        backend.CountFallbackEngine();
         _phys = new FallbackMemory(new VmPhysicalMemory(backend.Vm), new KvmLapicWindow(backend, backend.Vm, vcpuFd, vcpuId));
         _engine = new InstructionEngine(_phys);
     }
