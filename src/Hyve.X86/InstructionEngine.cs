@@ -320,10 +320,11 @@ public sealed unsafe partial class InstructionEngine
     /// <summary>Segment-checks and translates a memory access of <paramref name="size"/> bytes at seg:offset.</summary>
     private bool Resolve(Seg seg, ulong offset, int size, PageAccess access, out MemLoc loc)
     {
-        if (_lastPages && seg != Seg.Fs && seg != Seg.Gs && (offset & 0xfff) + (ulong)size <= 0x1000 && (_cpu.Rflags & CpuState.FlagAc) == 0)
+        bool cacheable = LastPageApplies(seg, access);
+        if (cacheable && (offset & 0xfff) + (ulong)size <= 0x1000 && (_cpu.Rflags & CpuState.FlagAc) == 0)
         {
             ref var last = ref access == PageAccess.Read ? ref _lastRead : ref _lastWrite;
-            if (last.Page1 == (offset >> 12) + 1 && (access == PageAccess.Read || access == PageAccess.Write) && last.Epoch == _mem.Walker.Tlb!.Epoch)
+            if (last.Page1 == (offset >> 12) + 1 && last.Epoch == _mem.Walker.Tlb!.Epoch)
             {
                 loc = new MemLoc { Linear = offset, Gpa0 = last.GpaPage | (offset & 0xfff), Len0 = size, Size = size, Host = last.Host + (offset & 0xfff) };
                 return true;
@@ -338,7 +339,7 @@ public sealed unsafe partial class InstructionEngine
         loc.Size = size;
         // A debugger's data breakpoints (the software CPU's DR0-DR3) see operand accesses; nothing to do otherwise.
         if (_mem.Observer is { } watch) watch.OnDataAccess(la, size, access);
-        else if (_lastPages && loc.Host != null && loc.Len0 == size && seg != Seg.Fs && seg != Seg.Gs && (access == PageAccess.Read || access == PageAccess.Write))
+        else if (cacheable && loc.Host != null && loc.Len0 == size)
         {
             ref var last = ref access == PageAccess.Read ? ref _lastRead : ref _lastWrite;
             last = new LastPage((la >> 12) + 1, loc.Gpa0 & ~0xffful, loc.Host - (la & 0xfff), _mem.Walker.Tlb!.Epoch);
@@ -349,9 +350,9 @@ public sealed unsafe partial class InstructionEngine
     // The last RAM page read and the last written inside one Run call in 64-bit code, so that the next access to the
     // same page skips segmentation (no bases or limits but FS and GS, which are not cached), the canonical check (an
     // access inside a page already found canonical) and the TLB. Valid while the TLB's epoch and the memory map stand
-    // (RunBlocks looks at the map's version at every block);
-    // CPL, paging and the code size cannot change inside a Run call (whatever changes them ends it), nor can the
-    // debugger's observer appear. RFLAGS.AC set (alignment checks at CPL 3) takes the full path.
+    // (RunBlocks looks at the map's version at every block); CPL, paging and the code size cannot change inside a Run
+    // call (whatever changes them ends it), nor can the debugger's observer appear. RFLAGS.AC set (alignment checks at
+    // CPL 3) and implicit supervisor accesses take the full path.
     private readonly struct LastPage(ulong page1, ulong gpaPage, byte* host, ulong epoch)
     {
         public readonly ulong Page1 = page1, GpaPage = gpaPage, Epoch = epoch;
@@ -359,6 +360,9 @@ public sealed unsafe partial class InstructionEngine
     }
     private LastPage _lastRead, _lastWrite;
     private bool _lastPages;
+
+    private bool LastPageApplies(Seg seg, PageAccess access) =>
+        _lastPages && seg is not (Seg.Fs or Seg.Gs) && access is PageAccess.Read or PageAccess.Write;
 
     // #AC(0) for misaligned data at CPL 3 with CR0.AM and RFLAGS.AC (SDM Vol. 3 6.15, interrupt 17).
     private AccessResult AlignmentCheck(ulong la, int size)

@@ -42,6 +42,14 @@ public class SmbiosTablesTests
         return list;
     }
 
+    // An OS's scan of 0xF0000-0xFFFFF: "_SM_" on a 16-byte boundary with a valid checksum; the offset, or -1.
+    private static int FindEntryPoint(ReadOnlySpan<byte> bios)
+    {
+        for (int o = 0; o + 0x1F <= bios.Length; o += 16)
+            if (bios[o..(o + 4)].SequenceEqual("_SM_"u8) && Sum(bios.Slice(o, 0x1F)) == 0) return o;
+        return -1;
+    }
+
     [Fact]
     public void TheEntryPointsChecksumsAnchorsAndCountsDescribeTheTable()
     {
@@ -130,9 +138,7 @@ public class SmbiosTablesTests
         var image = SmbiosTables.Build(Machine(low: 16ul << 20, high: 0));
         BiosTables.Install(mem, AcpiTablesTests.Sample(), image);
         Assert.True(mem.TryGetSpan(0xF0000, 0x10000, MemProt.Read, out var bios));
-        int at = -1;
-        for (int o = 0; o + 0x1F <= bios.Length; o += 16)
-            if (bios[o..(o + 4)].SequenceEqual("_SM_"u8) && Sum(bios.Slice(o, 0x1F)) == 0) { at = o; break; }
+        int at = FindEntryPoint(bios);
         Assert.Equal((int)(SmbiosTables.DefaultBase - 0xF0000), at);
         uint table = BitConverter.ToUInt32(bios.Slice(at + 0x18, 4));
         Assert.True(mem.TryGetSpan(table, image.Table.Length, MemProt.Read, out var placed));
@@ -147,9 +153,7 @@ public class SmbiosTablesTests
         using var mem = new GuestMemory(16ul << 20);
         BiosTables.Install(mem, d, image);
         Assert.True(mem.TryGetSpan(0xF0000, 0x10000, MemProt.Read, out var bios));
-        int at = -1;
-        for (int o = 0; o + 0x1F <= bios.Length; o += 16)
-            if (bios[o..(o + 4)].SequenceEqual("_SM_"u8) && Sum(bios.Slice(o, 0x1F)) == 0) { at = o; break; }
+        int at = FindEntryPoint(bios);
         Assert.True(at >= 0);
         uint table = BitConverter.ToUInt32(bios.Slice(at + 0x18, 4));
         Assert.Equal(BiosTables.SmbiosOverflowBase, table);
