@@ -55,7 +55,7 @@ public sealed class PcPlatform
 
         var p = new PcPlatform(vm, config, pci, pm);
         var slots = SlotsFromConfig(config);
-        pci.AddFromConfig(slots, PciDeviceRegistry.CreateDefault());
+        pci.AddFromConfig(slots, PciDeviceRegistry.CreateDefault(), config, vm.Name);
         pci.Build();
         p.Describe(slots);
         p.Smbios = p.BuildSmbios();
