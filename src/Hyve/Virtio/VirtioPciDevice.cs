@@ -188,16 +188,18 @@ public abstract class VirtioPciDevice : PciDevice, IDisposable
     /// <summary>A device-configuration write (default: ignored; the configuration is read-only).</summary>
     protected virtual void OnDeviceConfigWrite(int offset, int size, ulong value) { }
 
-    /// <summary>Runs <paramref name="action"/> under the transport lock if the driver is running (for device-initiated work,
-    /// such as console input).</summary>
-    protected void WithQueuesRunning(Action action)
+    /// <summary>Takes the transport lock if the driver is running (DRIVER_OK, not NEEDS_RESET), for device-initiated
+    /// work such as console input; false (lock not held) otherwise. Pair with <see cref="ExitRunning"/>.</summary>
+    protected bool TryEnterRunning()
     {
-        lock (_lock)
-        {
-            if ((_status & StatusDriverOk) == 0 || (_status & StatusNeedsReset) != 0) return;
-            action();
-        }
+        _lock.Enter();
+        if ((_status & StatusDriverOk) != 0 && (_status & StatusNeedsReset) == 0) return true;
+        _lock.Exit();
+        return false;
     }
+
+    /// <summary>Releases the lock <see cref="TryEnterRunning"/> took.</summary>
+    protected void ExitRunning() => _lock.Exit();
 
     private void Serve(Virtqueue q)
     {
