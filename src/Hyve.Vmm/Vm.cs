@@ -3,6 +3,7 @@ using System.Collections.Concurrent;
 using Hyve.Vmm.Control;
 using Hyve.Vmm.Io;
 using Hyve.Vmm.Native;
+using Hyve.Vmm.State;
 using Hyve.X86;
 
 namespace Hyve.Vmm;
@@ -59,15 +60,12 @@ public sealed class Vm : IVmControl
         Mmio.Register(Vhpet.DefaultBase, Vhpet.Size, Hpet, "hpet");
         // The BSP takes the 8259's INTR (ExtINT through LINT0): wake it to inject.
         Pic.IntrChanged += () => _slots[0].Vcpu?.Kick();
-        Resetting += () =>
-        {
-            Pic.Reset();
-            Ioapic.Reset();
-            Pit.Reset();
-            PmTimer.Reset();
-            Hpet.Reset();
-            Rtc.Reset(); // keeps time and NVRAM, as bhyve's vrtc does across a reset
-        };
+        Devices.Add("vatpic", "0", Pic, DevicePhase.InterruptControllers, Pic.Reset);
+        Devices.Add("vioapic", "0", Ioapic, DevicePhase.InterruptControllers, Ioapic.Reset);
+        Devices.Add("vatpit", "0", Pit, DevicePhase.Timers, Pit.Reset);
+        Devices.Add("vpmtmr", "0", PmTimer, DevicePhase.Timers, PmTimer.Reset);
+        Devices.Add("vhpet", "0", Hpet, DevicePhase.Timers, Hpet.Reset);
+        Devices.Add("vrtc", "0", Rtc, DevicePhase.Timers, Rtc.Reset); // keeps time and NVRAM across a reset, as bhyve's vrtc
     }
 
     /// <summary>The 8259A pair.</summary>
@@ -111,8 +109,8 @@ public sealed class Vm : IVmControl
     /// run: load it again (or clear this) before the next Run.</summary>
     public BootCpuState? BootState { get; set; }
 
-    /// <summary>Device reset hooks, called between a guest reset and the restart.</summary>
-    public event Action? Resetting;
+    /// <summary>Every device of the VM: built here and by the machine, reset, saved and restored in one stated order.</summary>
+    public DeviceInventory Devices { get; } = new();
 
     /// <summary>Raised once, on the thread that called the first <see cref="Run"/>, when the vCPUs have run for
     /// <see cref="SettleProbes"/> halt-monitor intervals: start-up is over.</summary>
@@ -164,8 +162,9 @@ public sealed class Vm : IVmControl
         return new VmStop((SuspendHow)Math.Max(_suspendHow, 0), _error, _exitStatus >= 0 ? _exitStatus : null);
     }
 
-    /// <summary>Resets device state after a guest reset (the RTC keeps time and NVRAM: its own Reset decides).</summary>
-    public void ResetDevices() => Resetting?.Invoke();
+    /// <summary>Resets device state after a guest reset, in the inventory's order (the RTC keeps time and NVRAM: its own
+    /// Reset decides).</summary>
+    public void ResetDevices() => Devices.Reset();
 
     /// <summary>Requests a suspend from any thread (bhyve's vm_suspend): the first request wins.</summary>
     public void Suspend(SuspendHow how)

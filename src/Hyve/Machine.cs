@@ -8,6 +8,7 @@ using Hyve.Kvm;
 using Hyve.Soft;
 using Hyve.Vmm;
 using Hyve.Vmm.Control;
+using Hyve.Vmm.State;
 
 namespace Hyve;
 
@@ -48,19 +49,25 @@ public sealed class Machine : IDisposable
             Own(ControlServer.Start(Vm));
             StartGdb();
 
-            Vm.Ports.Register(ResetControl.Port, 1, new ResetControl(Vm));
+            var devices = Own(Vm.Devices);
+            var resetControl = new ResetControl(Vm);
+            Vm.Ports.Register(ResetControl.Port, 1, resetControl);
+            devices.Add("reset-control", "0", resetControl, DevicePhase.Platform);
             var kbc = new I8042(Vm.Irq, () => Vm.Suspend(SuspendHow.Reset));
-            Vm.Resetting += kbc.Reset;
             Vm.Ports.Register(I8042.DataPort, 1, kbc);
             Vm.Ports.Register(I8042.CommandPort, 1, kbc);
+            devices.Add("i8042", "0", kbc, DevicePhase.Platform, kbc.Reset);
 
-            var coms = Own(LpcComPorts.Create(_config, Vm.Ports, Vm.Irq));
-            Vm.Resetting += coms.Reset;
+            var coms = devices.Own(LpcComPorts.Create(_config, Vm.Ports, Vm.Irq));
+            for (int i = 0; i < coms.Ports.Count; i++)
+                devices.Add("uart16550", Uart16550.ComPorts[i].Name, coms.Ports[i], DevicePhase.Platform, coms.Ports[i].Reset);
             if (_config.IsNode("lpc.debug_exit"))
             {
                 var (ioBase, ioSize) = DebugExit.ParseOptions(
                     $"iobase={_config.Get("lpc.debug_exit.iobase")},iosize={_config.Get("lpc.debug_exit.iosize")}");
-                new DebugExit(Vm.Exit, ioBase, ioSize).Register(Vm.Ports);
+                var debugExit = new DebugExit(Vm.Exit, ioBase, ioSize);
+                debugExit.Register(Vm.Ports);
+                devices.Add("debug-exit", "0", debugExit, DevicePhase.Platform);
             }
 
             string? rom = _config.Get("lpc.bootrom");
@@ -72,14 +79,14 @@ public sealed class Machine : IDisposable
             {
                 BootRom.Load(memory, rom, _config.Get("lpc.bootvars"));
                 BootRom.ShadowLegacyArea(memory);
-                Vm.Resetting += () => BootRom.ShadowLegacyArea(memory);
+                devices.Add("bios-shadow", "0", memory, DevicePhase.Memory, () => BootRom.ShadowLegacyArea(memory));
             }
             else
             {
                 // Direct kernel boot: tables in the BIOS area, the kernel loaded, vCPU 0 at its entry; a guest
                 // reboot loads it again, as QEMU's -kernel does.
                 LoadKernel(kernel!);
-                Vm.Resetting += () => LoadKernel(kernel!);
+                devices.Add("kernel", "0", memory, DevicePhase.Memory, () => LoadKernel(kernel!));
             }
             if (_config.Get("accel") == "kvm" && !KvmSystem.IsAvailable(out var reason)) throw new HostConfigException(reason);
         }
