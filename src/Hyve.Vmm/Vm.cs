@@ -109,6 +109,13 @@ public sealed class Vm : IVmControl
     /// run: load it again (or clear this) before the next Run.</summary>
     public BootCpuState? BootState { get; set; }
 
+    /// <summary>vCPU states a restore loads, each on its vCPU's thread before its first instruction, in place of
+    /// <see cref="BootState"/>; used by the next <see cref="Run"/> only (a later guest reset starts from power-on).</summary>
+    public VcpuState[]? RestoredCpus { get; set; }
+
+    /// <summary>What the control socket's snapshot requests call (set by the machine), or null when it offers none.</summary>
+    public ISnapshotHandler? Snapshots { get; set; }
+
     /// <summary>Every device of the VM: built here and by the machine, reset, saved and restored in one stated order.</summary>
     public DeviceInventory Devices { get; } = new();
 
@@ -136,7 +143,8 @@ public sealed class Vm : IVmControl
         {
             backend = createBackend(this);
             Backend = backend;
-            foreach (var s in _slots) s.Start(backend.CreateVcpu(s.Id));
+            var restored = RestoredCpus;
+            foreach (var s in _slots) s.Start(backend.CreateVcpu(s.Id), restored?[s.Id]);
             _running = true;
             for (int i = 0; i < threads.Length; i++)
             {
@@ -157,6 +165,7 @@ public sealed class Vm : IVmControl
             foreach (var t in threads) t?.Join();
             foreach (var s in _slots) s.Stop();
             Backend = null;
+            RestoredCpus = null;
             backend?.Dispose();
         }
         return new VmStop((SuspendHow)Math.Max(_suspendHow, 0), _error, _exitStatus >= 0 ? _exitStatus : null);
@@ -200,9 +209,9 @@ public sealed class Vm : IVmControl
             bool allHalted = true, anyActive = false;
             foreach (var s in _slots)
             {
-                if (s.Held)
+                if (s.Held || s.Paused)
                 {
-                    // A vCPU the debugger holds is neither running nor halted: the VM is not idle.
+                    // A vCPU the debugger holds (or a snapshot pauses) is neither running nor halted: the VM is not idle.
                     allHalted = false;
                     continue;
                 }
@@ -235,12 +244,13 @@ public sealed class Vm : IVmControl
         {
             PinThread(slot.Id);
             vcpu.AttachThread();
-            if (slot.Id == 0) BootState?.Apply(vcpu);
+            if (slot.Restored is { } restored) vcpu.SetState(restored);
+            else if (slot.Id == 0) BootState?.Apply(vcpu);
             Debugger?.VcpuStarted(slot.Id, vcpu);
             while (_suspendHow < 0)
             {
                 slot.RunPendingWork();
-                if (slot.Held)
+                if (slot.Held || slot.Paused)
                 {
                     slot.ParkWhileHeld(() => _suspendHow >= 0);
                     continue;
@@ -319,6 +329,54 @@ public sealed class Vm : IVmControl
         s.Held = false;
         s.Wake();
     }
+
+    /// <summary>
+    /// Pauses every vCPU at an instruction boundary (out of the guest, parked on its own thread where it still serves
+    /// <see cref="OnVcpu"/>), apart from the debug set, which it leaves as it is. False, with the vCPUs resumed, when
+    /// one does not stop within <paramref name="timeoutMs"/>.
+    /// </summary>
+    public bool PauseAll(int timeoutMs)
+    {
+        foreach (var s in _slots)
+        {
+            s.Paused = true;
+            s.Vcpu?.Kick();
+        }
+        var sw = System.Diagnostics.Stopwatch.StartNew();
+        while (true)
+        {
+            bool all = true;
+            foreach (var s in _slots) if (!s.Parked && _running && _suspendHow < 0 && s.Vcpu is not null) all = false;
+            if (all) return true;
+            if (sw.ElapsedMilliseconds > timeoutMs)
+            {
+                ResumeAll();
+                return false;
+            }
+            Thread.Sleep(0);
+        }
+    }
+
+    /// <summary>Lets the vCPUs <see cref="PauseAll"/> stopped run again.</summary>
+    public void ResumeAll()
+    {
+        foreach (var s in _slots)
+        {
+            s.Paused = false;
+            s.Wake();
+        }
+    }
+
+    /// <summary>True while the VM's vCPU threads run (between the start and the end of <see cref="Run"/>).</summary>
+    public bool IsRunning => _running;
+
+    /// <inheritdoc/>
+    public void Checkpoint(string path, bool thenExit) =>
+        (Snapshots ?? throw new NotSupportedException("this VM cannot take snapshots")).Checkpoint(path, thenExit);
+
+    /// <inheritdoc/>
+    public void DumpGuestMemory(string path) =>
+        (Snapshots ?? throw new NotSupportedException("this VM cannot dump guest memory")).DumpGuestMemory(path);
 
     /// <summary>True when vCPU <paramref name="id"/> is in the debug set.</summary>
     public bool IsHeld(int id) => (uint)id < (uint)_slots.Length && _slots[id].Held;
@@ -424,6 +482,8 @@ public sealed class Vm : IVmControl
         public long ExitsAtProbe = -1;
         public volatile bool Active;
         public volatile bool Held;   // in the debug set: stay out of the guest
+        public volatile bool Paused; // paused for a snapshot: stay out of the guest
+        public VcpuState? Restored;  // loaded before the first instruction of this run
         public volatile bool Parked; // the thread is waiting in ParkWhileHeld
         private readonly ManualResetEventSlim _wake = new(false);
 
@@ -441,11 +501,11 @@ public sealed class Vm : IVmControl
             Parked = true;
             try
             {
-                while (Held && !stopping())
+                while ((Held || Paused) && !stopping())
                 {
                     _wake.Reset();
                     RunPendingWork();
-                    if (!Held || stopping()) break;
+                    if (!(Held || Paused) || stopping()) break;
                     _wake.Wait(50);
                 }
             }
@@ -455,10 +515,11 @@ public sealed class Vm : IVmControl
             }
         }
 
-        public void Start(IVcpuBackend vcpu)
+        public void Start(IVcpuBackend vcpu, VcpuState? restored)
         {
             Vcpu = vcpu;
-            Active = Id == 0;
+            Restored = restored;
+            Active = restored is null ? Id == 0 : restored.Activity != VcpuActivity.WaitingForSipi;
             ProbedState = null;
             ExitsAtProbe = 0;
             lock (_gate) _attached = true;

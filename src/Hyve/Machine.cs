@@ -5,6 +5,7 @@ using Hyve.Config;
 using Hyve.Devices;
 using Hyve.Gdb;
 using Hyve.Kvm;
+using Hyve.Snapshot;
 using Hyve.Soft;
 using Hyve.Vmm;
 using Hyve.Vmm.Control;
@@ -26,8 +27,9 @@ public sealed class Machine : IDisposable
     private PosixSignalRegistration? _sigterm;
 
     /// <summary>Builds the machine the options describe; throws <see cref="HostConfigException"/>,
-    /// <see cref="ConfigException"/> or <see cref="ControlServerException"/> with a one-line reason.</summary>
-    public Machine(ParseResult options)
+    /// <see cref="ConfigException"/> or <see cref="ControlServerException"/> with a one-line reason. With
+    /// <paramref name="restore"/> (a checked snapshot whose configuration the options are) the machine resumes from it.</summary>
+    public Machine(ParseResult options, SnapshotReader? restore = null)
     {
         _config = options.Config;
         string name = _config.Get("name") ?? throw new HostConfigException("no VM name");
@@ -45,6 +47,7 @@ public sealed class Machine : IDisposable
                 StrictMsr = _config.GetBool("x86.strictmsr", true),
                 Pinning = ReadPinning(_config, t.Cpus),
             };
+            Vm.Snapshots = new MachineSnapshots(Vm, _config, _clock);
             // The control socket comes first: a second hyve with the same name must stop before touching anything.
             Own(ControlServer.Start(Vm));
             StartGdb();
@@ -84,11 +87,12 @@ public sealed class Machine : IDisposable
             else
             {
                 // Direct kernel boot: tables in the BIOS area, the kernel loaded, vCPU 0 at its entry; a guest
-                // reboot loads it again, as QEMU's -kernel does.
-                LoadKernel(kernel!);
+                // reboot loads it again, as QEMU's -kernel does. A restore has all of that in its memory already.
+                if (restore is null) LoadKernel(kernel!);
                 devices.Add("kernel", "0", memory, DevicePhase.Memory, () => LoadKernel(kernel!));
             }
             if (_config.Get("accel") == "kvm" && !KvmSystem.IsAvailable(out var reason)) throw new HostConfigException(reason);
+            if (restore is not null) ((MachineSnapshots)Vm.Snapshots).Restore(restore);
         }
         catch
         {
