@@ -1,4 +1,6 @@
 // SPDX-License-Identifier: BSD-2-Clause
+using Hyve.Tests.State;
+using Hyve.Vmm.State;
 using Hyve.Devices;
 using Hyve.Tests.Io2;
 using Xunit;
@@ -175,15 +177,15 @@ public class I8042Tests
     {
         Data(0xF2); // ACK, 0xAB, 0x83 waiting
         Assert.Equal(0xFA, Read());
-        var saved = _kbc.SaveState();
+        var saved = StateCopy.Save(_kbc);
         var lines = new RecordingIrqLines();
         var other = new I8042(lines, () => { });
-        other.RestoreState(saved);
+        StateCopy.Load(other, saved);
         Assert.Equal(1, lines.IsaLevel[1]);
         Assert.Equal(0xABu, other.PortRead(I8042.DataPort, 1));
         Assert.Equal(0x83u, other.PortRead(I8042.DataPort, 1));
         Assert.Equal(0, lines.IsaLevel[1]);
-        Assert.Throws<ArgumentException>(() => other.RestoreState(saved with { Version = 2 }));
-        Assert.Throws<ArgumentException>(() => other.RestoreState(saved with { Ram = new byte[3] }));
+        Assert.Throws<InvalidDataException>(() => StateCopy.Load(other, saved with { Version = 2 }));
+        Assert.Throws<InvalidDataException>(() => StateCopy.Load(other, saved with { Data = saved.Data[..3] }));
     }
 }
