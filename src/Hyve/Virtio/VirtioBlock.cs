@@ -373,6 +373,9 @@ public sealed unsafe class VirtioBlock : VirtioPciDevice
     }
 
     /// <inheritdoc/>
+    protected override void OnQuiesce() => VirtioNative.Fdatasync(_fd); // what the guest wrote is on disk with the snapshot
+
+    /// <inheritdoc/>
     public override void Dispose()
     {
         base.Dispose();

@@ -2,6 +2,7 @@
 using System.Buffers.Binary;
 using Hyve.Pci;
 using Hyve.Vmm;
+using Hyve.Vmm.State;
 
 namespace Hyve.Virtio;
 
@@ -30,7 +31,7 @@ public sealed record VirtioTransportState(int Version, byte Status, ulong Driver
 /// so a reset never races a request. A guest that breaks a queue's rules gets DEVICE_NEEDS_RESET (one stderr line).
 /// </para>
 /// </summary>
-public abstract class VirtioPciDevice : PciDevice, IDisposable
+public abstract class VirtioPciDevice : PciDevice, IDisposable, IDeviceState, IQuiescent
 {
     /// <summary>VIRTIO_F_INDIRECT_DESC.</summary>
     public const ulong FeatureIndirectDesc = 1ul << 28;
@@ -69,13 +70,14 @@ public abstract class VirtioPciDevice : PciDevice, IDisposable
     /// <summary>The legacy I/O BAR's index.</summary>
     public const int LegacyBar = 0;
     private const int CommonLength = 0x3c;
-    private const int StateVersion = 1;
+    private const int TransportStateVersion = 1;
 
     private readonly Lock _lock = new();
     private readonly Virtqueue[] _queues;
     private readonly int _pciCfgCap;
     private VirtioIoThread? _io;
     private bool _reported;
+    private bool _quiesced;
 
     // The transport's state (all of it; see SaveTransport).
     private byte _status;
@@ -193,7 +195,7 @@ public abstract class VirtioPciDevice : PciDevice, IDisposable
     protected bool TryEnterRunning()
     {
         _lock.Enter();
-        if ((_status & StatusDriverOk) != 0 && (_status & StatusNeedsReset) == 0) return true;
+        if (!_quiesced && (_status & StatusDriverOk) != 0 && (_status & StatusNeedsReset) == 0) return true;
         _lock.Exit();
         return false;
     }
@@ -205,7 +207,7 @@ public abstract class VirtioPciDevice : PciDevice, IDisposable
     {
         lock (_lock)
         {
-            if ((_status & StatusDriverOk) == 0 || (_status & StatusNeedsReset) != 0 || !q.Enabled) return;
+            if (_quiesced || (_status & StatusDriverOk) == 0 || (_status & StatusNeedsReset) != 0 || !q.Enabled) return;
             OnQueueNotify(q);
         }
     }
@@ -573,7 +575,7 @@ public abstract class VirtioPciDevice : PciDevice, IDisposable
         {
             var qs = new VirtqueueState[_queues.Length];
             for (int i = 0; i < qs.Length; i++) qs[i] = _queues[i].Save();
-            return new VirtioTransportState(StateVersion, _status, _driverFeatures, _deviceFeatureSelect, _driverFeatureSelect,
+            return new VirtioTransportState(TransportStateVersion, _status, _driverFeatures, _deviceFeatureSelect, _driverFeatureSelect,
                 _queueSelect, _configVector, _configGeneration, IsrStatus, _legacyDriver, qs);
         }
     }
@@ -582,7 +584,7 @@ public abstract class VirtioPciDevice : PciDevice, IDisposable
     public void RestoreTransport(VirtioTransportState s)
     {
         ArgumentNullException.ThrowIfNull(s);
-        if (s.Version != StateVersion || s.Queues.Length != _queues.Length) throw new InvalidDataException($"virtio {Where}: unsupported state");
+        if (s.Version != TransportStateVersion || s.Queues.Length != _queues.Length) throw new InvalidDataException($"virtio {Where}: unsupported state");
         lock (_lock)
         {
             (_status, _driverFeatures, _deviceFeatureSelect, _driverFeatureSelect, _queueSelect, _configVector, _configGeneration, _legacyDriver) =
@@ -596,6 +598,70 @@ public abstract class VirtioPciDevice : PciDevice, IDisposable
             }
         }
     }
+
+    // ---- snapshot section (IDeviceState) ----------------------------------------------------------------
+
+    /// <inheritdoc/>
+    public string StateName => "virtio-pci";
+    /// <inheritdoc/>
+    public int StateVersion => 1;
+    /// <inheritdoc/>
+    public int OldestStateVersion => 1;
+
+    /// <inheritdoc/>
+    public void SaveState(BinaryWriter writer)
+    {
+        ArgumentNullException.ThrowIfNull(writer);
+        var s = SaveTransport();
+        writer.Write(s.Status); writer.Write(s.DriverFeatures); writer.Write(s.DeviceFeatureSelect); writer.Write(s.DriverFeatureSelect);
+        writer.Write(s.QueueSelect); writer.Write(s.ConfigVector); writer.Write(s.ConfigGeneration); writer.Write(s.Isr); writer.Write(s.LegacyDriver);
+        writer.Write(s.Queues.Length);
+        foreach (var q in s.Queues)
+        {
+            writer.Write(q.Size); writer.Write(q.Enabled); writer.Write(q.Desc); writer.Write(q.Driver); writer.Write(q.Device);
+            writer.Write(q.MsixVector); writer.Write(q.LastAvail); writer.Write(q.UsedIdx); writer.Write(q.ResetPending);
+        }
+    }
+
+    /// <inheritdoc/>
+    public void LoadState(BinaryReader reader, int version)
+    {
+        ArgumentNullException.ThrowIfNull(reader);
+        byte status = reader.ReadByte();
+        ulong drv = reader.ReadUInt64();
+        uint dsel = reader.ReadUInt32(), gsel = reader.ReadUInt32();
+        ushort qsel = reader.ReadUInt16(), cvec = reader.ReadUInt16();
+        byte gen = reader.ReadByte(), isr = reader.ReadByte();
+        bool legacy = reader.ReadBoolean();
+        int n = reader.ReadInt32();
+        if (n != _queues.Length) throw new InvalidDataException($"virtio {Where}: {n} queues in the snapshot, {_queues.Length} here");
+        var qs = new VirtqueueState[n];
+        for (int i = 0; i < n; i++)
+            qs[i] = new VirtqueueState(reader.ReadUInt16(), reader.ReadBoolean(), reader.ReadUInt64(), reader.ReadUInt64(), reader.ReadUInt64(),
+                reader.ReadUInt16(), reader.ReadUInt16(), reader.ReadUInt16(), reader.ReadBoolean());
+        RestoreTransport(new VirtioTransportState(TransportStateVersion, status, drv, dsel, gsel, qsel, cvec, gen, (byte)(isr & 3), legacy, qs));
+    }
+
+    /// <inheritdoc/>
+    public void Quiesce()
+    {
+        // Taking the lock waits for the request being served; the flag stops new ones until Resume.
+        lock (_lock)
+        {
+            _quiesced = true;
+            OnQuiesce();
+        }
+    }
+
+    /// <inheritdoc/>
+    public void Resume()
+    {
+        lock (_lock) _quiesced = false;
+        foreach (var q in _queues) Notify((uint)q.Index); // buffers made available meanwhile
+    }
+
+    /// <summary>Device hook under the lock when the device quiesces (a disk flushes).</summary>
+    protected virtual void OnQuiesce() { }
 
     /// <summary>Stops the I/O thread; devices close their files after calling this.</summary>
     public virtual void Dispose()

@@ -204,4 +204,30 @@ public sealed class VirtioTransportTests
         Assert.True(q.Enabled);
         Assert.Equal(VirtioPciDevice.StatusDriverOk, (byte)(io.MmioRead(0x12, 1) & VirtioPciDevice.StatusDriverOk));
     }
+
+    [Fact]
+    public void StateSectionRoundTripsQueuesAndFeatures()
+    {
+        using var a = new VirtioTestDriver("virtio-rnd");
+        Assert.True(a.Negotiate(Modern));
+        a.SetupQueue(0, 16);
+        a.DriverOk();
+        a.Offer(0, 16, (VirtioTestDriver.DataBase, 8, true));
+        a.NotifyAndWait(0, 1);
+        var dev = (Hyve.Vmm.State.IDeviceState)a.Device;
+        var ms = new MemoryStream();
+        ((Hyve.Vmm.State.IQuiescent)a.Device).Quiesce();
+        dev.SaveState(new BinaryWriter(ms));
+        ((Hyve.Vmm.State.IQuiescent)a.Device).Resume();
+
+        using var b = new VirtioTestDriver("virtio-rnd");
+        ms.Position = 0;
+        ((Hyve.Vmm.State.IDeviceState)b.Device).LoadState(new BinaryReader(ms), 1);
+        Assert.Equal(ms.Length, ms.Position);
+        Assert.Equal(Modern, b.Device.DriverFeatures);
+        Assert.Equal(a.Device.DeviceStatus, b.Device.DeviceStatus);
+        var q = b.Device.Queues[0];
+        Assert.Equal((VirtioTestDriver.Desc(0), VirtioTestDriver.Used(0), (ushort)16, (ushort)1, (ushort)1, true),
+            (q.Desc, q.Device, q.Size, q.LastAvail, q.UsedIdx, q.Enabled));
+    }
 }
