@@ -678,6 +678,8 @@ public abstract class VirtioPciDevice : PciDevice, IDisposable, IDeviceState, IQ
             qs[i] = new VirtqueueState(reader.ReadUInt16(), reader.ReadBoolean(), reader.ReadUInt64(), reader.ReadUInt64(), reader.ReadUInt64(),
                 reader.ReadUInt16(), reader.ReadUInt16(), reader.ReadUInt16(), reader.ReadBoolean());
         RestoreTransport(new VirtioTransportState(TransportStateVersion, status, drv, dsel, gsel, qsel, cvec, gen, (byte)(isr & 3), legacy, qs));
+        // Buffers the driver made available after the device quiesced for the save are served now.
+        foreach (var q in _queues) Notify((uint)q.Index);
     }
 
     /// <inheritdoc/>
