@@ -84,10 +84,10 @@ public sealed class MachineSnapshots(Vm vm, ConfigTree config, TimerQueue clock)
     // Keys that describe this run rather than the machine.
     private static bool IsHostOnly(string key) => key is "restore_file" or "config.dump";
 
-    /// <summary>Keys a restore may give other values than the snapshot's: the VM's name, consoles, disk and socket paths,
-    /// the debug server.</summary>
+    /// <summary>Keys a restore may give other values than the snapshot's: the VM's name, the CPU engine (snapshots move
+    /// between KVM and the software CPU), consoles, disk and socket paths, the debug server.</summary>
     public static bool IsRepointable(string key) =>
-        key is "name" or "restore_file" or "config.dump" || key.StartsWith("gdb.", StringComparison.Ordinal)
+        key is "name" or "restore_file" or "config.dump" or "accel" || key.StartsWith("gdb.", StringComparison.Ordinal)
         || (key.StartsWith("lpc.com", StringComparison.Ordinal) && key.EndsWith(".path", StringComparison.Ordinal))
         || (key.StartsWith("pci.", StringComparison.Ordinal) && key.EndsWith(".path", StringComparison.Ordinal));
 

@@ -107,4 +107,32 @@ public partial class SnapshotRomTests
         }
         Directory.Delete(dir, true);
     }
+
+    /// <summary>Hyve's vCPU state is engine-neutral (the in-kernel LAPIC converts to Hyve's Vlapic and back, the TSC
+    /// continues from its saved value): a snapshot taken on KVM resumes on the software CPU and the reverse.</summary>
+    [SkippableKvmFact]
+    public void A_snapshot_moves_between_KVM_and_the_software_CPU()
+    {
+        string rom = GuestRom.ToFile(CounterRom());
+        string dir = Directory.CreateTempSubdirectory("hyve-snap").FullName;
+        foreach (var (from, to) in new[] { ("kvm", "soft"), ("soft", "kvm") })
+        {
+            string name = Name(), file = Path.Combine(dir, $"{from}.hyvesnap");
+            using var p = HyveProcess.Start(Backends.Args(from, "-l", $"bootrom,{rom}", "-l", "com1,stdio", name));
+            p.WaitForSocket(name);
+            WaitForCount(p, 3);
+            var c = p.Ctl($"--vm={name}", $"--suspend={file}");
+            Assert.True(c.Status == 0, c.Err);
+            p.WaitForExit(30);
+            var d = HyveProcess.CtlAlone($"--describe-snapshot={file}");
+            Assert.Contains($"engine:\t\t{from}", d.Out, StringComparison.Ordinal);
+            using var r = HyveProcess.Start(Backends.Args(to, "-r", file, name));
+            r.WaitForSocket(name);
+            WaitForCount(r, Counts(p.Stdout)[^1] + 3);
+            Assert.True(r.Ctl($"--vm={name}", "--force-poweroff").Status == 0);
+            r.WaitForExit(30);
+            AssertConsecutive(Counts(p.Stdout + r.Stdout), 1);
+        }
+        Directory.Delete(dir, true);
+    }
 }
