@@ -125,8 +125,12 @@ public sealed class I8042 : IPortDevice, IDeviceState
         {
             if (port == CommandPort) return Status();
             // Reading the data port empties the output buffer; with nothing new it returns the last byte again.
+            // The interrupt line falls with the buffer before the next queued byte raises it again: IRQ 1 and 12 are
+            // edge-triggered, and a line left high would deliver nothing for the bytes after the first (an identify's
+            // 0xAB 0x83 behind its ACK; Linux's atkbd then times out and the keyboard is never found).
             byte v = _output;
             _outputFull = false;
+            UpdateIrqs();
             Refill();
             return v;
         }

@@ -86,6 +86,24 @@ public class I8042Tests
     }
 
     [Fact]
+    public void EveryQueuedByteRaisesItsOwnInterruptEdge()
+    {
+        // Linux's i8042 handler reads one byte per interrupt: each byte behind the first needs a new rising edge.
+        Data(0xF2); // identify: 0xFA, 0xAB, 0x83
+        Assert.Equal(1, _irq.IsaAsserts(1));
+        Assert.Equal(new byte[] { 0xFA, 0xAB, 0x83 }, Drain());
+        Assert.Equal(3, _irq.IsaAsserts(1));
+        Assert.Equal(0, _irq.IsaLevel[1]);
+        Command(0xD4);
+        Data(0xFF); // mouse reset: 0xFA, 0xAA, 0x00 on IRQ 12 (enable it in the command byte first)
+        int before = _irq.IsaAsserts(12);
+        Command(0x60);
+        Data(0x47);
+        Assert.Equal(new byte[] { 0xFA, 0xAA, 0x00 }, Drain());
+        Assert.Equal(before + 3, _irq.IsaAsserts(12));
+    }
+
+    [Fact]
     public void MouseBytesArriveWithTheAuxiliaryStatusBit()
     {
         Command(0xD4);

@@ -58,6 +58,24 @@ public class PciDeviceTests
     }
 
     [Fact]
+    public void UnimplementedBhyveTypeFromConfigKeysIsAHostErrorNamingIt()
+    {
+        using var rig = new PciTestRig();
+        var e = Assert.Throws<HostConfigException>(() =>
+            rig.Bus.AddFromConfig([Slot(0, 4, 0, "nvme")], PciDeviceRegistry.CreateDefault()));
+        Assert.Equal("pci.0.4.0: hyve does not implement nvme", e.Message);
+    }
+
+    [Fact]
+    public void EveryDeviceTypeIsNamedOnce()
+    {
+        var names = PciDeviceTypes.All.Select(t => t.Name).ToList();
+        Assert.Equal(names.Count, names.Distinct().Count());
+        Assert.True(PciDeviceRegistry.CreateDefault().Contains("hostbridge"));
+        Assert.False(PciDeviceRegistry.CreateDefault().Contains("nvme"));
+    }
+
+    [Fact]
     public void LpcOnlyOnceAndOnlyOnBusZero()
     {
         using var rig = new PciTestRig();
