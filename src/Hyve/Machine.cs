@@ -79,7 +79,14 @@ public sealed class Machine : IDisposable
                 throw new HostConfigException("nothing to boot: give a boot ROM (-l bootrom,FILE) or a kernel (-o boot.kernel=FILE)");
             Platform = PcPlatform.Build(Vm, _config, firmware: rom is not null);
             foreach (var d in Platform.Pci.Devices) if (d is IDisposable owned) Own(owned); // virtio I/O threads and disks
-            if (rom is not null)
+            if (rom is not null && restore is not null)
+            {
+                // The ROM's contents are in the snapshot: the file need not exist any more.
+                ulong Length(string n) => restore.Manifest.Segments.Find(s => s.Name == n)?.Length ?? 0;
+                BootRom.Reserve(memory, Length("bootrom"), Length("bootvars"));
+                devices.Add("bios-shadow", "0", memory, DevicePhase.Memory, () => BootRom.ShadowLegacyArea(memory));
+            }
+            else if (rom is not null)
             {
                 BootRom.Load(memory, rom, _config.Get("lpc.bootvars"));
                 BootRom.ShadowLegacyArea(memory);
