@@ -68,6 +68,8 @@ public sealed class Machine : IDisposable
             if (rom is null && kernel is null)
                 throw new HostConfigException("nothing to boot: give a boot ROM (-l bootrom,FILE) or a kernel (-o boot.kernel=FILE)");
             Platform = PcPlatform.Build(Vm, _config, firmware: rom is not null);
+            foreach (var d in Platform.Pci.Devices)
+                if (d is Display.StdVga vga) Own(new Display.VncConsole(vga, kbc, name, _config.Get("keyboard.layout")));
             if (rom is not null)
             {
                 BootRom.Load(memory, rom, _config.Get("lpc.bootvars"));

@@ -37,7 +37,7 @@ public sealed class PciDeviceRegistry
 {
     private readonly Dictionary<string, PciDeviceFactory> _factories = new(StringComparer.Ordinal);
 
-    /// <summary>A registry holding this area's emulations: hostbridge, amd_hostbridge, lpc and piix4-pm.</summary>
+    /// <summary>A registry holding this area's emulations: hostbridge, amd_hostbridge, lpc, piix4-pm and fbuf.</summary>
     public static PciDeviceRegistry CreateDefault()
     {
         var r = new PciDeviceRegistry();
@@ -45,6 +45,7 @@ public sealed class PciDeviceRegistry
         r.Register("amd_hostbridge", HostBridge.CreateAmd);
         r.Register("lpc", LpcBridge.Create);
         r.Register("piix4-pm", Piix4Pm.Create);
+        r.Register("fbuf", Hyve.Display.StdVga.Create);
         return r;
     }
 
