@@ -122,7 +122,10 @@ public enum ControlOp : ushort
     AssertLapicLvt = 17,
     /// <summary>i32 vcpu → u64 info1, u64 info2.</summary>
     GetIntinfo = 18,
-    // Reserved for later: snapshot.
+    /// <summary>string path, u8 flags (1: end the VM afterwards) → (empty).</summary>
+    Checkpoint = 19,
+    /// <summary>string path → (empty).</summary>
+    DumpGuestMemory = 20,
 }
 
 /// <summary>Response codes. Values are part of the wire format.</summary>

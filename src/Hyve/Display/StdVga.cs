@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: BSD-2-Clause
 using Hyve.Pci;
 using Hyve.Vmm;
+using Hyve.Vmm.State;
 
 namespace Hyve.Display;
 
@@ -14,9 +15,6 @@ namespace Hyve.Display;
 /// <param name="BigEndian">Pixels stored big-endian (QEMU's extended register at 0x604).</param>
 public readonly record struct DisplayMode(bool Enabled, int Width, int Height, int Bpp, int Stride, long Offset, bool BigEndian);
 
-/// <summary>Saved state of <see cref="StdVga"/>: DISPI registers and index, the endianness register and the VGA register file.</summary>
-public sealed record StdVgaState(int Version, ushort[] Dispi, ushort DispiIndex, bool BigEndian, byte[] Vga);
-
 /// <summary>
 /// QEMU's standard VGA (<c>-vga std</c>) as a PCI function: 1234:1111, class 03h/00h, revision 2. BAR 0 is the linear
 /// framebuffer, a prefetchable memory BAR backed by the devmem segment <c>framebuffer</c> (mapped straight into the
@@ -28,7 +26,7 @@ public sealed record StdVgaState(int Version, ushort[] Dispi, ushort DispiIndex,
 /// clears memory unless NOCLEARMEM. Legacy VGA memory (0xA0000) and text mode are not modelled: OVMF's QemuVideoDxe
 /// and Linux's efifb use only the linear framebuffer.
 /// </summary>
-public sealed class StdVga : PciDevice, IMmioDevice, IDisplaySurface
+public sealed class StdVga : PciDevice, IMmioDevice, IDisplaySurface, IDeviceState
 {
     /// <summary>QEMU's vendor ID.</summary>
     public const ushort Vendor = 0x1234;
@@ -52,7 +50,6 @@ public sealed class StdVga : PciDevice, IMmioDevice, IDisplaySurface
     internal const ushort Enabled = 0x01, GetCaps = 0x02, EightBitDac = 0x20, LfbEnabled = 0x40, NoClearMem = 0x80;
     internal const ushort Id0 = 0xb0c0, Id5 = 0xb0c5;
     private const uint LittleEndianMagic = 0x1e1e1e1e, BigEndianMagic = 0xbebebebe;
-    private const int StateVersion = 1;
 
     private readonly object _gate = new();
     private readonly ushort[] _dispi = new ushort[IndexCount];
@@ -349,24 +346,45 @@ public sealed class StdVga : PciDevice, IMmioDevice, IDisplaySurface
 
     // ---- state ---------------------------------------------------------------------------------------------
 
-    /// <summary>Captures the registers (the framebuffer contents belong to its devmem segment).</summary>
-    public StdVgaState SaveDisplayState()
-    {
-        lock (_gate) return new StdVgaState(StateVersion, (ushort[])_dispi.Clone(), _dispiIndex, _bigEndian, Vga.Save());
-    }
+    /// <inheritdoc/>
+    public string StateName => "stdvga";
+    /// <inheritdoc/>
+    public int StateVersion => 1;
+    /// <inheritdoc/>
+    public int OldestStateVersion => 1;
 
-    /// <summary>Restores <see cref="SaveDisplayState"/>'s record; throws <see cref="ArgumentException"/> for another version.</summary>
-    public void RestoreDisplayState(StdVgaState s)
+    /// <summary>Writes the DISPI registers and index, the endianness register and the VGA register file (the
+    /// framebuffer's contents belong to its devmem segment).</summary>
+    public void SaveState(BinaryWriter w)
     {
-        if (s.Version != StateVersion) throw new ArgumentException($"stdvga state version {s.Version}, expected {StateVersion}");
-        if (s.Dispi is not { Length: IndexCount }) throw new ArgumentException("stdvga state is malformed");
         lock (_gate)
         {
-            if (!Vga.Load(s.Vga)) throw new ArgumentException("stdvga state is malformed");
-            s.Dispi.CopyTo(_dispi, 0);
+            foreach (ushort v in _dispi) w.Write(v);
+            w.Write(_dispiIndex);
+            w.Write(_bigEndian);
+            var vga = Vga.Save();
+            w.Write(vga.Length);
+            w.Write(vga);
+        }
+    }
+
+    /// <summary>Reads what <see cref="SaveState"/> wrote.</summary>
+    public void LoadState(BinaryReader r, int version)
+    {
+        var dispi = new ushort[IndexCount];
+        for (int i = 0; i < dispi.Length; i++) dispi[i] = r.ReadUInt16();
+        ushort index = r.ReadUInt16();
+        bool big = r.ReadBoolean();
+        int n = r.ReadInt32();
+        if (n is < 0 or > 4096) throw new InvalidDataException($"stdvga state: VGA register file of {n} bytes");
+        var vga = r.ReadBytes(n);
+        lock (_gate)
+        {
+            if (!Vga.Load(vga)) throw new InvalidDataException("stdvga state: VGA register file of the wrong size");
+            dispi.CopyTo(_dispi, 0);
             _dispi[IndexVideoMemory64K] = (ushort)(Framebuffer.Length >> 16);
-            _dispiIndex = s.DispiIndex;
-            _bigEndian = s.BigEndian;
+            _dispiIndex = index;
+            _bigEndian = big;
             Interlocked.Increment(ref _modeGeneration);
         }
     }
