@@ -54,7 +54,9 @@ public sealed class RfbServer : IDisposable
             : new Socket(endpoint.AddressFamily, SocketType.Stream, ProtocolType.Tcp);
         try
         {
-            if (endpoint is IPEndPoint) s.SetSocketOption(SocketOptionLevel.Socket, SocketOptionName.ReuseAddress, true);
+            // SO_REUSEADDR alone (level 1, option 2), so a restart binds past old connections in TIME_WAIT; .NET's
+            // ReuseAddress would add SO_REUSEPORT and let a second server share a port that is in use.
+            if (endpoint is IPEndPoint) s.SetRawSocketOption(1, 2, BitConverter.GetBytes(1));
             s.Bind(endpoint);
             s.Listen(8);
         }
