@@ -135,6 +135,8 @@ public sealed class Machine : IDisposable
         var loaded = KernelLoader.Load(Vm.Memory, kernel, _config.Get("boot.initrd"), _config.Get("boot.cmdline"),
             Platform.MemoryMap(), rsdp);
         Vm.BootState = loaded.Cpu;
+        foreach (var d in Platform.Pci.Devices)
+            if (d is Display.StdVga vga) Display.BootDisplay.SetUp(vga, Vm.Memory, loaded);
     }
 
     /// <summary>Runs until the guest powers off, halts, triple faults or (with exit_on_reboot) resets; returns bhyve's exit status.</summary>

@@ -44,10 +44,12 @@ public sealed class StdVga : PciDevice, IMmioDevice, IDisplaySurface, IDeviceSta
     public const ushort VgaPortBase = 0x3c0;
 
     // DISPI register indexes (vbe.h).
-    internal const int IndexId = 0, IndexXres = 1, IndexYres = 2, IndexBpp = 3, IndexEnable = 4, IndexBank = 5,
+    /// <summary>DISPI register indexes (Bochs vbe.h).</summary>
+    public const int IndexId = 0, IndexXres = 1, IndexYres = 2, IndexBpp = 3, IndexEnable = 4, IndexBank = 5,
         IndexVirtWidth = 6, IndexVirtHeight = 7, IndexXOffset = 8, IndexYOffset = 9, IndexVideoMemory64K = 10, IndexCount = 11;
     // ENABLE bits.
-    internal const ushort Enabled = 0x01, GetCaps = 0x02, EightBitDac = 0x20, LfbEnabled = 0x40, NoClearMem = 0x80;
+    /// <summary>DISPI ENABLE bits (Bochs vbe.h).</summary>
+    public const ushort Enabled = 0x01, GetCaps = 0x02, EightBitDac = 0x20, LfbEnabled = 0x40, NoClearMem = 0x80;
     internal const ushort Id0 = 0xb0c0, Id5 = 0xb0c5;
     private const uint LittleEndianMagic = 0x1e1e1e1e, BigEndianMagic = 0xbebebebe;
 

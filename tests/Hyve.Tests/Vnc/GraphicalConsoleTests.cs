@@ -163,6 +163,43 @@ public class GraphicalConsoleTests(ITestOutputHelper output)
         }
     }
 
+    // Direct kernel boot with the display: hyve sets the mode and describes it in screen_info as a boot loader would,
+    // Linux's efifb takes it and fbcon shows the kernel log (loglevel=6 keeps it to the notice lines, so the banner
+    // is still on screen when fbcon redraws). About 60 s on the software CPU.
+    [Fact]
+    public void DebianCloudKernelLogIsOnTheVncScreen()
+    {
+        string? kernel = Hyve.Tests.Machine.FirmwareTests.CloudKernel();
+        Assert.True(kernel is not null, "no /boot/vmlinuz-*-cloud-amd64: scripts/test installs linux-image-cloud-amd64");
+        Directory.CreateDirectory(ScreenDir);
+        int display = FreeVncDisplay();
+        string name = "vnclnx" + Guid.NewGuid().ToString("N")[..6];
+        using var vm = HyveProcess.Start(Backends.Args("soft", "-m", "512M", "-o", $"boot.kernel={kernel}",
+            "-o", "boot.cmdline=console=ttyS0 console=tty0 loglevel=6", "-l", "com1,stdio",
+            "-s", $"2,fbuf,tcp=127.0.0.1:{5900 + display}", name));
+        try
+        {
+            vm.WaitForOutput("Linux version", 240);
+            string png = Path.Combine(ScreenDir, "hyve-linux-efifb.png");
+            var sw = Stopwatch.StartNew();
+            string text = "";
+            while (sw.Elapsed.TotalSeconds < 240)
+            {
+                Thread.Sleep(5000);
+                text = Snapshot(display, png);
+                if (text.Contains("Linux version", StringComparison.Ordinal)) break;
+            }
+            output.WriteLine($"OCR:\n{text}\nscreenshot: {png}");
+            Console.WriteLine($"hyve-vnc screenshot: {png}");
+            Assert.Contains("Linux version", text, StringComparison.Ordinal);
+        }
+        finally
+        {
+            vm.Ctl($"--vm={name}", "--force-poweroff");
+            vm.WaitForExit(30);
+        }
+    }
+
     [Fact]
     public void AVncPortInUseStopsHyveWithStatus4()
     {
