@@ -29,7 +29,7 @@ internal sealed class RfbClient
     private ZrleEncoder? _zrle;
     private PixelFormat _pf = PixelFormat.Server;
     private bool _useZrle, _copyRect, _desktopSize;
-    private bool _requested, _wantFlag, _signalled, _closed;
+    private bool _requested, _wantFlag, _signalled, _immediate, _closed;
     private int _reqX, _reqY, _reqW, _reqH;
     private long[] _sentTileGen = [];
     private int _sentSizeGeneration = -1;
@@ -194,7 +194,9 @@ internal sealed class RfbClient
                     if (!incremental) MarkRegion(x, y, w, h);
                     _requested = true;
                     if (!_wantFlag) { _wantFlag = true; _server.Wants(true); }
-                    _signalled = true;
+                    // A full request is answered at once; an incremental one waits for the refresher's next change,
+                    // so a fast client gets at most one update per refresh, not one per round trip.
+                    if (!incremental) { _signalled = true; _immediate = true; }
                     Monitor.PulseAll(_lock);
                 }
                 break;
@@ -251,14 +253,17 @@ internal sealed class RfbClient
         {
             while (true)
             {
+                bool immediate;
                 lock (_lock)
                 {
                     while (!_closed && !(_signalled && _requested)) Monitor.Wait(_lock);
                     if (_closed) return;
                     _signalled = false;
+                    immediate = _immediate;
+                    _immediate = false;
                 }
-                // A fresh look before answering, so a request is answered with the newest picture.
-                _server.Source.Tick();
+                // A full request gets a fresh look first, so it is answered with the newest picture.
+                if (immediate) _server.Source.Tick();
                 if (!BuildUpdate()) continue;
                 lock (_lock)
                 {
