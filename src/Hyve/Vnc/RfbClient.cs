@@ -204,10 +204,12 @@ internal sealed class RfbClient
             case 4: // KeyEvent
                 _stream.ReadExactly(b[..7]);
                 _server.Keyboard?.Invoke(BinaryPrimitives.ReadUInt32BigEndian(b[3..]), b[0] != 0);
+                _server.InputArrived();
                 break;
             case 5: // PointerEvent
                 _stream.ReadExactly(b[..5]);
                 _server.Pointer?.Invoke(BinaryPrimitives.ReadUInt16BigEndian(b[1..]), BinaryPrimitives.ReadUInt16BigEndian(b[3..]), b[0], _clientW, _clientH);
+                _server.InputArrived();
                 break;
             case 6: // ClientCutText: read and ignore (the guest has no clipboard channel)
             {

@@ -23,6 +23,9 @@ public sealed class RfbServer : IDisposable
     public const int RefreshMs = 33;
     /// <summary>Milliseconds between refreshes once the screen has been still for a second.</summary>
     public const int IdleRefreshMs = 100;
+    /// <summary>Milliseconds between refreshes once the screen has been still for about ten seconds; input from a
+    /// client brings the refresh back to <see cref="RefreshMs"/> at once, so typing is not slowed.</summary>
+    public const int StillRefreshMs = 250;
 
     private readonly Socket _listener;
     private readonly Thread _acceptThread, _refreshThread;
@@ -30,6 +33,8 @@ public sealed class RfbServer : IDisposable
     private readonly object _gate = new();
     private readonly string? _unixPath;
     private readonly ManualResetEventSlim _firstClient = new(false);
+    private readonly AutoResetEvent _wake = new(false);
+    private volatile bool _input;
     private volatile bool _disposed;
     private int _wanting;
 
@@ -112,6 +117,13 @@ public sealed class RfbServer : IDisposable
 
     internal void ClientReady() => _firstClient.Set();
 
+    // A key or pointer event: the guest will likely draw soon, so look again now and keep looking often.
+    internal void InputArrived()
+    {
+        _input = true;
+        _wake.Set();
+    }
+
     internal void ClientClosed(RfbClient c)
     {
         lock (_gate) _clients.Remove(c);
@@ -140,13 +152,14 @@ public sealed class RfbServer : IDisposable
                 clients = [.. _clients];
             }
             bool changed = Source.Tick();
+            if (_input) { _input = false; still = 0; }
             if (changed)
             {
                 still = 0;
                 foreach (var c in clients) c.Signal();
             }
             else still++;
-            Thread.Sleep(still > 30 ? IdleRefreshMs : RefreshMs);
+            _wake.WaitOne(still > 70 ? StillRefreshMs : still > 30 ? IdleRefreshMs : RefreshMs);
         }
     }
 
@@ -162,5 +175,6 @@ public sealed class RfbServer : IDisposable
         foreach (var c in clients) c.Close(null);
         if (_unixPath is not null) try { File.Delete(_unixPath); } catch (IOException) { }
         _firstClient.Set();
+        _wake.Set();
     }
 }
