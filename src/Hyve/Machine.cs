@@ -79,6 +79,8 @@ public sealed class Machine : IDisposable
                 throw new HostConfigException("nothing to boot: give a boot ROM (-l bootrom,FILE) or a kernel (-o boot.kernel=FILE)");
             Platform = PcPlatform.Build(Vm, _config, firmware: rom is not null);
             foreach (var d in Platform.Pci.Devices) if (d is IDisposable owned) Own(owned); // virtio I/O threads and disks
+            foreach (var d in Platform.Pci.Devices)
+                if (d is Display.StdVga vga) Own(new Display.VncConsole(vga, kbc, name, _config.Get("keyboard.layout")));
             if (rom is not null && restore is not null)
             {
                 // The ROM's contents are in the snapshot: the file need not exist any more.
@@ -141,6 +143,8 @@ public sealed class Machine : IDisposable
         var loaded = KernelLoader.Load(Vm.Memory, kernel, _config.Get("boot.initrd"), _config.Get("boot.cmdline"),
             Platform.MemoryMap(), rsdp);
         Vm.BootState = loaded.Cpu;
+        foreach (var d in Platform.Pci.Devices)
+            if (d is Display.StdVga vga) Display.BootDisplay.SetUp(vga, Vm.Memory, loaded);
     }
 
     /// <summary>Runs until the guest powers off, halts, triple faults or (with exit_on_reboot) resets; returns bhyve's exit status.</summary>
