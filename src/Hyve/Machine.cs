@@ -100,21 +100,39 @@ public sealed class Machine : IDisposable
     private void StartGdb()
     {
         string? port = _config.Get("gdb.port");
-        if (port is null) return;
+        string? path = _config.Get("gdb.path");
+        if (port is null && path is null) return;
         string? address = _config.Get("gdb.address");
         try
         {
+            if (path is not null)
+            {
+                _gdb = Own(new GdbServer(Vm, path));
+                if (_config.GetBool("gdb.wait", false)) Vm.HoldCpu(0);
+                return;
+            }
             var ip = GdbServer.ParseAddress(address);
             if (!System.Net.IPAddress.IsLoopback(ip))
                 Console.Error.WriteLine($"hyve: warning: the debug server listens on {ip}, which is not a loopback address");
-            _gdb = Own(new GdbServer(Vm, ip, int.Parse(port, System.Globalization.CultureInfo.InvariantCulture)));
+            _gdb = Own(new GdbServer(Vm, ip, int.Parse(port!, System.Globalization.CultureInfo.InvariantCulture)));
         }
         catch (Exception e) when (e is System.Net.Sockets.SocketException or ArgumentException or FormatException or OverflowException)
         {
-            throw new HostConfigException($"debug server on {address ?? "127.0.0.1"}:{port}: {e.Message}");
+            string where = path ?? $"{address ?? "127.0.0.1"}:{port}";
+            string why = e is System.Net.Sockets.SocketException se ? SocketReason(se) : e.Message;
+            throw new HostConfigException($"debug server on {where}: {why}");
         }
         if (_config.GetBool("gdb.wait", false)) Vm.HoldCpu(0);
     }
+
+    // Hyve's own words for the socket errors a user meets (the runtime's texts are stripped from the executable).
+    internal static string SocketReason(System.Net.Sockets.SocketException e) => e.SocketErrorCode switch
+    {
+        System.Net.Sockets.SocketError.AddressAlreadyInUse => "the address is already in use",
+        System.Net.Sockets.SocketError.AddressNotAvailable => "the address is not one of this host's",
+        System.Net.Sockets.SocketError.AccessDenied => "permission denied",
+        _ => $"socket error {e.SocketErrorCode}",
+    };
 
     private void LoadKernel(string kernel)
     {

@@ -63,7 +63,7 @@ public static class ConsoleBackends
             if (type < 0 && spec.EndsWith(".sock", StringComparison.Ordinal)) return SocketConsoleBackend.Listen(spec);
             return new FileConsoleBackend(spec);
         }
-        catch (Exception e) when (e is IOException or UnauthorizedAccessException or SocketException or ArgumentException or NotSupportedException)
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException or SocketException or ArgumentException or NotSupportedException or Hyve.Vmm.Control.ControlServerException)
         {
             throw new ConfigException($"cannot open console backend '{spec}': {e.Message}");
         }

@@ -29,9 +29,12 @@ public sealed class SocketConsoleBackend : ConsoleBackend
         var listener = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
         try
         {
-            if (ConsoleNative.FileType(path) == ConsoleNative.S_IFSOCK) File.Delete(path);
-            listener.Bind(new UnixDomainSocketEndPoint(path));
-            if (!OperatingSystem.IsWindows()) File.SetUnixFileMode(path, UnixFileMode.UserRead | UnixFileMode.UserWrite);
+            // Only a socket whose process is gone may be replaced; a file or a symlink there is an error.
+            Hyve.Vmm.Control.RunFiles.ReplaceStaleSocket(path);
+            uint oldMask = Hyve.Vmm.Native.Libc.Umask(0x7f /* 0177 */); // created 0600, no window for others to connect
+            try { listener.Bind(new UnixDomainSocketEndPoint(path)); }
+            finally { Hyve.Vmm.Native.Libc.Umask(oldMask); }
+            Hyve.Vmm.Control.RunFiles.RecordOwnSocket(path);
             listener.Listen(1);
         }
         catch
@@ -160,16 +163,6 @@ public sealed class SocketConsoleBackend : ConsoleBackend
             _client?.Dispose();
             _client = null;
         }
-        if (_createdPath is not null)
-        {
-            try
-            {
-                File.Delete(_createdPath);
-            }
-            catch (IOException)
-            {
-                // Leaving a stale socket file is harmless: the next Listen replaces it.
-            }
-        }
+        if (_createdPath is not null) Hyve.Vmm.Control.RunFiles.DeleteOwnSocket(_createdPath);
     }
 }
