@@ -55,6 +55,7 @@ public sealed class Machine : IDisposable
             Vm.Ports.Register(I8042.CommandPort, 1, kbc);
 
             var coms = Own(LpcComPorts.Create(_config, Vm.Ports, Vm.Irq));
+            Vm.AddStat("console output bytes dropped", () => (ulong)ConsoleBackend.TotalDropped);
             Vm.Resetting += coms.Reset;
             if (_config.IsNode("lpc.debug_exit"))
             {

@@ -122,6 +122,8 @@ public enum ControlOp : ushort
     AssertLapicLvt = 17,
     /// <summary>i32 vcpu → u64 info1, u64 info2.</summary>
     GetIntinfo = 18,
+    /// <summary>→ u32 count, (string name, u64 value) × count: the VM's counters (console bytes dropped, ...).</summary>
+    GetStats = 19,
     // Reserved for later: snapshot.
 }
 

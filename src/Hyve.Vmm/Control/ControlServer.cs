@@ -517,6 +517,18 @@ public sealed class ControlServer : IDisposable
                 w.U64(info2);
                 return true;
             }
+            case ControlOp.GetStats:
+            {
+                r.End();
+                var stats = _vm.GetStats();
+                w.U32((uint)stats.Count);
+                foreach (var kv in stats)
+                {
+                    w.String(kv.Key);
+                    w.U64(kv.Value);
+                }
+                return true;
+            }
             default:
                 return false;
         }

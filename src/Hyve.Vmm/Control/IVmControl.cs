@@ -111,4 +111,7 @@ public interface IVmControl
     /// <summary>The vCPU's pending event information in VMX IDT-vectoring format (bhyvectl --get-intinfo):
     /// info1 an event being delivered when the vCPU last left the guest, info2 an event queued for the next entry.</summary>
     (ulong Info1, ulong Info2) GetIntinfo(int vcpu);
+
+    /// <summary>The VM's counters by name (bhyvectl --get-stats), for example the console bytes dropped because nobody read them.</summary>
+    IReadOnlyList<KeyValuePair<string, ulong>> GetStats() => [];
 }

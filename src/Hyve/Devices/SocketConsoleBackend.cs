@@ -73,22 +73,23 @@ public sealed class SocketConsoleBackend : ConsoleBackend
     /// <inheritdoc/>
     protected override void WriteOutput(ReadOnlySpan<byte> data)
     {
-        lock (_clientLock)
+        // Sent outside the lock: a client that never reads blocks only the output thread, and disposal's shutdown
+        // (which takes the lock) still gets through to unblock it.
+        Socket? client;
+        lock (_clientLock) client = _client;
+        if (client is null) return;
+        try
         {
-            if (_client is null) return;
-            try
+            while (data.Length > 0 && !Stopping)
             {
-                while (data.Length > 0)
-                {
-                    int n = _client.Send(data);
-                    if (n <= 0) break;
-                    data = data[n..];
-                }
+                int n = client.Send(data);
+                if (n <= 0) break;
+                data = data[n..];
             }
-            catch (SocketException)
-            {
-                // The peer went away mid-write; the input thread notices and (as a server) waits for the next one.
-            }
+        }
+        catch (Exception e) when (e is SocketException or ObjectDisposedException)
+        {
+            // The peer went away mid-write; the input thread notices and (as a server) waits for the next one.
         }
     }
 
