@@ -22,7 +22,7 @@ public sealed class Machine : IDisposable
     private GdbServer? _gdb;
     private readonly TimerQueue _clock;
     private readonly Func<Vm, ICpuBackend> _createBackend;
-    private PosixSignalRegistration? _sigterm;
+    private readonly List<PosixSignalRegistration> _signals = [];
 
     /// <summary>Builds the machine the options describe; throws <see cref="HostConfigException"/>,
     /// <see cref="ConfigException"/> or <see cref="ControlServerException"/> with a one-line reason.</summary>
@@ -44,6 +44,16 @@ public sealed class Machine : IDisposable
                 StrictMsr = _config.GetBool("x86.strictmsr", true),
                 Pinning = ReadPinning(_config, t.Cpus),
             };
+            // x86.strictio (-e): an access to a port or MMIO address no device claims stops the VM (bhyve's -e), with
+            // one line naming it and status 4, instead of reading all ones or being ignored.
+            if (_config.GetBool("x86.strictio", false))
+            {
+                var vm = Vm;
+                vm.Ports.Unclaimed = (port, write, size) =>
+                    vm.SetError($"unhandled I/O {(write ? "write" : "read")} of {size} byte(s) at port 0x{port:x} (x86.strictio)");
+                vm.Mmio.Unclaimed = (address, write, size) =>
+                    vm.SetError($"unhandled MMIO {(write ? "write" : "read")} of {size} byte(s) at 0x{address:x} (x86.strictio)");
+            }
             // The control socket comes first: a second hyve with the same name must stop before touching anything.
             Own(ControlServer.Start(Vm));
             StartGdb();
@@ -146,14 +156,28 @@ public sealed class Machine : IDisposable
     /// <summary>Runs until the guest powers off, halts, triple faults or (with exit_on_reboot) resets; returns bhyve's exit status.</summary>
     public int Run()
     {
-        // SIGTERM presses the ACPI power button so the guest OS can shut down cleanly; a second SIGTERM, or one
-        // that no guest is listening for (power button not enabled), powers off at once (status 1).
-        int sigterms = 0;
-        _sigterm = PosixSignalRegistration.Create(PosixSignal.SIGTERM, ctx =>
+        // SIGTERM, SIGINT and SIGHUP press the ACPI power button so the guest OS can shut down cleanly (bhyve's
+        // SIGTERM); a second one, or one that no guest is listening for (power button not enabled), powers off at
+        // once (status 1). SIGQUIT and SIGUSR1 power off at once. Every one of them leaves through Run's return, so
+        // the terminal is restored and the control socket removed, never a death by signal.
+        int presses = 0;
+        foreach (var sig in new[] { PosixSignal.SIGTERM, PosixSignal.SIGINT, PosixSignal.SIGHUP })
         {
-            ctx.Cancel = true;
-            if (Interlocked.Increment(ref sigterms) > 1 || !Platform.Pm.PressPowerButton()) Vm.Suspend(SuspendHow.PowerOff);
-        });
+            _signals.Add(PosixSignalRegistration.Create(sig, ctx =>
+            {
+                ctx.Cancel = true;
+                if (Interlocked.Increment(ref presses) > 1 || !Platform.Pm.PressPowerButton()) Vm.Suspend(SuspendHow.PowerOff);
+            }));
+        }
+        foreach (var sig in new[] { PosixSignal.SIGQUIT, (PosixSignal)10 /* SIGUSR1 */ })
+        {
+            _signals.Add(PosixSignalRegistration.Create(sig, ctx =>
+            {
+                ctx.Cancel = true;
+                Vm.Suspend(SuspendHow.PowerOff);
+            }));
+        }
+        ConsoleTerminal.SignalsHandledByMachine = true;
         bool exitOnReboot = _config.GetBool("exit_on_reboot", false);
         // Start-up is over once the vCPUs run: let go of the code that only it needed (see StartupPages).
         Vm.SettledAfterStart += () => StartupPages.Trim();
@@ -224,7 +248,9 @@ public sealed class Machine : IDisposable
     /// <summary>Closes the control socket, the consoles, the clock and guest memory.</summary>
     public void Dispose()
     {
-        _sigterm?.Dispose();
+        foreach (var r in _signals) r.Dispose();
+        _signals.Clear();
+        ConsoleTerminal.SignalsHandledByMachine = false;
         for (int i = _owned.Count - 1; i >= 0; i--)
         {
             try { _owned[i].Dispose(); }

@@ -49,6 +49,7 @@ public static class Program
         {
             ConsoleBackend.FlushAll();
             ConsoleTerminal.RestoreTerminal();
+            RunFiles.DeleteAllOwnSockets();
             StartupTrace.Report();
         }
     }
