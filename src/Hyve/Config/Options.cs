@@ -326,8 +326,17 @@ public static class Options
                     }
                 }
             }
-            throw new ConfigException($"{path} line {n + 1}: invalid config option '{lines[n]}'");
+            throw new ConfigException($"{path} line {n + 1}: not key=value: '{Brief(line)}'");
         }
+    }
+
+    // A bad line is quoted briefly (it may be a whole binary file read by mistake), control characters shown as '?'.
+    private static string Brief(string line)
+    {
+        var sb = new StringBuilder();
+        foreach (char ch in line.Length > 40 ? line[..40] : line) sb.Append(char.IsControl(ch) ? '?' : ch);
+        if (line.Length > 40) sb.Append("...");
+        return sb.ToString();
     }
 
     private static string Reason(Exception e) => e switch

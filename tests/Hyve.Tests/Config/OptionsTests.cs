@@ -255,7 +255,11 @@ public class OptionsTests
         File.WriteAllText(file, "cpus=2\n# fine\nthis is not a key value\n");
         try
         {
-            Assert.Equal($"{file} line 3: invalid config option 'this is not a key value'", Fails("-k", file, "vm"));
+            Assert.Equal($"{file} line 3: not key=value: 'this is not a key value'", Fails("-k", file, "vm"));
+            // issue 18 #8: a bad line is quoted briefly, never echoed whole.
+            File.WriteAllText(file, new string('\u0001', 3) + new string('z', 5000) + "\n");
+            string e = Fails("-k", file, "vm");
+            Assert.Equal($"{file} line 1: not key=value: '???{new string('z', 37)}...'", e);
         }
         finally { File.Delete(file); }
     }
