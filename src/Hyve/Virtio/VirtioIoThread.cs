@@ -40,16 +40,18 @@ public sealed unsafe class VirtioIoThread : IDisposable
         return fd;
     }
 
-    /// <summary>Watches another readable fd (a socket, a terminal); <paramref name="handler"/> runs while it is readable.</summary>
-    public void AddReadable(int fd, Action handler)
+    /// <summary>Watches another readable fd (a socket, a terminal); <paramref name="handler"/> runs while it is readable,
+    /// or, with <paramref name="edgeTriggered"/> (EPOLLET), each time new data arrives (the handler reads until EAGAIN or
+    /// until it must wait for something else that will call it again, such as a tap waiting for guest buffers).</summary>
+    public void AddReadable(int fd, Action handler, bool edgeTriggered = false)
     {
-        AddFd(fd, (ulong)_handlers.Count);
+        AddFd(fd, (ulong)_handlers.Count, edgeTriggered ? VirtioNative.EpollEt : 0);
         _handlers.Add((-1, handler));
     }
 
-    private void AddFd(int fd, ulong cookie)
+    private void AddFd(int fd, ulong cookie, uint extra = 0)
     {
-        var ev = new EpollEvent { Events = VirtioNative.EpollIn, Data = cookie };
+        var ev = new EpollEvent { Events = VirtioNative.EpollIn | extra, Data = cookie };
         if (VirtioNative.EpollCtl(_epoll, VirtioNative.EpollCtlAdd, fd, &ev) != 0)
             throw new HostConfigException($"{Name}: epoll_ctl: {VirtioNative.LastError()}");
     }

@@ -34,6 +34,8 @@ public static unsafe partial class VirtioNative
     public const int EpollCtlAdd = 1;
     /// <summary>EPOLLIN.</summary>
     public const uint EpollIn = 1;
+    /// <summary>EPOLLET (edge-triggered).</summary>
+    public const uint EpollEt = 1u << 31;
     /// <summary>open(2) O_RDONLY.</summary>
     public const int ORdOnly = 0;
     /// <summary>open(2) O_RDWR.</summary>
