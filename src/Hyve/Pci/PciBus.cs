@@ -57,7 +57,11 @@ public sealed class PciBus
     }
 
     /// <summary>Creates the host for a VM (interrupts through <see cref="Vm.Irq"/>, looked up when used).</summary>
-    public static PciBus Create(Vm vm, ulong ecamBase = DefaultEcamBase) => new(vm.Ports, vm.Mmio, vm.Memory, () => vm.Irq, ecamBase);
+    public static PciBus Create(Vm vm, ulong ecamBase = DefaultEcamBase) =>
+        new(vm.Ports, vm.Mmio, vm.Memory, () => vm.Irq, ecamBase) { IoEventFds = vm.IoEventFds };
+
+    /// <summary>The VM's eventfd doorbells (virtio notify addresses register here as their BARs move); null in bare tests.</summary>
+    public IoEventFdTable? IoEventFds { get; init; }
 
     /// <summary>The port bus I/O BARs live on.</summary>
     public PortBus Ports { get; }

@@ -170,7 +170,45 @@ public abstract class VirtioPciDevice : PciDevice, IDisposable, IDeviceState, IQ
         }
         AddIoSources(_io);
         _io.Start();
+        RefreshDoorbells();
     }
+
+    // ---- doorbells: notify writes that a backend can turn into eventfd signals without an exit ---------------
+
+    private readonly List<IoEventFd> _doorbells = [];
+
+    /// <inheritdoc/>
+    protected override void OnBarDecodeChanged(PciBar bar)
+    {
+        if (bar.Index == ModernBar || (Transitional && bar.Index == LegacyBar)) RefreshDoorbells();
+    }
+
+    // Each queue's modern notify window (any width), and the legacy notify port matched on the queue index written to it.
+    private void RefreshDoorbells()
+    {
+        var table = Bus?.IoEventFds;
+        if (table is null) return;
+        lock (_doorbells)
+        {
+            foreach (var e in _doorbells) table.Remove(e);
+            _doorbells.Clear();
+            if (_io is null) return;
+            var modern = Bars[ModernBar];
+            var legacy = Transitional ? Bars[LegacyBar] : null;
+            foreach (var q in _queues)
+            {
+                if (q.NotifyFd < 0) continue;
+                if (modern is { Decoding: true })
+                    _doorbells.Add(new IoEventFd(modern.DecodedAt + NotifyOffset + (ulong)(NotifyMultiplier * q.Index), 0, false, null, q.NotifyFd));
+                if (legacy is { Decoding: true })
+                    _doorbells.Add(new IoEventFd(legacy.DecodedAt + 0x10, 2, true, (ulong)q.Index, q.NotifyFd));
+            }
+            foreach (var e in _doorbells) table.Add(e);
+        }
+    }
+
+    /// <summary>The doorbells registered with the VM now (for tests and diagnostics).</summary>
+    public IReadOnlyList<IoEventFd> Doorbells { get { lock (_doorbells) return [.. _doorbells]; } }
 
     /// <summary>Lets a device watch more fds (a console's input) on its I/O thread before it starts.</summary>
     protected virtual void AddIoSources(VirtioIoThread io) { }
@@ -666,6 +704,11 @@ public abstract class VirtioPciDevice : PciDevice, IDisposable, IDeviceState, IQ
     /// <summary>Stops the I/O thread; devices close their files after calling this.</summary>
     public virtual void Dispose()
     {
+        lock (_doorbells)
+        {
+            if (Bus?.IoEventFds is { } table) foreach (var e in _doorbells) table.Remove(e);
+            _doorbells.Clear();
+        }
         _io?.Dispose();
         _io = null;
         GC.SuppressFinalize(this);

@@ -13,12 +13,7 @@ namespace Hyve.Tests.Machine;
 /// </summary>
 public class VirtioGuestTests
 {
-    private static string? CloudKernel()
-    {
-        var k = Directory.GetFiles("/boot", "vmlinuz-*-cloud-amd64");
-        Array.Sort(k, StringComparer.Ordinal);
-        return k.Length == 0 ? null : k[^1];
-    }
+    private static string? CloudKernel() => FirmwareTests.CloudKernel();
 
     private static string Run(string file, string args)
     {
@@ -71,6 +66,90 @@ public class VirtioGuestTests
         finally
         {
             if (Directory.Exists(dir)) Directory.Delete(dir, true);
+        }
+    }
+
+    // A boot sector that writes HYVE-MBR-OK to COM1 and halts with interrupts off (hyve's status 2): 16-bit code at 0x7C00.
+    private static byte[] BootSector()
+    {
+        byte[] msg = "HYVE-MBR-OK\r\n\0"u8.ToArray();
+        byte[] code =
+        [
+            0xfa, 0x31, 0xc0, 0x8e, 0xd8,       // cli; xor ax,ax; mov ds,ax
+            0xbe, 0x16, 0x7c,                   // mov si,0x7c16 (the message)
+            0xba, 0xf8, 0x03,                   // mov dx,0x3f8
+            0xac, 0x84, 0xc0, 0x74, 0x03,       // next: lodsb; test al,al; jz done
+            0xee, 0xeb, 0xf8,                   // out dx,al; jmp next
+            0xf4, 0xeb, 0xfd,                   // done: hlt; jmp done
+        ];
+        var sector = new byte[512];
+        code.CopyTo(sector, 0);
+        msg.CopyTo(sector, code.Length);
+        sector[510] = 0x55;
+        sector[511] = 0xaa;
+        return sector;
+    }
+
+    // Debian's SeaBIOS finds the virtio-blk disk (its virtio driver, through the modern interface) and runs its boot sector.
+    [Fact]
+    public void DebianSeabiosBootsFromVirtioBlk()
+    {
+        const string seabios = "/usr/share/seabios/bios.bin";
+        Assert.True(File.Exists(seabios), $"{seabios} is missing: scripts/test installs Debian's seabios package");
+        string disk = Path.Combine(Path.GetTempPath(), $"hyve-mbr-{Guid.NewGuid():N}.img");
+        try
+        {
+            var image = new byte[1 << 20];
+            BootSector().CopyTo(image, 0);
+            File.WriteAllBytes(disk, image);
+            using var vm = HyveProcess.Start(Backends.Args("soft", "-l", $"bootrom,{seabios}", "-l", "fwcfg,qemu", "-l", "com1,stdio",
+                "-s", "0,hostbridge", "-s", "31,lpc", "-s", $"3,virtio-blk,{disk}", "sbv" + Guid.NewGuid().ToString("N")[..8]));
+            vm.WaitForExit(180);
+            Assert.Contains("Booting from Hard Disk..HYVE-MBR-OK", vm.Stdout, StringComparison.Ordinal);
+            Assert.Equal(2, vm.ExitCode); // halted
+        }
+        finally
+        {
+            File.Delete(disk);
+        }
+    }
+
+    // Debian's OVMF finds the FAT file system on a virtio-blk disk (mapped FS0: by its shell) and runs startup.nsh, which
+    // starts the cloud kernel's EFI stub from the disk with an initrd from the same disk, to the busybox initramfs's
+    // marker. The kernel is not \EFI\BOOT\BOOTX64.EFI: OVMF would boot that path first, without a command line, and the
+    // kernel would have neither console= nor initrd=. About 90 s on the software CPU.
+    [Fact]
+    public void DebianOvmfBootsTheKernelFromAVirtioBlkFatDisk()
+    {
+        const string ovmf = "/usr/share/ovmf/OVMF.fd";
+        Assert.True(File.Exists(ovmf), $"{ovmf} is missing: scripts/test installs Debian's ovmf package");
+        string? kernel = CloudKernel();
+        Assert.True(kernel is not null, "no /boot/vmlinuz-*-cloud-amd64: scripts/test installs linux-image-cloud-amd64");
+        string dir = Path.Combine(Path.GetTempPath(), $"hyve-efi-{Guid.NewGuid():N}");
+        Directory.CreateDirectory(dir);
+        try
+        {
+            string initrd = Path.Combine(dir, "initrd.gz"), fat = Path.Combine(dir, "esp.img"), nsh = Path.Combine(dir, "startup.nsh");
+            Run(Path.Combine(HyveProcess.RepoRoot, "tests", "guests", "busybox-initramfs"), initrd);
+            using (var f = File.Create(fat)) f.SetLength(64 << 20);
+            File.WriteAllText(nsh, "fs0:\r\n\\EFI\\hyve\\vmlinuz.efi initrd=\\initrd.gz console=ttyS0\r\n");
+            Run("mformat", $"-i {fat} -F -v HYVEEFI ::");
+            Run("mmd", $"-i {fat} ::/EFI ::/EFI/hyve");
+            Run("mcopy", $"-i {fat} {kernel} ::/EFI/hyve/vmlinuz.efi");
+            Run("mcopy", $"-i {fat} {initrd} ::/initrd.gz");
+            Run("mcopy", $"-i {fat} {nsh} ::/startup.nsh");
+            using var vm = HyveProcess.Start(Backends.Args("soft", "-m", "512M", "-l", $"bootrom,{ovmf}", "-l", "fwcfg,qemu",
+                "-l", "com1,stdio", "-s", "0,hostbridge,vendor=0x8086,devid=0x1237", "-s", "1:3,piix4-pm", "-s", "31,lpc",
+                "-s", $"4,virtio-blk,{fat}", "efi" + Guid.NewGuid().ToString("N")[..8]));
+            vm.WaitForExit(420);
+            Assert.Contains("FS0:", vm.Stdout, StringComparison.Ordinal);
+            Assert.Contains("EFI stub: Loaded initrd from command line option", vm.Stdout, StringComparison.Ordinal);
+            Assert.Contains("HYVE-INITRAMFS-OK", vm.Stdout, StringComparison.Ordinal);
+            Assert.Equal(1, vm.ExitCode);
+        }
+        finally
+        {
+            Directory.Delete(dir, true);
         }
     }
 }
