@@ -435,6 +435,25 @@ public sealed class Vm : IVmControl
     /// <inheritdoc/>
     public void SetDescriptor(int vcpu, Reg reg, SegmentDescriptor desc) => OnVcpu(vcpu, v => { v.SetDescriptor(reg, desc); return 0; });
 
+    private readonly List<KeyValuePair<string, Func<ulong>>> _stats = [];
+
+    /// <summary>Adds a counter that <c>hyvectl --get-stats</c> shows (read on the control thread when asked).</summary>
+    public void AddStat(string name, Func<ulong> read)
+    {
+        lock (_stats) _stats.Add(new(name, read));
+    }
+
+    /// <inheritdoc/>
+    public IReadOnlyList<KeyValuePair<string, ulong>> GetStats()
+    {
+        lock (_stats)
+        {
+            var list = new List<KeyValuePair<string, ulong>>(_stats.Count);
+            foreach (var kv in _stats) list.Add(new(kv.Key, kv.Value()));
+            return list;
+        }
+    }
+
     /// <inheritdoc/>
     public long GetRtcTime() => Rtc.GetTime();
 
