@@ -49,6 +49,10 @@ public sealed class HyveProcess : IDisposable
         return ["-o", "accel=kvm", .. args];
     }
 
+    /// <summary>Starts ./hyve inside network namespace <paramref name="netns"/> (through <c>ip netns exec</c>; root only).</summary>
+    public static HyveProcess StartInNetns(string netns, params string[] args) =>
+        new("/usr/sbin/ip", ["netns", "exec", netns, Path.Combine(RepoRoot, "hyve"), .. WithAccel(args)], NewRunDir());
+
     /// <summary>Runs ./hyve to completion and returns it.</summary>
     public static HyveProcess Run(params string[] args)
     {

@@ -48,7 +48,8 @@ public readonly record struct HostForward(bool Udp, IPAddress HostAddress, int H
 /// libslirp is not thread-safe, so every call into it runs on this backend's own thread, in a poll(2) loop over libslirp's
 /// sockets and an eventfd: the device's frames reach that thread through a <see cref="FrameRing"/> plus the eventfd,
 /// and libslirp's frames for the guest leave it through a second ring plus an eventfd the device's I/O thread watches.
-/// libslirp's frames are whole Ethernet frames with valid checksums; it takes no offloads (no virtio-net header).
+/// libslirp's frames are whole Ethernet frames it built with valid checksums, so the device offers GUEST_CSUM and marks
+/// them DATA_VALID (the guest need not verify them); it takes no offloads from the guest (no CSUM, no TSO, no header).
 /// </para>
 /// </summary>
 public sealed unsafe class SlirpBackend : INetBackend
@@ -114,7 +115,7 @@ public sealed unsafe class SlirpBackend : INetBackend
     /// <inheritdoc/>
     public string Name => "slirp";
     /// <inheritdoc/>
-    public ulong OffloadFeatures => 0;
+    public ulong OffloadFeatures => VirtioNet.FeatureGuestCsum; // frames arrive with whole checksums (DATA_VALID); none partial
     /// <inheritdoc/>
     public bool HasVnetHeader => false;
     /// <inheritdoc/>

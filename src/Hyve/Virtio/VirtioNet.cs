@@ -49,6 +49,8 @@ public sealed unsafe class VirtioNet : VirtioPciDevice
     public const ulong FeatureStatus = 1ul << 16;
     /// <summary>VIRTIO_NET_S_LINK_UP.</summary>
     public const ushort StatusLinkUp = 1;
+    /// <summary>VIRTIO_NET_HDR_F_DATA_VALID.</summary>
+    public const byte HdrFlagDataValid = 2;
     /// <summary>Entries per queue.</summary>
     public const ushort QueueSize = 256;
     /// <summary>The receive queue's index.</summary>
@@ -218,6 +220,9 @@ public sealed unsafe class VirtioNet : VirtioPciDevice
         // The guest sees [header][frame]: the backend's own header (tap) or one made here (zeros: no offload in use).
         Span<byte> ownHeader = stackalloc byte[12];
         ownHeader.Clear();
+        // A backend without a header hands over frames it built itself with whole checksums (libslirp): with GUEST_CSUM the
+        // guest is told so (VIRTIO_NET_HDR_F_DATA_VALID) and skips verifying them again.
+        if ((DriverFeatures & FeatureGuestCsum) != 0) ownHeader[0] = HdrFlagDataValid;
         ReadOnlySpan<byte> head = _backend.HasVnetHeader ? default : ownHeader[..hdrLen];
         long total = head.Length + frame.Length;
         int popped = 0;

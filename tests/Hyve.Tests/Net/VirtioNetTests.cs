@@ -39,14 +39,16 @@ public sealed class VirtioNetTests
     }
 
     [Fact]
-    public void OffersMacStatusAndMergeableBuffersWithoutOffloadsOnSlirp()
+    public void OffersMacStatusAndMergeableBuffersAndNoTransmitOffloadsOnSlirp()
     {
         using var d = Net();
         ulong f = d.Features();
         Assert.NotEqual(0ul, f & VirtioNet.FeatureMac);
         Assert.NotEqual(0ul, f & VirtioNet.FeatureStatus);
         Assert.NotEqual(0ul, f & VirtioNet.FeatureMrgRxbuf);
-        Assert.Equal(0ul, f & (VirtioNet.FeatureCsum | VirtioNet.FeatureGuestCsum | VirtioNet.FeatureHostTso4 | VirtioNet.FeatureGuestTso4));
+        // libslirp takes no offloads from the guest; its own frames carry whole checksums, which GUEST_CSUM lets it say.
+        Assert.Equal(0ul, f & (VirtioNet.FeatureCsum | VirtioNet.FeatureHostTso4 | VirtioNet.FeatureGuestTso4));
+        Assert.NotEqual(0ul, f & VirtioNet.FeatureGuestCsum);
         Assert.Equal(0ul, f & VirtioNet.FeatureMtu);
         Assert.Equal(0x1000, d.Device.DeviceId);   // transitional network device
         Assert.Equal(0x02, d.Device.GetConfig8(0x0b)); // network controller
@@ -105,12 +107,26 @@ public sealed class VirtioNetTests
         Assert.Equal(0u, id);
         var buf = d.Mem(RxData, (int)len).ToArray();
         Assert.Equal(1, BinaryPrimitives.ReadUInt16LittleEndian(buf.AsSpan(10))); // num_buffers
-        Assert.Equal(0, buf[0]);                                                   // flags: no offload in use
+        Assert.Equal(0, buf[0]);                                                   // flags: GUEST_CSUM not taken, nothing said
         var frame = buf[12..];
         var bootp = DhcpReply(frame).ToArray();
         Assert.Equal(Ip("10.0.2.15"), bootp[16..20]);
         Assert.Equal(new byte[] { 2 }, DhcpOption(bootp, 53));
         Assert.Equal(0, d.Status & VirtioPciDevice.StatusNeedsReset);
+    }
+
+    [Fact]
+    public void WithGuestCsumSlirpFramesAreMarkedDataValid()
+    {
+        using var d = Net();
+        Start(d, Modern | VirtioNet.FeatureMrgRxbuf | VirtioNet.FeatureGuestCsum);
+        d.Offer(VirtioNet.RxQueue, 256, (RxData, 2048, true));
+        d.Notify(VirtioNet.RxQueue);
+        Transmit(d, DhcpDiscover(GuestMac, 3), 1);
+        Assert.True(VirtioTestDriver.WaitFor(() => d.UsedIdx(VirtioNet.RxQueue) >= 1));
+        var hdr = d.Mem(RxData, 12).ToArray();
+        Assert.Equal(VirtioNet.HdrFlagDataValid, hdr[0]); // and not NEEDS_CSUM: nothing partial
+        Assert.Equal(0, hdr[1]);                          // GSO_NONE
     }
 
     [Fact]
