@@ -252,6 +252,11 @@ public static class CtlMain
             s.Line(IntinfoLine("pending", info1));
             s.Line(IntinfoLine("current", info2));
         }));
+        q.Add(new("get-stats", s =>
+        {
+            // bhyvectl --get-stats: one counter a line, name then value.
+            foreach (var kv in s.Vm.GetStats()) s.Line($"{kv.Key,-50}\t{kv.Value}");
+        }));
         q.Add(new("get-active-cpus", s => s.Line(CpuSet("active cpus", s.Vm.ActiveCpus()))));
         q.Add(new("get-suspended-cpus", s => s.Line(CpuSet("suspended cpus", s.Vm.SuspendedCpus()))));
         q.Add(new("get-cpu-topology", s =>

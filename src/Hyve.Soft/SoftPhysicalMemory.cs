@@ -79,6 +79,7 @@ internal sealed unsafe class SoftPhysicalMemory : IGuestHostMemory, IGuestPorts,
         Accesses++;
         if ((gpa >> 20) == 0xfee && IsApicPage(gpa)) { value = lapic.MmioRead(gpa & 0xfff, size); return true; }
         if (_inner.TryReadMmio(gpa, size, out value)) return true;
+        vm.Mmio.Unclaimed?.Invoke(gpa, false, size);
         value = size >= 8 ? ulong.MaxValue : (1ul << (8 * size)) - 1;
         return true;
     }
@@ -88,7 +89,7 @@ internal sealed unsafe class SoftPhysicalMemory : IGuestHostMemory, IGuestPorts,
     {
         Accesses++;
         if ((gpa >> 20) == 0xfee && IsApicPage(gpa)) { lapic.MmioWrite(gpa & 0xfff, size, value); return true; }
-        _inner.TryWriteMmio(gpa, size, value);
+        if (!_inner.TryWriteMmio(gpa, size, value)) vm.Mmio.Unclaimed?.Invoke(gpa, true, size);
         return true;
     }
 

@@ -77,6 +77,9 @@ public sealed unsafe class GuestMemory : IDisposable
     public const ulong HighMemBase = 4ul << 30;
     /// <summary>Largest guest memory accepted (1 TiB).</summary>
     public const ulong MaxSize = 1ul << 40;
+    /// <summary>Smallest guest memory accepted (1 MiB: the real-mode address space every guest starts in, with the
+    /// interrupt vectors, the BIOS data area and the shadowed ROM).</summary>
+    public const ulong MinSize = 1ul << 20;
 
     private readonly List<MemSegment> _segments = [];
     private GuestMapping[] _map = [];

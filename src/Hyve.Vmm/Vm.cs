@@ -100,6 +100,9 @@ public sealed class Vm : IVmControl
     public PortBus Ports { get; } = new();
     /// <summary>The MMIO bus.</summary>
     public MmioBus Mmio { get; } = new();
+
+    /// <summary>Guest writes that should signal an eventfd without an exit (KVM_IOEVENTFD where the backend has it).</summary>
+    public IoEventFdTable IoEventFds { get; } = new();
     /// <summary>x86.strictmsr: an access to an unimplemented MSR raises #GP (default true; -w clears it).</summary>
     public bool StrictMsr { get; set; } = true;
     /// <summary>Host CPUs each vCPU is pinned to (-p), or null.</summary>
@@ -431,6 +434,25 @@ public sealed class Vm : IVmControl
 
     /// <inheritdoc/>
     public void SetDescriptor(int vcpu, Reg reg, SegmentDescriptor desc) => OnVcpu(vcpu, v => { v.SetDescriptor(reg, desc); return 0; });
+
+    private readonly List<KeyValuePair<string, Func<ulong>>> _stats = [];
+
+    /// <summary>Adds a counter that <c>hyvectl --get-stats</c> shows (read on the control thread when asked).</summary>
+    public void AddStat(string name, Func<ulong> read)
+    {
+        lock (_stats) _stats.Add(new(name, read));
+    }
+
+    /// <inheritdoc/>
+    public IReadOnlyList<KeyValuePair<string, ulong>> GetStats()
+    {
+        lock (_stats)
+        {
+            var list = new List<KeyValuePair<string, ulong>>(_stats.Count);
+            foreach (var kv in _stats) list.Add(new(kv.Key, kv.Value()));
+            return list;
+        }
+    }
 
     /// <inheritdoc/>
     public long GetRtcTime() => Rtc.GetTime();

@@ -65,6 +65,7 @@ public static class Program
             snapshot?.Dispose();
             ConsoleBackend.FlushAll();
             ConsoleTerminal.RestoreTerminal();
+            RunFiles.DeleteAllOwnSockets();
             StartupTrace.Report();
         }
     }

@@ -126,6 +126,8 @@ public enum ControlOp : ushort
     Checkpoint = 19,
     /// <summary>string path → (empty).</summary>
     DumpGuestMemory = 20,
+    /// <summary>→ u32 count, (string name, u64 value) × count: the VM's counters (console bytes dropped, ...).</summary>
+    GetStats = 21,
 }
 
 /// <summary>Response codes. Values are part of the wire format.</summary>

@@ -119,6 +119,9 @@ public interface IVmControl
 
     /// <summary>Writes guest memory and vCPU state as an ELF core in QEMU's dump-guest-memory layout.</summary>
     void DumpGuestMemory(string path);
+
+    /// <summary>The VM's counters by name (bhyvectl --get-stats), for example the console bytes dropped because nobody read them.</summary>
+    IReadOnlyList<KeyValuePair<string, ulong>> GetStats() => [];
 }
 
 /// <summary>What the machine offers the control socket for snapshots (the VMM does not know the file layout's

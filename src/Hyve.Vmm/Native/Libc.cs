@@ -113,6 +113,10 @@ public static partial class Libc
     [LibraryImport("libc", EntryPoint = "geteuid")]
     public static partial uint Geteuid();
 
+    /// <summary>umask(2): returns the previous mask.</summary>
+    [LibraryImport("libc", EntryPoint = "umask")]
+    public static partial uint Umask(uint mask);
+
     /// <summary>tgkill(2) through syscall(2) (glibc 2.30+ also exports it, but the syscall always exists).</summary>
     [LibraryImport("libc", SetLastError = true, EntryPoint = "syscall")]
     private static partial long Syscall3(long number, long a, long b, long c);

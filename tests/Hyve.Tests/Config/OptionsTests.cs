@@ -126,6 +126,16 @@ public class OptionsTests
     [InlineData("1GG")]
     public void BadMemorySizesAreRejected(string spec) => Assert.Equal($"invalid memsize '{spec}'", Fails("-m", spec, "vm"));
 
+    // issue 18 #2: beyond the maximum, or too small to boot anything: one line, never an exception out of Parse.
+    [Theory]
+    [InlineData("-m", "2T", "more than the supported maximum of 1T")]
+    [InlineData("-m", "99999T", "more than the supported maximum of 1T")]
+    [InlineData("-o", "memory.size=2T", "more than the supported maximum of 1T")]
+    [InlineData("-m", "1K", "less than the minimum of 1M")]
+    [InlineData("-m", "1048575B", "less than the minimum of 1M")]
+    public void MemorySizesOutsideTheSupportedRangeAreOneLine(string option, string value, string reason)
+        => Assert.Contains(reason, Fails(option, value, "vm"), StringComparison.Ordinal);
+
     // ---- -s ----
 
     [Fact]
@@ -137,6 +147,20 @@ public class OptionsTests
         Assert.Equal("0x8086", r.Config.Get("pci.0.3.1.vendor"));
         Assert.Equal("true", r.Config.Get("pci.0.3.1.quirk"));
         Assert.Equal("piix4-pm", r.Config.Get("pci.1.4.2.device"));
+    }
+
+    [Fact]
+    public void VirtioSlotsTakeBhyveLegacyLeadingWords()
+    {
+        var r = Ok("-s", "3:1,virtio-blk,/tmp/disk.img,ro,sectorsize=4096/4096", "-s", "4,virtio-console,con=stdio,log=/tmp/x", "-s", "5,virtio-rnd", "vm");
+        Assert.Equal("virtio-blk", r.Config.Get("pci.0.3.1.device"));
+        Assert.Equal("/tmp/disk.img", r.Config.Get("pci.0.3.1.path"));
+        Assert.Equal("true", r.Config.Get("pci.0.3.1.ro"));
+        Assert.Equal("4096/4096", r.Config.Get("pci.0.3.1.sectorsize"));
+        Assert.Equal("con", r.Config.Get("pci.0.4.0.port.0.name"));
+        Assert.Equal("stdio", r.Config.Get("pci.0.4.0.port.0.path"));
+        Assert.Equal("/tmp/x", r.Config.Get("pci.0.4.0.port.1.path"));
+        Assert.Equal("virtio-rnd", r.Config.Get("pci.0.5.0.device"));
     }
 
     [Theory]
@@ -243,7 +267,11 @@ public class OptionsTests
         File.WriteAllText(file, "cpus=2\n# fine\nthis is not a key value\n");
         try
         {
-            Assert.Equal($"{file} line 3: invalid config option 'this is not a key value'", Fails("-k", file, "vm"));
+            Assert.Equal($"{file} line 3: not key=value: 'this is not a key value'", Fails("-k", file, "vm"));
+            // issue 18 #8: a bad line is quoted briefly, never echoed whole.
+            File.WriteAllText(file, new string('\u0001', 3) + new string('z', 5000) + "\n");
+            string e = Fails("-k", file, "vm");
+            Assert.Equal($"{file} line 1: not key=value: '???{new string('z', 37)}...'", e);
         }
         finally { File.Delete(file); }
     }

@@ -10,6 +10,8 @@ namespace Hyve.Tests.Snapshot;
 /// every section version a loader claims to read (oldest to newest) appears in one of them, so it is exercised here.
 /// counter-v1.hyvesnap: format 1.0, the counter ROM of <see cref="SnapshotRomTests"/> on the software CPU with 2 MiB,
 /// a host bridge, the PIIX4 PM function, the LPC bridge and fw_cfg, suspended right after it printed "c=00a3".
+/// counter-i8042v2.hyvesnap: the same machine restored from counter-v1 and suspended again once the 8042's section went
+/// to version 2 (the keyboard layout and typematic state of the VNC input path).
 /// </summary>
 public partial class SnapshotCompatibilityTests
 {
