@@ -89,7 +89,7 @@ public readonly record struct PendingEvent(PendingEventKind Kind, int Vector, bo
 /// <see cref="ExceptionNesting.Combine"/>; one that ends in a triple fault sets <see cref="TripleFault"/>.
 /// Thread-safe: other threads post NMIs and interrupts while the vCPU thread takes events.
 /// </summary>
-public sealed class PendingEvents
+public sealed class PendingEvents : Hyve.Vmm.State.IDeviceState
 {
     private readonly Lock _lock = new();
     private bool _hasException, _exceptionHasErrorCode, _nmi, _tripleFault;
@@ -181,25 +181,26 @@ public sealed class PendingEvents
         }
     }
 
-    /// <summary>Version of the state written by <see cref="Save"/>.</summary>
-    public const int StateVersion = 1;
+    /// <inheritdoc/>
+    public string StateName => "pending-events";
+    /// <inheritdoc/>
+    public int StateVersion => 1;
+    /// <inheritdoc/>
+    public int OldestStateVersion => 1;
 
     /// <summary>Writes the pending events for a snapshot.</summary>
-    public void Save(BinaryWriter w)
+    public void SaveState(BinaryWriter w)
     {
         lock (_lock)
         {
-            w.Write(StateVersion);
             w.Write(_hasException); w.Write(_exceptionVector); w.Write(_exceptionHasErrorCode); w.Write(_errorCode);
             w.Write(_nmi); w.Write(_interruptVector); w.Write(_tripleFault);
         }
     }
 
-    /// <summary>Reads state written by <see cref="Save"/>; throws <see cref="InvalidDataException"/> on a version mismatch.</summary>
-    public void Restore(BinaryReader r)
+    /// <summary>Reads state written by <see cref="SaveState"/>.</summary>
+    public void LoadState(BinaryReader r, int version)
     {
-        int version = r.ReadInt32();
-        if (version != StateVersion) throw new InvalidDataException($"pending-event state version {version}, expected {StateVersion}");
         lock (_lock)
         {
             _hasException = r.ReadBoolean(); _exceptionVector = r.ReadInt32() & 31; _exceptionHasErrorCode = r.ReadBoolean();

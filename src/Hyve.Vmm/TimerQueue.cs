@@ -73,24 +73,23 @@ public sealed partial class TimerQueue : IClock, IDisposable
         if (Volatile.Read(ref _threadStarted) != 0 && Thread.CurrentThread != _thread) _thread.Join();
     }
 
-    private readonly object _callbackGate = new();
+    // A semaphore rather than a monitor: the control server may release a hold on another thread than took it.
+    private readonly SemaphoreSlim _callbackGate = new(1, 1);
 
-    /// <summary>Holds every timer callback until the returned object is disposed (on the same thread): a snapshot saves
+    /// <summary>Holds every timer callback until the returned object is disposed (from any thread): a snapshot saves
     /// devices that timers would otherwise change half-way. Callbacks that fall due meanwhile run late, once.</summary>
     public IDisposable HoldCallbacks()
     {
-        Monitor.Enter(_callbackGate);
+        _callbackGate.Wait();
         return new CallbackHold(_callbackGate);
     }
 
-    private sealed class CallbackHold(object gate) : IDisposable
+    private sealed class CallbackHold(SemaphoreSlim gate) : IDisposable
     {
-        private bool _done;
+        private int _done;
         public void Dispose()
         {
-            if (_done) return;
-            _done = true;
-            Monitor.Exit(gate);
+            if (Interlocked.Exchange(ref _done, 1) == 0) gate.Release();
         }
     }
 
@@ -170,11 +169,10 @@ public sealed partial class TimerQueue : IClock, IDisposable
                 }
                 if (due is not null)
                 {
-                    lock (_callbackGate)
-                    {
-                        try { due.Callback(deadline); }
-                        catch (Exception ex) { CallbackFailed?.Invoke(ex); }
-                    }
+                    _callbackGate.Wait();
+                    try { due.Callback(deadline); }
+                    catch (Exception ex) { CallbackFailed?.Invoke(ex); }
+                    finally { _callbackGate.Release(); }
                     continue;
                 }
                 _waker.Wait(waitNs);

@@ -206,11 +206,9 @@ public class ExceptionNestingTests
         var q = new PendingEvents();
         q.RaiseException(14, 6);
         q.RaiseNmi();
-        var ms = new MemoryStream();
-        q.Save(new BinaryWriter(ms));
+        var saved = StateCopy.Save(q);
         var q2 = new PendingEvents();
-        ms.Position = 0;
-        q2.Restore(new BinaryReader(ms));
+        StateCopy.Load(q2, saved);
         Assert.True(q2.TryTake(false, false, out var e));
         Assert.Equal(new PendingEvent(PendingEventKind.Exception, 14, true, 6), e);
         Assert.True(q2.TryTake(false, false, out e));

@@ -2,6 +2,7 @@
 using Hyve.Acpi;
 using Hyve.Pci;
 using Hyve.Vmm;
+using Hyve.Vmm.State;
 using Xunit;
 
 namespace Hyve.Tests.Pci;
@@ -89,5 +90,27 @@ public class Piix4PmTests
         Assert.Equal(-1, ((Piix4Pm)rig.Bus.Find(0, 1, 3)!).DecodedBase);
         Assert.Equal(0xffffffffu, rig.Ports.Read(0xb008, 4));
         Assert.Equal(1u, rig.Cf8Read(0, 1, 3, Piix4Pm.PmbaOffset, 4));
+    }
+
+    [Fact]
+    public void A_restore_into_a_fresh_machine_claims_the_block_where_the_saved_pmba_points()
+    {
+        var (rig, _, _, _) = Rig();
+        using var _r = rig;
+        rig.Cf8Write(0, 1, 3, Piix4Pm.PmbaOffset, 4, 0xb000);
+        rig.Cf8Write(0, 1, 3, Piix4Pm.PmRegMiscOffset, 1, 1);
+        var inventory = new DeviceInventory();
+        rig.Bus.JoinInventory(inventory);
+        var saved = inventory.Save();
+
+        // The function's own hook (OnRestored) runs after its configuration space is loaded: the block is claimed.
+        var (fresh, _, _, _) = Rig();
+        using var _f = fresh;
+        var inventory2 = new DeviceInventory();
+        fresh.Bus.JoinInventory(inventory2);
+        Assert.Equal(0xffffffffu, fresh.Ports.Read(0xb008, 4));
+        inventory2.Restore(saved);
+        Assert.Equal(0xb000, ((Piix4Pm)fresh.Bus.Find(0, 1, 3)!).DecodedBase);
+        Assert.Equal(0x00ab_cdefu, fresh.Ports.Read(0xb008, 4));
     }
 }
