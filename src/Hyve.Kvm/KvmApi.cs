@@ -51,6 +51,12 @@ internal static class KvmApi
     public static readonly nuint GetVcpuEvents = Ior(0x9f, 64);
     public static readonly nuint SetVcpuEvents = Iow(0xa0, 64);
     public static readonly nuint EnableCap = Iow(0xa3, 104);
+    /// <summary>KVM_GET_XCRS / KVM_SET_XCRS (struct kvm_xcrs, 392 bytes).</summary>
+    public static readonly nuint GetXcrs = Ior(0xa6, 392);
+    public static readonly nuint SetXcrs = Iow(0xa7, 392);
+    /// <summary>KVM_SET_TSC_KHZ / KVM_GET_TSC_KHZ.</summary>
+    public static readonly nuint SetTscKhz = Io(0xa2);
+    public static readonly nuint GetTscKhz = Io(0xa3);
     public static readonly nuint SignalMsi = Iow(0xa5, 32);
 
     public const int CapIrqRouting = 25;

@@ -5,9 +5,11 @@ using Hyve.Config;
 using Hyve.Devices;
 using Hyve.Gdb;
 using Hyve.Kvm;
+using Hyve.Snapshot;
 using Hyve.Soft;
 using Hyve.Vmm;
 using Hyve.Vmm.Control;
+using Hyve.Vmm.State;
 
 namespace Hyve;
 
@@ -25,8 +27,9 @@ public sealed class Machine : IDisposable
     private readonly List<PosixSignalRegistration> _signals = [];
 
     /// <summary>Builds the machine the options describe; throws <see cref="HostConfigException"/>,
-    /// <see cref="ConfigException"/> or <see cref="ControlServerException"/> with a one-line reason.</summary>
-    public Machine(ParseResult options)
+    /// <see cref="ConfigException"/> or <see cref="ControlServerException"/> with a one-line reason. With
+    /// <paramref name="restore"/> (a checked snapshot whose configuration the options are) the machine resumes from it.</summary>
+    public Machine(ParseResult options, SnapshotReader? restore = null)
     {
         _config = options.Config;
         string name = _config.Get("name") ?? throw new HostConfigException("no VM name");
@@ -54,24 +57,31 @@ public sealed class Machine : IDisposable
                 vm.Mmio.Unclaimed = (address, write, size) =>
                     vm.SetError($"unhandled MMIO {(write ? "write" : "read")} of {size} byte(s) at 0x{address:x} (x86.strictio)");
             }
+            Vm.Snapshots = new MachineSnapshots(Vm, _config, _clock);
             // The control socket comes first: a second hyve with the same name must stop before touching anything.
             Own(ControlServer.Start(Vm));
             StartGdb();
 
-            Vm.Ports.Register(ResetControl.Port, 1, new ResetControl(Vm));
+            var devices = Own(Vm.Devices);
+            var resetControl = new ResetControl(Vm);
+            Vm.Ports.Register(ResetControl.Port, 1, resetControl);
+            devices.Add("reset-control", "0", resetControl, DevicePhase.Platform);
             var kbc = new I8042(Vm.Irq, () => Vm.Suspend(SuspendHow.Reset));
-            Vm.Resetting += kbc.Reset;
             Vm.Ports.Register(I8042.DataPort, 1, kbc);
             Vm.Ports.Register(I8042.CommandPort, 1, kbc);
+            devices.Add("i8042", "0", kbc, DevicePhase.Platform, kbc.Reset);
 
-            var coms = Own(LpcComPorts.Create(_config, Vm.Ports, Vm.Irq));
+            var coms = devices.Own(LpcComPorts.Create(_config, Vm.Ports, Vm.Irq));
+            for (int i = 0; i < coms.Ports.Count; i++)
+                devices.Add("uart16550", Uart16550.ComPorts[i].Name, coms.Ports[i], DevicePhase.Platform, coms.Ports[i].Reset);
             Vm.AddStat("console output bytes dropped", () => (ulong)ConsoleBackend.TotalDropped);
-            Vm.Resetting += coms.Reset;
             if (_config.IsNode("lpc.debug_exit"))
             {
                 var (ioBase, ioSize) = DebugExit.ParseOptions(
                     $"iobase={_config.Get("lpc.debug_exit.iobase")},iosize={_config.Get("lpc.debug_exit.iosize")}");
-                new DebugExit(Vm.Exit, ioBase, ioSize).Register(Vm.Ports);
+                var debugExit = new DebugExit(Vm.Exit, ioBase, ioSize);
+                debugExit.Register(Vm.Ports);
+                devices.Add("debug-exit", "0", debugExit, DevicePhase.Platform);
             }
 
             string? rom = _config.Get("lpc.bootrom");
@@ -83,16 +93,17 @@ public sealed class Machine : IDisposable
             {
                 BootRom.Load(memory, rom, _config.Get("lpc.bootvars"));
                 BootRom.ShadowLegacyArea(memory);
-                Vm.Resetting += () => BootRom.ShadowLegacyArea(memory);
+                devices.Add("bios-shadow", "0", memory, DevicePhase.Memory, () => BootRom.ShadowLegacyArea(memory));
             }
             else
             {
                 // Direct kernel boot: tables in the BIOS area, the kernel loaded, vCPU 0 at its entry; a guest
-                // reboot loads it again, as QEMU's -kernel does.
-                LoadKernel(kernel!);
-                Vm.Resetting += () => LoadKernel(kernel!);
+                // reboot loads it again, as QEMU's -kernel does. A restore has all of that in its memory already.
+                if (restore is null) LoadKernel(kernel!);
+                devices.Add("kernel", "0", memory, DevicePhase.Memory, () => LoadKernel(kernel!));
             }
             if (_config.Get("accel") == "kvm" && !KvmSystem.IsAvailable(out var reason)) throw new HostConfigException(reason);
+            if (restore is not null) ((MachineSnapshots)Vm.Snapshots).Restore(restore);
         }
         catch
         {

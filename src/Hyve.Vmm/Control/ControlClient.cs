@@ -255,6 +255,23 @@ public sealed class ControlClient : IVmControl, IDisposable
         return list;
     }
 
+    /// <inheritdoc />
+    public void Checkpoint(string path, bool thenExit)
+    {
+        Begin(ControlOp.Checkpoint);
+        _writer.String(path);
+        _writer.U8(thenExit ? (byte)1 : (byte)0);
+        new FrameReader(Send()).End();
+    }
+
+    /// <inheritdoc />
+    public void DumpGuestMemory(string path)
+    {
+        Begin(ControlOp.DumpGuestMemory);
+        _writer.String(path);
+        new FrameReader(Send()).End();
+    }
+
     private byte[] Call(ControlOp op)
     {
         Begin(op);

@@ -529,6 +529,23 @@ public sealed class ControlServer : IDisposable
                 }
                 return true;
             }
+            case ControlOp.Checkpoint:
+            {
+                string path = r.String();
+                byte flags = r.U8();
+                r.End();
+                if (!Path.IsPathFullyQualified(path)) throw new ArgumentException($"{path}: the snapshot path must be absolute");
+                _vm.Checkpoint(path, (flags & 1) != 0);
+                return true;
+            }
+            case ControlOp.DumpGuestMemory:
+            {
+                string path = r.String();
+                r.End();
+                if (!Path.IsPathFullyQualified(path)) throw new ArgumentException($"{path}: the dump path must be absolute");
+                _vm.DumpGuestMemory(path);
+                return true;
+            }
             default:
                 return false;
         }

@@ -114,4 +114,23 @@ public interface IVmControl
 
     /// <summary>The VM's counters by name (bhyvectl --get-stats), for example the console bytes dropped because nobody read them.</summary>
     IReadOnlyList<KeyValuePair<string, ulong>> GetStats() => [];
+
+    /// <summary>Writes a snapshot to <paramref name="path"/> (an absolute path on the VM's host) with every vCPU paused and
+    /// every device quiesced; the VM then goes on, or with <paramref name="thenExit"/> ends (bhyvectl --checkpoint /
+    /// --suspend). Throws <see cref="IOException"/> naming why a checkpoint failed; the VM goes on then.</summary>
+    void Checkpoint(string path, bool thenExit);
+
+    /// <summary>Writes guest memory and vCPU state as an ELF core in QEMU's dump-guest-memory layout.</summary>
+    void DumpGuestMemory(string path);
+}
+
+/// <summary>What the machine offers the control socket for snapshots (the VMM does not know the file layout's
+/// machine parts: the configuration, the devices beyond its own).</summary>
+public interface ISnapshotHandler
+{
+    /// <summary>See <see cref="IVmControl.Checkpoint"/>.</summary>
+    void Checkpoint(string path, bool thenExit);
+
+    /// <summary>See <see cref="IVmControl.DumpGuestMemory"/>.</summary>
+    void DumpGuestMemory(string path);
 }

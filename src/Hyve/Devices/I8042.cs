@@ -1,13 +1,8 @@
 // SPDX-License-Identifier: BSD-2-Clause
 using Hyve.Vmm;
+using Hyve.Vmm.State;
 
 namespace Hyve.Devices;
-
-/// <summary>Saved state of <see cref="I8042"/>: controller RAM, the output buffer and the bytes queued behind it, pending
-/// command bytes, the output port and the mouse's settings.</summary>
-public sealed record I8042State(int Version, byte[] Ram, (byte Value, bool Aux)[] Queue, byte Output, bool OutputFull, bool OutputAux,
-    bool LastWasCommand, byte PendingCommand, byte KeyboardPending, byte MousePending, byte OutputPort, byte MouseRate,
-    byte MouseResolution, byte MouseStatus);
 
 /// <summary>
 /// The 8042 keyboard controller of a PC (bhyve's atkbdc) with a PS/2 keyboard on its first port and a PS/2 mouse on
@@ -17,7 +12,7 @@ public sealed record I8042State(int Version, byte[] Ram, (byte Value, bool Aux)[
 /// PS/2 technical reference describes them. A byte for the guest waits in one output buffer; while it holds keyboard
 /// data and command-byte bit 0 is set, IRQ 1 is raised, and IRQ 12 for mouse data with bit 1.
 /// </summary>
-public sealed class I8042 : IPortDevice
+public sealed class I8042 : IPortDevice, IDeviceState
 {
     /// <summary>Data port.</summary>
     public const ushort DataPort = 0x60;
@@ -77,30 +72,48 @@ public sealed class I8042 : IPortDevice
         }
     }
 
-    private const int StateVersion = 1;
+    /// <inheritdoc/>
+    public string StateName => "i8042";
+    /// <inheritdoc/>
+    public int StateVersion => 1;
+    /// <inheritdoc/>
+    public int OldestStateVersion => 1;
 
-    /// <summary>Saves the controller and device state.</summary>
-    public I8042State SaveState()
+    /// <summary>Writes controller RAM, the queued bytes behind the output buffer, the output buffer, pending command
+    /// bytes, the output port and the mouse's settings.</summary>
+    public void SaveState(BinaryWriter w)
     {
-        lock (_gate)
-            return new I8042State(StateVersion, (byte[])_ram.Clone(), _queue.ToArray(), _output, _outputFull, _outputAux, _lastWasCommand,
-                _pendingCommand, _keyboardPending, _mousePending, _outputPort, _mouseRate, _mouseResolution, _mouseStatus);
-    }
-
-    /// <summary>Restores saved state and the interrupt levels it implies; throws <see cref="ArgumentException"/> for
-    /// another version or a malformed record.</summary>
-    public void RestoreState(I8042State s)
-    {
-        if (s.Version != StateVersion) throw new ArgumentException($"8042 state version {s.Version}, expected {StateVersion}");
-        if (s.Ram is not { Length: 32 } || s.Queue is null || s.Queue.Length > MaxQueued) throw new ArgumentException("8042 state is malformed");
         lock (_gate)
         {
-            s.Ram.CopyTo(_ram, 0);
+            w.Write(_ram);
+            w.Write((byte)_queue.Count);
+            foreach (var (v, aux) in _queue) { w.Write(v); w.Write(aux); }
+            w.Write(_output); w.Write(_outputFull); w.Write(_outputAux); w.Write(_lastWasCommand);
+            w.Write(_pendingCommand); w.Write(_keyboardPending); w.Write(_mousePending);
+            w.Write(_outputPort); w.Write(_mouseRate); w.Write(_mouseResolution); w.Write(_mouseStatus);
+        }
+    }
+
+    /// <summary>Reads what <see cref="SaveState"/> wrote and raises the interrupt levels it implies.</summary>
+    public void LoadState(BinaryReader r, int version)
+    {
+        var ram = r.ReadBytes(32);
+        if (ram.Length != 32) throw new EndOfStreamException();
+        int n = r.ReadByte();
+        if (n > MaxQueued) throw new InvalidDataException($"8042 state queues {n} bytes, more than {MaxQueued}");
+        var queue = new (byte, bool)[n];
+        for (int i = 0; i < n; i++) queue[i] = (r.ReadByte(), r.ReadBoolean());
+        var (output, full, aux, lastCmd) = (r.ReadByte(), r.ReadBoolean(), r.ReadBoolean(), r.ReadBoolean());
+        var (pending, kbd, mouse) = (r.ReadByte(), r.ReadByte(), r.ReadByte());
+        var (port, rate, res, status) = (r.ReadByte(), r.ReadByte(), r.ReadByte(), r.ReadByte());
+        lock (_gate)
+        {
+            ram.CopyTo(_ram, 0);
             _queue.Clear();
-            foreach (var q in s.Queue) _queue.Enqueue(q);
-            (_output, _outputFull, _outputAux, _lastWasCommand) = (s.Output, s.OutputFull, s.OutputAux, s.LastWasCommand);
-            (_pendingCommand, _keyboardPending, _mousePending) = (s.PendingCommand, s.KeyboardPending, s.MousePending);
-            (_outputPort, _mouseRate, _mouseResolution, _mouseStatus) = (s.OutputPort, s.MouseRate, s.MouseResolution, s.MouseStatus);
+            foreach (var q in queue) _queue.Enqueue(q);
+            (_output, _outputFull, _outputAux, _lastWasCommand) = (output, full, aux, lastCmd);
+            (_pendingCommand, _keyboardPending, _mousePending) = (pending, kbd, mouse);
+            (_outputPort, _mouseRate, _mouseResolution, _mouseStatus) = (port, rate, res, status);
             UpdateIrqs();
         }
     }
@@ -112,8 +125,12 @@ public sealed class I8042 : IPortDevice
         {
             if (port == CommandPort) return Status();
             // Reading the data port empties the output buffer; with nothing new it returns the last byte again.
+            // The interrupt line falls with the buffer before the next queued byte raises it again: IRQ 1 and 12 are
+            // edge-triggered, and a line left high would deliver nothing for the bytes after the first (an identify's
+            // 0xAB 0x83 behind its ACK; Linux's atkbd then times out and the keyboard is never found).
             byte v = _output;
             _outputFull = false;
+            UpdateIrqs();
             Refill();
             return v;
         }

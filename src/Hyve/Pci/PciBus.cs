@@ -1,10 +1,8 @@
 // SPDX-License-Identifier: BSD-2-Clause
 using Hyve.Vmm;
+using Hyve.Vmm.State;
 
 namespace Hyve.Pci;
-
-/// <summary>Saved state of the PCI subsystem: the router and every function by (bus, slot, function).</summary>
-public sealed record PciBusState(int Version, PciIntxRouterState Router, IReadOnlyList<(int Bus, int Slot, int Function, PciDeviceState State)> Functions);
 
 /// <summary>
 /// The PCI host: functions by (bus, slot, function), configuration mechanism #1 (0xCF8/0xCFC) and ECAM, the BAR
@@ -26,7 +24,6 @@ public sealed class PciBus
     /// <summary>64-bit BARs this small or smaller go below 4 GiB, as bhyve does for drivers that dislike high BARs.</summary>
     public const ulong Mem64LowThreshold = 128ul << 20;
 
-    private const int StateVersion = 1;
     private readonly SparseTable<PciDevice> _funcs = new();
     private readonly List<PciDevice> _list = [];
     private readonly Dictionary<int, int[]> _pinUse = [];
@@ -34,6 +31,7 @@ public sealed class PciBus
     private readonly object _cfgGate = new();
     private ulong _ioNext, _mem32Next, _mem64Next;
     private byte[]? _initialPirq;
+    private DeviceInventory? _inventory;
 
     /// <summary>Creates the host and claims 0xCF8, 0xCFC-0xCFF and the ECAM range.</summary>
     public PciBus(PortBus ports, MmioBus mmio, GuestMemory memory, Func<IIrqLines?> irq, ulong ecamBase = DefaultEcamBase)
@@ -113,6 +111,7 @@ public sealed class PciBus
             SetMultifunction(bus, slot);
             RouteIntx(device);
             device.CaptureInitial();
+            JoinInventory(device);
         }
     }
 
@@ -151,7 +150,7 @@ public sealed class PciBus
         Built = true;
         foreach (var (d, bar) in ordered) Allocate(d, bar);
         foreach (var d in _list) RouteIntx(d);
-        _initialPirq = Router.SaveState().PirqRegisters;
+        _initialPirq = Router.Registers();
         foreach (var d in _list) d.CaptureInitial();
     }
 
@@ -296,35 +295,29 @@ public sealed class PciBus
         lock (_cfgGate)
         {
             foreach (var d in _list) d.Reset();
-            if (_initialPirq is not null) Router.RestoreState(new PciIntxRouterState(1, _initialPirq));
+            if (_initialPirq is not null) Router.SetRegisters(_initialPirq);
         }
     }
 
-    /// <summary>Captures the router and every function.</summary>
-    public PciBusState SaveState()
+    /// <summary>
+    /// Adds the bus, its router and every function to <paramref name="devices"/> (phase <see cref="DevicePhase.Pci"/>):
+    /// the bus resets them all, and each function is saved as its <c>pci-config</c> section plus its own section when
+    /// it implements <see cref="IDeviceState"/>, instance "bus:slot.function". Functions added later join on their own.
+    /// </summary>
+    public void JoinInventory(DeviceInventory devices)
     {
-        lock (_cfgGate)
-        {
-            var fns = new List<(int, int, int, PciDeviceState)>();
-            foreach (var d in _list) fns.Add((d.BusNumber, d.Slot, d.Function, d.SaveState()));
-            return new PciBusState(StateVersion, Router.SaveState(), fns);
-        }
+        ArgumentNullException.ThrowIfNull(devices);
+        _inventory = devices;
+        devices.Add("pci-bus", "0", this, DevicePhase.Pci, Reset);
+        devices.Add("pci-intx-router", "0", Router, DevicePhase.Pci);
+        foreach (var d in _list) JoinInventory(d);
     }
 
-    /// <summary>Restores state saved by <see cref="SaveState"/> onto the same set of functions.</summary>
-    public void RestoreState(PciBusState state)
+    private void JoinInventory(PciDevice d)
     {
-        ArgumentNullException.ThrowIfNull(state);
-        if (state.Version != StateVersion) throw new InvalidDataException("PCI state: unsupported version");
-        lock (_cfgGate)
-        {
-            foreach (var d in _list) d.Reset();
-            Router.RestoreState(state.Router);
-            foreach (var (b, s, f, st) in state.Functions)
-            {
-                var d = Find(b, s, f) ?? throw new InvalidDataException($"PCI state names {b}:{s}:{f}, which this machine lacks");
-                d.RestoreState(st);
-            }
-        }
+        if (_inventory is null) return;
+        string instance = $"{d.BusNumber}:{d.Slot}.{d.Function}";
+        _inventory.Add("pci-config", instance, d, DevicePhase.Pci, state: d.ConfigState);
+        if (d is IDeviceState own) _inventory.Add(own.StateName, instance, d, DevicePhase.Pci, state: own);
     }
 }
