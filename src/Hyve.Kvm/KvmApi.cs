@@ -58,6 +58,14 @@ internal static class KvmApi
     public static readonly nuint SetTscKhz = Io(0xa2);
     public static readonly nuint GetTscKhz = Io(0xa3);
     public static readonly nuint SignalMsi = Iow(0xa5, 32);
+    /// <summary>KVM_IOEVENTFD: a guest write to an address or port signals an eventfd without exiting.</summary>
+    public static readonly nuint IoEventFd = Iow(0x79, 64);
+    /// <summary>KVM_IOEVENTFD_FLAG_DATAMATCH.</summary>
+    public const uint IoEventFdDataMatch = 1u << 0;
+    /// <summary>KVM_IOEVENTFD_FLAG_PIO.</summary>
+    public const uint IoEventFdPio = 1u << 1;
+    /// <summary>KVM_IOEVENTFD_FLAG_DEASSIGN.</summary>
+    public const uint IoEventFdDeassign = 1u << 2;
 
     public const int CapIrqRouting = 25;
     public const int CapImmediateExit = 136;
@@ -165,6 +173,27 @@ internal unsafe struct KvmEnableCap
     public uint Cap, Flags;
     public fixed ulong Args[4];
     public fixed byte Pad[64];
+}
+
+/// <summary>struct kvm_ioeventfd (64 bytes).</summary>
+[StructLayout(LayoutKind.Sequential)]
+internal unsafe struct KvmIoEventFd
+{
+    public ulong DataMatch, Addr;
+    public uint Len;
+    public int Fd;
+    public uint Flags;
+    public fixed byte Pad[36];
+
+    /// <summary>The ioctl argument for <paramref name="e"/> (assigned, or deassigned).</summary>
+    public static KvmIoEventFd From(Hyve.Vmm.IoEventFd e, bool assign) => new()
+    {
+        DataMatch = e.DataMatch ?? 0,
+        Addr = e.Address,
+        Len = e.Length,
+        Fd = e.Fd,
+        Flags = (e.DataMatch is null ? 0 : KvmApi.IoEventFdDataMatch) | (e.Pio ? KvmApi.IoEventFdPio : 0) | (assign ? 0 : KvmApi.IoEventFdDeassign),
+    };
 }
 
 /// <summary>struct kvm_msi.</summary>

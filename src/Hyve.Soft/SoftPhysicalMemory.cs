@@ -96,14 +96,14 @@ internal sealed unsafe class SoftPhysicalMemory : IGuestHostMemory, IGuestPorts,
     /// <inheritdoc/>
     public uint In(ushort port, int size)
     {
-        Accesses++;
+        if (Accesses++ == 0) StartupTrace.FirstExit();
         return vm.Ports.Read(port, size);
     }
 
     /// <inheritdoc/>
     public void Out(ushort port, int size, uint value)
     {
-        Accesses++;
+        if (Accesses++ == 0) StartupTrace.FirstExit();
         vm.Ports.Write(port, size, value);
     }
 }

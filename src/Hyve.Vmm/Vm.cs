@@ -100,6 +100,9 @@ public sealed class Vm : IVmControl
     public PortBus Ports { get; } = new();
     /// <summary>The MMIO bus.</summary>
     public MmioBus Mmio { get; } = new();
+
+    /// <summary>Guest writes that should signal an eventfd without an exit (KVM_IOEVENTFD where the backend has it).</summary>
+    public IoEventFdTable IoEventFds { get; } = new();
     /// <summary>x86.strictmsr: an access to an unimplemented MSR raises #GP (default true; -w clears it).</summary>
     public bool StrictMsr { get; set; } = true;
     /// <summary>Host CPUs each vCPU is pinned to (-p), or null.</summary>

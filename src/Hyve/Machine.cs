@@ -47,6 +47,7 @@ public sealed class Machine : IDisposable
                 StrictMsr = _config.GetBool("x86.strictmsr", true),
                 Pinning = ReadPinning(_config, t.Cpus),
             };
+            Vm.Snapshots = new MachineSnapshots(Vm, _config, _clock);
             // x86.strictio (-e): an access to a port or MMIO address no device claims stops the VM (bhyve's -e), with
             // one line naming it and status 4, instead of reading all ones or being ignored.
             if (_config.GetBool("x86.strictio", false))
@@ -57,7 +58,6 @@ public sealed class Machine : IDisposable
                 vm.Mmio.Unclaimed = (address, write, size) =>
                     vm.SetError($"unhandled MMIO {(write ? "write" : "read")} of {size} byte(s) at 0x{address:x} (x86.strictio)");
             }
-            Vm.Snapshots = new MachineSnapshots(Vm, _config, _clock);
             // The control socket comes first: a second hyve with the same name must stop before touching anything.
             Own(ControlServer.Start(Vm));
             StartGdb();
@@ -89,7 +89,17 @@ public sealed class Machine : IDisposable
             if (rom is null && kernel is null)
                 throw new HostConfigException("nothing to boot: give a boot ROM (-l bootrom,FILE) or a kernel (-o boot.kernel=FILE)");
             Platform = PcPlatform.Build(Vm, _config, firmware: rom is not null);
-            if (rom is not null)
+            foreach (var d in Platform.Pci.Devices) if (d is IDisposable owned) Own(owned); // virtio I/O threads and disks
+            foreach (var d in Platform.Pci.Devices)
+                if (d is Display.StdVga vga) Own(new Display.VncConsole(vga, kbc, name, _config.Get("keyboard.layout")));
+            if (rom is not null && restore is not null)
+            {
+                // The ROM's contents are in the snapshot: the file need not exist any more.
+                ulong Length(string n) => restore.Manifest.Segments.Find(s => s.Name == n)?.Length ?? 0;
+                BootRom.Reserve(memory, Length("bootrom"), Length("bootvars"));
+                devices.Add("bios-shadow", "0", memory, DevicePhase.Memory, () => BootRom.ShadowLegacyArea(memory));
+            }
+            else if (rom is not null)
             {
                 BootRom.Load(memory, rom, _config.Get("lpc.bootvars"));
                 BootRom.ShadowLegacyArea(memory);
@@ -162,6 +172,8 @@ public sealed class Machine : IDisposable
         var loaded = KernelLoader.Load(Vm.Memory, kernel, _config.Get("boot.initrd"), _config.Get("boot.cmdline"),
             Platform.MemoryMap(), rsdp);
         Vm.BootState = loaded.Cpu;
+        foreach (var d in Platform.Pci.Devices)
+            if (d is Display.StdVga vga) Display.BootDisplay.SetUp(vga, Vm.Memory, loaded);
     }
 
     /// <summary>Runs until the guest powers off, halts, triple faults or (with exit_on_reboot) resets; returns bhyve's exit status.</summary>

@@ -59,7 +59,7 @@ public sealed class PcPlatform
 
         var p = new PcPlatform(vm, config, pci, pm);
         var slots = SlotsFromConfig(config);
-        pci.AddFromConfig(slots, PciDeviceRegistry.CreateDefault());
+        pci.AddFromConfig(slots, PciDeviceRegistry.CreateDefault(), config, vm.Name);
         pci.Build();
         pci.JoinInventory(vm.Devices);
         p.Describe(slots);

@@ -241,21 +241,6 @@ public sealed class ControlClient : IVmControl, IDisposable
     }
 
     /// <inheritdoc />
-    public IReadOnlyList<KeyValuePair<string, ulong>> GetStats()
-    {
-        var r = new FrameReader(Call(ControlOp.GetStats));
-        uint n = r.U32();
-        var list = new List<KeyValuePair<string, ulong>>();
-        for (uint i = 0; i < n; i++)
-        {
-            string name = r.String();
-            list.Add(new(name, r.U64()));
-        }
-        r.End();
-        return list;
-    }
-
-    /// <inheritdoc />
     public void Checkpoint(string path, bool thenExit)
     {
         Begin(ControlOp.Checkpoint);
@@ -270,6 +255,21 @@ public sealed class ControlClient : IVmControl, IDisposable
         Begin(ControlOp.DumpGuestMemory);
         _writer.String(path);
         new FrameReader(Send()).End();
+    }
+
+    /// <inheritdoc />
+    public IReadOnlyList<KeyValuePair<string, ulong>> GetStats()
+    {
+        var r = new FrameReader(Call(ControlOp.GetStats));
+        uint n = r.U32();
+        var list = new List<KeyValuePair<string, ulong>>();
+        for (uint i = 0; i < n; i++)
+        {
+            string name = r.String();
+            list.Add(new(name, r.U64()));
+        }
+        r.End();
+        return list;
     }
 
     private byte[] Call(ControlOp op)

@@ -517,18 +517,6 @@ public sealed class ControlServer : IDisposable
                 w.U64(info2);
                 return true;
             }
-            case ControlOp.GetStats:
-            {
-                r.End();
-                var stats = _vm.GetStats();
-                w.U32((uint)stats.Count);
-                foreach (var kv in stats)
-                {
-                    w.String(kv.Key);
-                    w.U64(kv.Value);
-                }
-                return true;
-            }
             case ControlOp.Checkpoint:
             {
                 string path = r.String();
@@ -544,6 +532,18 @@ public sealed class ControlServer : IDisposable
                 r.End();
                 if (!Path.IsPathFullyQualified(path)) throw new ArgumentException($"{path}: the dump path must be absolute");
                 _vm.DumpGuestMemory(path);
+                return true;
+            }
+            case ControlOp.GetStats:
+            {
+                r.End();
+                var stats = _vm.GetStats();
+                w.U32((uint)stats.Count);
+                foreach (var kv in stats)
+                {
+                    w.String(kv.Key);
+                    w.U64(kv.Value);
+                }
                 return true;
             }
             default:

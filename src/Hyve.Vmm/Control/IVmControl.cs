@@ -112,9 +112,6 @@ public interface IVmControl
     /// info1 an event being delivered when the vCPU last left the guest, info2 an event queued for the next entry.</summary>
     (ulong Info1, ulong Info2) GetIntinfo(int vcpu);
 
-    /// <summary>The VM's counters by name (bhyvectl --get-stats), for example the console bytes dropped because nobody read them.</summary>
-    IReadOnlyList<KeyValuePair<string, ulong>> GetStats() => [];
-
     /// <summary>Writes a snapshot to <paramref name="path"/> (an absolute path on the VM's host) with every vCPU paused and
     /// every device quiesced; the VM then goes on, or with <paramref name="thenExit"/> ends (bhyvectl --checkpoint /
     /// --suspend). Throws <see cref="IOException"/> naming why a checkpoint failed; the VM goes on then.</summary>
@@ -122,6 +119,9 @@ public interface IVmControl
 
     /// <summary>Writes guest memory and vCPU state as an ELF core in QEMU's dump-guest-memory layout.</summary>
     void DumpGuestMemory(string path);
+
+    /// <summary>The VM's counters by name (bhyvectl --get-stats), for example the console bytes dropped because nobody read them.</summary>
+    IReadOnlyList<KeyValuePair<string, ulong>> GetStats() => [];
 }
 
 /// <summary>What the machine offers the control socket for snapshots (the VMM does not know the file layout's

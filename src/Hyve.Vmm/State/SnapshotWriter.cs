@@ -67,28 +67,34 @@ public static unsafe class SnapshotWriter
         }
     }
 
-    // Writes the segment's non-zero pages at their offsets. A memfd-backed segment is asked where its data is
-    // (SEEK_DATA/SEEK_HOLE: pages never touched are holes and need not even be read); a file-backed one is scanned whole.
-    private static void WriteSegment(SafeFileHandle file, MemSegment seg, long at)
+    private static void WriteSegment(SafeFileHandle file, MemSegment seg, long at) => WriteRange(file, seg, 0, seg.Length, at);
+
+    /// <summary>
+    /// Writes the non-zero pages of [<paramref name="start"/>, <paramref name="end"/>) of a segment at
+    /// <paramref name="at"/> + (position - start), leaving zero pages as holes. A memfd-backed segment is asked where its
+    /// data is (SEEK_DATA/SEEK_HOLE: pages never touched are holes and are not even read); a file-backed one is scanned.
+    /// </summary>
+    internal static void WriteRange(SafeFileHandle file, MemSegment seg, ulong start, ulong end, long at)
     {
-        ulong len = seg.Length;
-        ulong pos = 0;
-        while (pos < len)
+        ulong pos = start;
+        while (pos < end)
         {
-            ulong dataStart = pos, dataEnd = len;
+            ulong dataStart = pos, dataEnd = end;
             if (!seg.FromFile)
             {
                 long d = Libc.Lseek(seg.Fd, (long)pos, Libc.SeekData);
                 if (d < 0) break; // ENXIO: no data after pos
                 long hEnd = Libc.Lseek(seg.Fd, d, Libc.SeekHole);
-                dataStart = (ulong)d & ~0xffful;
-                dataEnd = hEnd < 0 ? len : Math.Min(len, ((ulong)hEnd + 0xfff) & ~0xffful);
+                dataStart = Math.Max(pos, (ulong)d & ~0xffful);
+                dataEnd = hEnd < 0 ? end : Math.Min(end, ((ulong)hEnd + 0xfff) & ~0xffful);
+                if (dataStart >= end) break;
             }
-            WriteNonZero(file, seg.Host, dataStart, dataEnd, at);
+            WriteNonZero(file, seg.Host, dataStart, dataEnd, at - (long)start);
             pos = dataEnd;
         }
     }
 
+    // Writes the non-zero pages of [start, end) at at + position.
     private static void WriteNonZero(SafeFileHandle file, byte* host, ulong start, ulong end, long at)
     {
         ulong run = ulong.MaxValue;
@@ -105,13 +111,13 @@ public static unsafe class SnapshotWriter
         if (run != ulong.MaxValue) RandomAccess.Write(file, new ReadOnlySpan<byte>(host + run, (int)(end - run)), at + (long)run);
     }
 
-    private static void Sync(SafeFileHandle file, string what)
+    internal static void Sync(SafeFileHandle file, string what)
     {
         if (Libc.Fsync((int)file.DangerousGetHandle()) != 0)
             throw new IOException($"fsync {what}: {Libc.ErrnoText(Marshal.GetLastPInvokeError())}");
     }
 
-    private static void SyncDirectory(string dir)
+    internal static void SyncDirectory(string dir)
     {
         int fd = Libc.Open(dir, Libc.OCloexec); // O_RDONLY
         if (fd < 0) return;

@@ -185,10 +185,6 @@ public static class Options
             throw new ConfigException("-P (x86.vmexit_on_pause) is not implemented");
         if (config.GetBool("memory.wired", false))
             throw new ConfigException("-S (memory.wired) is not implemented: guest memory can be swapped");
-        if (!config.GetBool("virtio_msix", true))
-            throw new ConfigException("-W (virtio_msix=false) is not implemented");
-        if (config.Get("keyboard.layout") is string layout)
-            throw new ConfigException($"-K {layout} (keyboard.layout) is not implemented: the PS/2 keyboard has no layout tables");
         if (config.Get("lpc.pc-testdev") is not null)
             throw new ConfigException("-l pc-testdev is not implemented");
         if (config.Get("tpm.type") is not null)

@@ -72,6 +72,7 @@ public static class PciSlotOption
                 break;
             case PciConfSyntax.Net:
                 LeadingWord(config, node, "backend", tokens);
+                JoinRepeated(config, node, "hostfwd", tokens);
                 break;
             case PciConfSyntax.Console:
                 int port = 0;
@@ -99,6 +100,15 @@ public static class PciSlotOption
             Pairs(config, node, tokens.AsSpan(1));
         }
         else Pairs(config, node, tokens);
+    }
+
+    // slirp's hostfwd may be given several times (each a rule); the key keeps them all, ';'-separated as bhyve reads it.
+    private static void JoinRepeated(ConfigTree config, string node, string key, string[] tokens)
+    {
+        string? all = null;
+        foreach (var t in tokens)
+            if (t.StartsWith(key + "=", StringComparison.Ordinal)) all = all is null ? t[(key.Length + 1)..] : all + ";" + t[(key.Length + 1)..];
+        if (all is not null) config.Set(node + "." + key, all);
     }
 
     private static void Pairs(ConfigTree config, string node, ReadOnlySpan<string> tokens)

@@ -57,7 +57,11 @@ public sealed class PciBus
     }
 
     /// <summary>Creates the host for a VM (interrupts through <see cref="Vm.Irq"/>, looked up when used).</summary>
-    public static PciBus Create(Vm vm, ulong ecamBase = DefaultEcamBase) => new(vm.Ports, vm.Mmio, vm.Memory, () => vm.Irq, ecamBase);
+    public static PciBus Create(Vm vm, ulong ecamBase = DefaultEcamBase) =>
+        new(vm.Ports, vm.Mmio, vm.Memory, () => vm.Irq, ecamBase) { IoEventFds = vm.IoEventFds };
+
+    /// <summary>The VM's eventfd doorbells (virtio notify addresses register here as their BARs move); null in bare tests.</summary>
+    public IoEventFdTable? IoEventFds { get; init; }
 
     /// <summary>The port bus I/O BARs live on.</summary>
     public PortBus Ports { get; }
@@ -116,7 +120,7 @@ public sealed class PciBus
     }
 
     /// <summary>Creates and places the functions of <c>-s</c> options through <paramref name="registry"/>; unknown emulations are host errors.</summary>
-    public void AddFromConfig(IEnumerable<PciSlotConfig> slots, PciDeviceRegistry registry)
+    public void AddFromConfig(IEnumerable<PciSlotConfig> slots, PciDeviceRegistry registry, Hyve.Config.ConfigTree? root = null, string vmName = "")
     {
         ArgumentNullException.ThrowIfNull(slots);
         ArgumentNullException.ThrowIfNull(registry);
@@ -126,7 +130,7 @@ public sealed class PciBus
                 throw new HostConfigException($"PCI address {s.Bus}:{s.Slot}:{s.Function} is out of range (bus 0-255, slot 0-31, function 0-7)");
             if (Find(s.Bus, s.Slot, s.Function) is { } other)
                 throw new HostConfigException($"PCI slot {s.Bus}:{s.Slot}:{s.Function} is already taken by {other.Emulation}");
-            var dev = registry.Create(new PciDeviceContext(this, s.Bus, s.Slot, s.Function, s.Emulation, s.Conf));
+            var dev = registry.Create(new PciDeviceContext(this, s.Bus, s.Slot, s.Function, s.Emulation, s.Conf) { Root = root, VmName = vmName });
             dev.Emulation = s.Emulation;
             Add(dev, s.Bus, s.Slot, s.Function);
         }

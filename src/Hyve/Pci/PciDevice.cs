@@ -352,7 +352,11 @@ public abstract class PciDevice
         bool want = DecodeEnabled(bar) && bar.Address != 0;
         if (bar.Decoding && (!want || bar.DecodedAt != bar.Address)) bus.UnmapBar(bar);
         if (want && !bar.Decoding) bus.MapBar(this, bar, bar.Address);
+        OnBarDecodeChanged(bar);
     }
+
+    /// <summary>Device hook after a BAR's decode was brought in line (mapped, moved or unmapped: see <see cref="PciBar.Decoding"/>).</summary>
+    protected virtual void OnBarDecodeChanged(PciBar bar) { }
 
     private void CommandWritten(ushort oldCmd)
     {

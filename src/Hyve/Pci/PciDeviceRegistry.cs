@@ -12,6 +12,27 @@ public sealed record PciDeviceContext(PciBus Bus, int BusNumber, int Slot, int F
     /// <summary>The function's address as bhyve prints it.</summary>
     public string Where => $"pci.{BusNumber}.{Slot}.{Function}";
 
+    /// <summary>The whole config tree, for machine-wide keys such as <c>virtio_msix</c> (null in unit tests).</summary>
+    public Hyve.Config.ConfigTree? Root { get; init; }
+
+    /// <summary>The VM's name (for derived serial numbers and addresses).</summary>
+    public string VmName { get; init; } = "";
+
+    /// <summary>A conf string, or null when absent.</summary>
+    public string? Get(string key) => Conf.TryGetValue(key, out var v) ? v : null;
+
+    /// <summary>A boolean conf key (bhyve's true/false, on/off, yes/no, 1/0), or <paramref name="fallback"/> when absent.</summary>
+    public bool GetBool(string key, bool fallback)
+    {
+        if (!Conf.TryGetValue(key, out var s)) return fallback;
+        return s.ToLowerInvariant() switch
+        {
+            "true" or "on" or "yes" or "1" => true,
+            "false" or "off" or "no" or "0" => false,
+            _ => throw new HostConfigException($"{Where}.{key}: '{s}' is not a boolean"),
+        };
+    }
+
     /// <summary>A numeric conf key (decimal or 0x-hex) that must fit 16 bits, or <paramref name="fallback"/> when absent.</summary>
     public ushort GetU16(string key, ushort fallback)
     {

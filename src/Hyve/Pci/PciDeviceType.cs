@@ -42,13 +42,17 @@ public static class PciDeviceTypes
         new("amd_hostbridge", PciConfSyntax.Generic, HostBridge.CreateAmd),
         new("lpc", PciConfSyntax.Generic, LpcBridge.Create),
         new("piix4-pm", PciConfSyntax.Generic, Piix4Pm.Create), // hyve's: PIIX4 PM function for firmware built for QEMU's i440FX
-        new("virtio-net", PciConfSyntax.Net, null),
+        new("virtio-blk", PciConfSyntax.Block, Hyve.Virtio.VirtioBlock.Create),
+        new("virtio-console", PciConfSyntax.Console, Hyve.Virtio.VirtioConsole.Create),
+        new("virtio-net", PciConfSyntax.Net, Hyve.Virtio.VirtioNet.Create),
+        new("virtio-rnd", PciConfSyntax.Generic, Hyve.Virtio.VirtioRng.Create),
+        new("fbuf", PciConfSyntax.Generic, Hyve.Display.StdVga.Create), // QEMU's standard VGA served over VNC
         // bhyve's device types that hyve does not build (yet): named so that -s says so rather than "unknown device".
         new("ahci", PciConfSyntax.Generic, null),
         new("ahci-cd", PciConfSyntax.Block, null),
         new("ahci-hd", PciConfSyntax.Block, null),
         new("e1000", PciConfSyntax.Net, null),
-        new("fbuf", PciConfSyntax.Generic, null),
+
         new("hda", PciConfSyntax.Generic, null),
         new("nvme", PciConfSyntax.Block, null),
         new("passthru", PciConfSyntax.Generic, null),

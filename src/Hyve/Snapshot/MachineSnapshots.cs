@@ -79,15 +79,32 @@ public sealed class MachineSnapshots(Vm vm, ConfigTree config, TimerQueue clock)
     }
 
     /// <inheritdoc/>
-    public void DumpGuestMemory(string path) => throw new NotSupportedException("guest memory dumps are not implemented yet");
+    public void DumpGuestMemory(string path)
+    {
+        lock (_gate)
+        {
+            if (!vm.IsRunning) throw new InvalidOperationException("the VM is not running");
+            if (!vm.PauseAll(PauseTimeoutMs)) throw new IOException($"the vCPUs did not pause within {PauseTimeoutMs} ms; no dump written");
+            try
+            {
+                var cpus = new VcpuState[vm.CpuCount];
+                for (int i = 0; i < cpus.Length; i++) cpus[i] = vm.OnVcpu(i, v => v.GetState());
+                ElfCoreWriter.Write(path, vm.Memory, cpus);
+            }
+            finally
+            {
+                vm.ResumeAll();
+            }
+        }
+    }
 
     // Keys that describe this run rather than the machine.
     private static bool IsHostOnly(string key) => key is "restore_file" or "config.dump";
 
-    /// <summary>Keys a restore may give other values than the snapshot's: the VM's name, consoles, disk and socket paths,
-    /// the debug server.</summary>
+    /// <summary>Keys a restore may give other values than the snapshot's: the VM's name, the CPU engine (snapshots move
+    /// between KVM and the software CPU), consoles, disk and socket paths, the debug server.</summary>
     public static bool IsRepointable(string key) =>
-        key is "name" or "restore_file" or "config.dump" || key.StartsWith("gdb.", StringComparison.Ordinal)
+        key is "name" or "restore_file" or "config.dump" or "accel" || key.StartsWith("gdb.", StringComparison.Ordinal)
         || (key.StartsWith("lpc.com", StringComparison.Ordinal) && key.EndsWith(".path", StringComparison.Ordinal))
         || (key.StartsWith("pci.", StringComparison.Ordinal) && key.EndsWith(".path", StringComparison.Ordinal));
 

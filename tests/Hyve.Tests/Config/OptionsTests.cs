@@ -149,6 +149,20 @@ public class OptionsTests
         Assert.Equal("piix4-pm", r.Config.Get("pci.1.4.2.device"));
     }
 
+    [Fact]
+    public void VirtioSlotsTakeBhyveLegacyLeadingWords()
+    {
+        var r = Ok("-s", "3:1,virtio-blk,/tmp/disk.img,ro,sectorsize=4096/4096", "-s", "4,virtio-console,con=stdio,log=/tmp/x", "-s", "5,virtio-rnd", "vm");
+        Assert.Equal("virtio-blk", r.Config.Get("pci.0.3.1.device"));
+        Assert.Equal("/tmp/disk.img", r.Config.Get("pci.0.3.1.path"));
+        Assert.Equal("true", r.Config.Get("pci.0.3.1.ro"));
+        Assert.Equal("4096/4096", r.Config.Get("pci.0.3.1.sectorsize"));
+        Assert.Equal("con", r.Config.Get("pci.0.4.0.port.0.name"));
+        Assert.Equal("stdio", r.Config.Get("pci.0.4.0.port.0.path"));
+        Assert.Equal("/tmp/x", r.Config.Get("pci.0.4.0.port.1.path"));
+        Assert.Equal("virtio-rnd", r.Config.Get("pci.0.5.0.device"));
+    }
+
     [Theory]
     [InlineData("ahci")]
     [InlineData("ahci-hd")]

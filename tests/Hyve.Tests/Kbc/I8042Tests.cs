@@ -185,7 +185,7 @@ public class I8042Tests
         Assert.Equal(0xABu, other.PortRead(I8042.DataPort, 1));
         Assert.Equal(0x83u, other.PortRead(I8042.DataPort, 1));
         Assert.Equal(0, lines.IsaLevel[1]);
-        Assert.Throws<InvalidDataException>(() => StateCopy.Load(other, saved with { Version = 2 }));
+        Assert.Throws<InvalidDataException>(() => StateCopy.Load(other, saved with { Version = 3 }));
         Assert.Throws<InvalidDataException>(() => StateCopy.Load(other, saved with { Data = saved.Data[..3] }));
     }
 }

@@ -107,4 +107,78 @@ public partial class SnapshotRomTests
         }
         Directory.Delete(dir, true);
     }
+
+    /// <summary>Hyve's vCPU state is engine-neutral (the in-kernel LAPIC converts to Hyve's Vlapic and back, the TSC
+    /// continues from its saved value): a snapshot taken on KVM resumes on the software CPU and the reverse.</summary>
+    [SkippableKvmFact]
+    public void A_snapshot_moves_between_KVM_and_the_software_CPU()
+    {
+        string rom = GuestRom.ToFile(CounterRom());
+        string dir = Directory.CreateTempSubdirectory("hyve-snap").FullName;
+        foreach (var (from, to) in new[] { ("kvm", "soft"), ("soft", "kvm") })
+        {
+            string name = Name(), file = Path.Combine(dir, $"{from}.hyvesnap");
+            using var p = HyveProcess.Start(Backends.Args(from, "-l", $"bootrom,{rom}", "-l", "com1,stdio", name));
+            p.WaitForSocket(name);
+            WaitForCount(p, 3);
+            var c = p.Ctl($"--vm={name}", $"--suspend={file}");
+            Assert.True(c.Status == 0, c.Err);
+            p.WaitForExit(30);
+            var d = HyveProcess.CtlAlone($"--describe-snapshot={file}");
+            Assert.Contains($"engine:\t\t{from}", d.Out, StringComparison.Ordinal);
+            using var r = HyveProcess.Start(Backends.Args(to, "-r", file, name));
+            r.WaitForSocket(name);
+            WaitForCount(r, Counts(p.Stdout)[^1] + 3);
+            Assert.True(r.Ctl($"--vm={name}", "--force-poweroff").Status == 0);
+            r.WaitForExit(30);
+            AssertConsecutive(Counts(p.Stdout + r.Stdout), 1);
+        }
+        Directory.Delete(dir, true);
+    }
+
+    /// <summary>A checkpoint that cannot be written (no such directory; a full file system) says why, leaves the previous
+    /// file as it was and no temporary file behind, and the VM goes on.</summary>
+    [Fact]
+    public void A_failed_checkpoint_reports_why_keeps_the_previous_file_and_the_vm_goes_on()
+    {
+        string rom = GuestRom.ToFile(CounterRom());
+        string name = Name();
+        string dir = Directory.CreateTempSubdirectory("hyve-snapfull").FullName;
+        // A 256 KiB tmpfs holding a 200 KiB "previous snapshot": the new one (sections and the guest's touched pages) does not fit.
+        var mount = System.Diagnostics.Process.Start("mount", $"-t tmpfs -o size=256k tmpfs {dir}")!;
+        mount.WaitForExit();
+        bool mounted = mount.ExitCode == 0;
+        try
+        {
+            string target = Path.Combine(dir, "vm.hyvesnap");
+            var previous = new byte[200 << 10];
+            new Random(5).NextBytes(previous);
+            File.WriteAllBytes(target, previous);
+            using var p = HyveProcess.Start(Backends.Args("soft", "-m", "64M", "-l", $"bootrom,{rom}", "-l", "com1,stdio", name));
+            p.WaitForSocket(name);
+            WaitForCount(p, 2);
+            var c = p.Ctl($"--vm={name}", "--checkpoint=/nonexistent-hyve-dir/vm.hyvesnap");
+            Assert.NotEqual(0, c.Status);
+            Assert.Contains("/nonexistent-hyve-dir/vm.hyvesnap", c.Err, StringComparison.Ordinal);
+            if (mounted)
+            {
+                c = p.Ctl($"--vm={name}", $"--checkpoint={target}");
+                Assert.NotEqual(0, c.Status);
+                Assert.Contains("space", c.Err, StringComparison.OrdinalIgnoreCase);
+                Assert.Equal(previous, File.ReadAllBytes(target));
+                Assert.Equal([target], Directory.GetFiles(dir));
+            }
+            int at = Counts(p.Stdout)[^1];
+            WaitForCount(p, at + 3);
+            Assert.True(p.Ctl($"--vm={name}", "--force-poweroff").Status == 0);
+            p.WaitForExit(30);
+            AssertConsecutive(Counts(p.Stdout), 1);
+            Assert.True(mounted, "mount -t tmpfs failed (not root?): the full-disk half of this test did not run");
+        }
+        finally
+        {
+            if (mounted) System.Diagnostics.Process.Start("umount", dir)!.WaitForExit();
+            Directory.Delete(dir, true);
+        }
+    }
 }
