@@ -70,7 +70,8 @@ public sealed class PcPlatform
 
     /// <summary>Writes the MP table (unless x86.mptable=false) and the ACPI tables into the BIOS area, as bhyve does for
     /// a guest started without firmware; returns the RSDP address.</summary>
-    public ulong InstallBiosTables() => BiosTables.Install(_vm.Memory, Description, Smbios).RsdpAddress;
+    public ulong InstallBiosTables()
+        => BiosTables.Install(_vm.Memory, Description, Smbios, mpTable: _config.GetBool("x86.mptable", true)).RsdpAddress;
 
     /// <summary>The SMBIOS tables (system UUID from -U).</summary>
     public SmbiosImage Smbios { get; private set; } = null!;

@@ -19,15 +19,16 @@ public readonly record struct InstalledTables(ulong RsdpAddress, ulong AcpiBase,
 /// </summary>
 public static class BiosTables
 {
-    /// <summary>Writes both table sets for <paramref name="d"/> and says where they are.</summary>
+    /// <summary>Writes both table sets for <paramref name="d"/> (the MP table only with <paramref name="mpTable"/>: -Y clears
+    /// x86.mptable) and says where they are.</summary>
     public static InstalledTables Install(GuestMemory memory, PlatformDescription d, SmbiosImage? smbios = null, ulong mpBase = MpTable.DefaultBase,
-        ulong acpiBase = AcpiLayout.DefaultBase, ulong smbiosBase = SmbiosTables.DefaultBase)
+        ulong acpiBase = AcpiLayout.DefaultBase, ulong smbiosBase = SmbiosTables.DefaultBase, bool mpTable = true)
     {
-        var mp = MpTable.Build(d, mpBase);
+        byte[] mp = mpTable ? MpTable.Build(d, mpBase) : [];
         if (mpBase < acpiBase && mpBase + (ulong)mp.Length > acpiBase)
             throw new InvalidOperationException($"the MP table ({mp.Length} bytes at 0x{mpBase:x}) runs into the ACPI tables at 0x{acpiBase:x}");
         var acpi = AcpiLayout.Place(AcpiTables.Build(d), acpiBase);
-        Copy(memory, mpBase, mp);
+        if (mp.Length > 0) Copy(memory, mpBase, mp);
         if (smbios is not null) InstallSmbios(memory, smbios, Math.Max(smbiosBase, (mpBase + (ulong)mp.Length + 15) & ~15ul), acpiBase);
         Copy(memory, acpiBase, acpi.Bytes);
         return new InstalledTables(acpi.RsdpAddress, acpiBase, acpi.Bytes.Length, mpBase, mp.Length);

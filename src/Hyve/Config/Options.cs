@@ -148,6 +148,8 @@ public static class Options
             if (config.Get("name") is null && config.Get("restore_file") is null)
                 return UsageError(result, "missing VM name");
 
+            RefuseUnimplemented(config);
+
             if (config.GetBool("config.dump", false))
             {
                 result.DumpConfig = true;
@@ -171,6 +173,22 @@ public static class Options
             result.Error = e.Message;
         }
         return result;
+    }
+
+    // Keys that bhyve's options write and nothing in hyve reads: refused, so no option is accepted and ignored
+    // (issue 17 item 7). Remove a line when the code that honours the key lands.
+    private static void RefuseUnimplemented(ConfigTree config)
+    {
+        if (config.GetBool("x86.x2apic", false))
+            throw new ConfigException("x2APIC mode at start (-x, x86.x2apic=true) is not implemented: the local APIC starts in xAPIC mode and the guest may switch");
+        if (config.GetBool("x86.vmexit_on_pause", false))
+            throw new ConfigException("-P (x86.vmexit_on_pause) is not implemented");
+        if (config.GetBool("memory.wired", false))
+            throw new ConfigException("-S (memory.wired) is not implemented: guest memory can be swapped");
+        if (config.Get("lpc.pc-testdev") is not null)
+            throw new ConfigException("-l pc-testdev is not implemented");
+        if (config.Get("tpm.type") is not null)
+            throw new ConfigException("-l tpm is not implemented");
     }
 
     /// <summary>

@@ -91,24 +91,40 @@ public sealed partial class GdbServer
             var e = GdbRegisters.All[(int)n];
             if (!TryParseHexBytes(s[(eq + 1)..], out var data) || data.Length != e.Size) return ErrInvalid;
             ulong v = ReadLe(data);
-            server._vm.OnVcpu(GThreadVcpu(), cpu => { WriteRegister(cpu, e, v); return 0; });
-            return Ok;
+            bool ok = server._vm.OnVcpu(GThreadVcpu(), cpu =>
+            {
+                ulong cr0 = cpu.GetRegister(Hyve.X86.Reg.Cr0), cr4 = cpu.GetRegister(Hyve.X86.Reg.Cr4), efer = cpu.GetRegister(Hyve.X86.Reg.Efer);
+                if (!Acceptable(e, v, ref cr0, ref cr4, ref efer)) return false;
+                WriteRegister(cpu, e, v);
+                return true;
+            });
+            return ok ? Ok : ErrInvalid; // the state the hardware would refuse with #GP
         }
 
         private string WriteAllRegisters(ReadOnlySpan<char> s)
         {
             if (!TryParseHexBytes(s, out var data) || data.Length != GdbRegisters.TotalSize) return ErrInvalid;
-            server._vm.OnVcpu(GThreadVcpu(), cpu =>
+            bool ok = server._vm.OnVcpu(GThreadVcpu(), cpu =>
             {
+                // All or nothing: every value is checked (against the others) before any is written.
+                ulong cr0 = cpu.GetRegister(Hyve.X86.Reg.Cr0), cr4 = cpu.GetRegister(Hyve.X86.Reg.Cr4), efer = cpu.GetRegister(Hyve.X86.Reg.Efer);
                 int off = 0;
+                foreach (var e in GdbRegisters.All)
+                {
+                    ulong value = ReadLe(data.AsSpan(off, e.Size));
+                    if (e.Kind == GdbRegisters.Kind.Vmm && e.Reg == Hyve.X86.Reg.Rflags && cpu.GetRegister(e.Reg) == value) { off += e.Size; continue; }
+                    if (!Acceptable(e, value, ref cr0, ref cr4, ref efer)) return false;
+                    off += e.Size;
+                }
+                off = 0;
                 foreach (var e in GdbRegisters.All)
                 {
                     WriteRegister(cpu, e, ReadLe(data.AsSpan(off, e.Size)));
                     off += e.Size;
                 }
-                return 0;
+                return true;
             });
-            return Ok;
+            return ok ? Ok : ErrInvalid;
         }
 
         private static bool ParseAddrLen(ReadOnlySpan<char> s, out ulong addr, out ulong len)

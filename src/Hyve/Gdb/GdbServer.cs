@@ -477,6 +477,38 @@ public sealed partial class GdbServer : IVmDebugger, IDisposable
         _ => e.Constant,
     };
 
+    // Register states the hardware refuses with #GP (SDM vol. 3 2.5 and 4.1.1; APM vol. 2 3.1): a debugger cannot
+    // make them either. Checked against the other control registers as they will be after the write.
+    private const ulong RflagsReserved = 1ul << 3 | 1ul << 5 | 1ul << 15 | ~0x3f_fffful;
+    private const ulong EferDefined = 1ul << 0 | 1ul << 8 | 1ul << 10 | 1ul << 11; // SCE, LME, LMA, NXE
+    private const ulong Cr4Reserved = 1ul << 15 | 1ul << 19 | ~0xffff_fffful;
+
+    /// <summary>True when writing <paramref name="value"/> to <paramref name="e"/> gives a state the CPU accepts, with
+    /// CR0, CR4 and EFER taken from <paramref name="cr0"/>, <paramref name="cr4"/> and <paramref name="efer"/> (updated on success).</summary>
+    private static bool Acceptable(GdbRegisters.Entry e, ulong value, ref ulong cr0, ref ulong cr4, ref ulong efer)
+    {
+        if (e.Kind != GdbRegisters.Kind.Vmm) return true;
+        ulong c0 = cr0, c4 = cr4, ef = efer;
+        switch (e.Reg)
+        {
+            case Reg.Rflags:
+                return (value & RflagsReserved) == 0 && (value & 2) != 0;
+            case Reg.Cr0: c0 = value; break;
+            case Reg.Cr4: c4 = value; break;
+            case Reg.Efer: ef = value; break;
+            default: return true;
+        }
+        const ulong PE = 1, NW = 1ul << 29, CD = 1ul << 30, PG = 1ul << 31, PAE = 1ul << 5, LME = 1ul << 8, LMA = 1ul << 10;
+        if ((c0 >> 32) != 0 || ((c0 & PG) != 0 && (c0 & PE) == 0) || ((c0 & NW) != 0 && (c0 & CD) == 0)) return false;
+        if ((c4 & Cr4Reserved) != 0) return false;
+        if ((ef & ~EferDefined) != 0) return false;
+        // Long mode: LME cannot change while paging is on, and PAE cannot go while LMA is set.
+        if ((c0 & PG) != 0 && (cr0 & PG) != 0 && ((ef ^ efer) & LME) != 0) return false;
+        if ((ef & LMA) != 0 && (c0 & PG) != 0 && (c4 & PAE) == 0) return false;
+        cr0 = c0; cr4 = c4; efer = ef;
+        return true;
+    }
+
     private static void WriteRegister(IVcpuBackend v, GdbRegisters.Entry e, ulong value)
     {
         switch (e.Kind)

@@ -30,6 +30,24 @@ public class BiosTablesTests
         Assert.Equal(MpTable.DefaultBase, foundMp);
     }
 
+    // -Y (x86.mptable=false): no MP floating pointer anywhere in the BIOS area; the ACPI tables are still there.
+    [Fact]
+    public void Without_the_mp_table_an_os_scan_finds_no_mp_floating_pointer()
+    {
+        using var mem = new GuestMemory(16ul << 20);
+        var at = BiosTables.Install(mem, AcpiTablesTests.Sample(), mpTable: false);
+        Assert.Equal(0, at.MpLength);
+        Assert.True(mem.TryGetSpan(0xE0000, 0x20000, MemProt.Read, out var bios));
+        bool mp = false, rsdp = false;
+        for (int o = 0; o + 36 <= bios.Length; o += 16)
+        {
+            mp |= bios.Slice(o)[..4].SequenceEqual("_MP_"u8);
+            rsdp |= bios.Slice(o)[..8].SequenceEqual("RSD PTR "u8);
+        }
+        Assert.False(mp);
+        Assert.True(rsdp);
+    }
+
     [Fact]
     public void The_mp_table_of_a_large_machine_stays_below_the_acpi_tables()
     {

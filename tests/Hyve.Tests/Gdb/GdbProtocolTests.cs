@@ -144,6 +144,23 @@ public class GdbProtocolTests
             Assert.Equal("E03", c.Ask("Hg99"));
             Assert.Equal("E03", c.Ask("T99"));
             Assert.Equal("E03", c.Ask("qThreadExtraInfo,5"));
+            // issue 18 #9: states the hardware refuses with #GP are refused, and nothing is written.
+            string cr0Before = c.Ask($"p{Reg("cr0"):x}");
+            Assert.Equal("E22", c.Ask($"P{Reg("cr0"):x}={Le(0x80000000, 8)}"));      // PG without PE
+            Assert.Equal("E22", c.Ask($"P{Reg("cr0"):x}={Le(0x20000001, 8)}"));      // NW without CD
+            Assert.Equal("E22", c.Ask($"P{Reg("cr0"):x}={Le(1ul << 40, 8)}"));       // reserved high bits
+            Assert.Equal(cr0Before, c.Ask($"p{Reg("cr0"):x}"));
+            Assert.Equal("E22", c.Ask($"P{Reg("efer"):x}={Le(1ul << 3, 8)}"));       // a reserved EFER bit
+            Assert.Equal("E22", c.Ask($"P{Reg("eflags"):x}={Le(0x2 | 1 << 3, 4)}")); // reserved RFLAGS bit 3
+            Assert.Equal("E22", c.Ask($"P{Reg("eflags"):x}={Le(0, 4)}"));            // bit 1 reads as one
+            Assert.Equal("E22", c.Ask($"P{Reg("cr4"):x}={Le(1ul << 15, 8)}"));
+            string all = c.Ask("g");
+            Assert.Equal("OK", c.Ask("G" + all)); // the state as it is: accepted
+            int eflagsOffset = 0;
+            for (int i = 0; i < Reg("eflags"); i++) eflagsOffset += Hyve.Gdb.GdbRegisters.All[i].Size;
+            Assert.Equal("E22", c.Ask("G" + all[..(2 * eflagsOffset)] + Le(0x8, 4) + all[(2 * eflagsOffset + 8)..]));
+            Assert.Equal("OK", c.Ask($"P{Reg("eflags"):x}={Le(0x202, 4)}"));
+            Assert.Equal(Le(0x202, 4), c.Ask($"p{Reg("eflags"):x}"));
             // Memory that is not there, or not RAM: an error, never a device access.
             Assert.Equal("E14", c.Ask("mfffffffffffff000,10"));
             Assert.Equal("E14", c.Ask("Mfffffff0,1:90")); // the ROM
@@ -223,13 +240,30 @@ public class GdbProtocolTests
             Assert.Equal("T05thread:01;", c.Ask("?"));
             Assert.Equal("E22", c.Ask("vCont;:1"));
             Assert.Equal("66", c.Ask($"m{GdbGuest.RamRoutine:x},1"));
-            Assert.Equal("OK", c.Ask("D"));
+            // Detach: the server answers and hangs up, so no ack goes back (a UNIX socket refuses it at once).
+            c.SendRaw(Client.Frame("D"));
+            Assert.Equal('+', c.ReadAck());
+            Assert.Equal("OK", c.ReadPacket(ack: false));
         }
         Assert.False(vm.HasExited);
         Assert.Equal(0, vm.Ctl($"--vm={name}", "--force-poweroff").Status);
         vm.WaitForExit(30);
         Assert.Equal(1, vm.ExitCode);
         Assert.False(File.Exists(path), "the debug socket is removed when hyve ends");
+    }
+
+    private static int Reg(string name)
+    {
+        for (int i = 0; i < Hyve.Gdb.GdbRegisters.All.Count; i++)
+            if (Hyve.Gdb.GdbRegisters.All[i].Name == name) return i;
+        throw new ArgumentException(name);
+    }
+
+    private static string Le(ulong value, int size)
+    {
+        var sb = new StringBuilder();
+        for (int i = 0; i < size; i++) sb.Append(((byte)(value >> (8 * i))).ToString("x2", CultureInfo.InvariantCulture));
+        return sb.ToString();
     }
 
     private static void CtrlCAndExit(string accel)

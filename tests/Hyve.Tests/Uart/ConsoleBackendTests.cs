@@ -155,6 +155,7 @@ public unsafe class ConsoleBackendTests
             var uart = new Uart16550(Base, null, backend);
             uart.PortWrite(Base + FCR, 1, 0x01);
             Send(uart, "dropped\n"); // nobody connected yet
+            backend.Flush(); // the output thread has taken it (and, with no client, dropped it)
 
             using (var client = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified))
             {

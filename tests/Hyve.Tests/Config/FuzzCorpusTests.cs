@@ -1,0 +1,69 @@
+// SPDX-License-Identifier: BSD-2-Clause
+using System.Text;
+using Hyve.Boot;
+using Hyve.Config;
+using Hyve.Vmm;
+using Xunit;
+
+namespace Hyve.Tests.Config;
+
+/// <summary>
+/// Replays the fuzzing corpora kept in fuzz/corpus (and every crash kept in fuzz/regressions) through the same
+/// targets as fuzz/Hyve.Fuzz: each input must end normally or with the one-line host-error exceptions. Fast: no
+/// fuzzing here, only the inputs AFL++ found interesting.
+/// </summary>
+public class FuzzCorpusTests
+{
+    private static IEnumerable<string> Inputs(string target)
+    {
+        foreach (var dir in new[] { "corpus", "regressions" })
+        {
+            string d = Path.Combine(HyveProcess.RepoRoot, "fuzz", dir, target);
+            if (Directory.Exists(d))
+                foreach (var f in Directory.GetFiles(d)) yield return f;
+        }
+    }
+
+    private static void Replay(string target, Action<byte[]> run)
+    {
+        int n = 0;
+        foreach (var f in Inputs(target))
+        {
+            n++;
+            try { run(File.ReadAllBytes(f)); }
+            catch (Exception e) when (e is ConfigException or HostConfigException) { }
+            catch (Exception e)
+            {
+                Assert.Fail($"{target} input {Path.GetFileName(f)}: {e.GetType().Name}: {e.Message}");
+            }
+        }
+        Assert.True(n > 0, $"no corpus for {target}");
+    }
+
+    [Fact]
+    public void OptionsCorpus() => Replay("options", data => Options.Parse(Encoding.UTF8.GetString(data).Split('\0')));
+
+    [Fact]
+    public void ConfigFileCorpus()
+    {
+        string f = Path.Combine(Path.GetTempPath(), $"hyve-kfile-{Guid.NewGuid():N}");
+        try { Replay("kfile", data => { File.WriteAllBytes(f, data); Options.Parse(["-k", f, "vm"]); }); }
+        finally { File.Delete(f); }
+    }
+
+    [Fact]
+    public void KernelLoaderCorpus()
+    {
+        string f = Path.Combine(Path.GetTempPath(), $"hyve-kernel-{Guid.NewGuid():N}");
+        try
+        {
+            Replay("kernel", data =>
+            {
+                File.WriteAllBytes(f, data);
+                using var mem = new GuestMemory(64ul << 20);
+                KernelLoader.Load(mem, f, null, "console=ttyS0");
+            });
+        }
+        finally { File.Delete(f); }
+    }
+}
