@@ -18,6 +18,8 @@ if (what is "exits" or "all") ExitRoundTrip();
 if (what is "startup" or "all") Startup();
 if (what is "footprint" or "all") Footprint();
 if (what is "mips" or "all") Mips();
+if (what is "snapshot" or "all") Snapshots();
+if (what is "vnc" or "all") VncBench.Run(hyve, Rom);
 return 0;
 
 // 200,000 reads of COM1's line status register, then the debug-exit port: every read is a VM exit
@@ -210,6 +212,166 @@ void Mips()
     Console.WriteLine($"mips: hyve-soft {s / 1e6:F1} M/s, hyve-kvm {k / 1e6:F1} M/s, qemu-tcg {t / 1e6:F1} M/s; hyve-soft/qemu-tcg = {s / t:F3}; goal: hyve-soft >= 100 M/s");
 }
 
+// Checkpoint and restore of a 512 MiB guest with 100 MiB touched, on the software CPU, against QEMU's TCG (migrate to a
+// file with HMP's synchronous migrate; restore with -incoming from the file). The guest fills 100 MiB from 16 MiB with
+// non-zero words, prints "F" on COM1, then writes the POST port in a loop (every iteration a port exit).
+// hyve checkpoint: the wall time of ./hyvectl --checkpoint minus that of a ./hyvectl query (its own start-up).
+// hyve restore: exec of the hyve binary to the restored guest's first port write (HYVE_BENCH_T0, as in start-up).
+// QEMU restore: exec to 'info status' answering "running" (polled; an upper bound by the poll interval, 1 ms).
+void Snapshots()
+{
+    string rom = Pm32Rom(a =>
+    {
+        a.mov(edi, 0x100_0000);
+        a.mov(ecx, (100 << 20) / 4);
+        a.mov(eax, 0x5a5a_0001);
+        var fill = a.CreateLabel();
+        a.Label(ref fill);
+        a.mov(__dword_ptr[edi], eax);
+        a.add(edi, 4);
+        a.inc(eax);
+        a.dec(ecx);
+        a.jnz(fill);
+        a.mov(dx, 0x3f8);
+        a.mov(al, (byte)'F');
+        a.@out(dx, al);
+        var spin = a.CreateLabel();
+        a.Label(ref spin);
+        a.@out(0x80, al);
+        a.jmp(spin);
+    });
+    string binary = Path.Combine(root, ".build", "hyve", "hyve");
+    string hyvectl = Path.Combine(root, "hyvectl");
+    Run(hyvectl, "-h");
+    var cps = new List<double>();
+    var ctlAlone = new List<double>();
+    var restores = new List<double>();
+    var qcps = new List<double>();
+    var qrestores = new List<double>();
+    long fileBytes = 0, fileAllocated = 0;
+    int n = Math.Max(1, Math.Min(runs, 5));
+    for (int i = 0; i < n; i++)
+    {
+        string name = $"snap{i}", file = Path.Combine(work, $"{name}.hyvesnap");
+        var psi = new ProcessStartInfo(binary) { UseShellExecute = false, RedirectStandardOutput = true, RedirectStandardError = true };
+        foreach (var x in new[] { "-o", "accel=soft", "-m", "512M", "-l", $"bootrom,{rom}", "-l", "com1,stdio", name }) psi.ArgumentList.Add(x);
+        using (var p = Process.Start(psi)!)
+        {
+            var o = new System.Text.StringBuilder();
+            p.OutputDataReceived += (_, e) => { };
+            var buf = new char[1];
+            while (p.StandardOutput.Read(buf, 0, 1) == 1 && buf[0] != 'F') { }
+            ctlAlone.Add(Time(hyvectl, $"--vm={name} --get-cpu-topology"));
+            cps.Add(Time(hyvectl, $"--vm={name} --checkpoint={file}"));
+            Run(hyvectl, $"--vm={name} --force-poweroff");
+            p.WaitForExit();
+        }
+        fileBytes = new FileInfo(file).Length;
+        fileAllocated = Allocated(file);
+        // Restore: the guest's first port write after the restore is the figure; SIGTERM then ends it (no ACPI guest:
+        // hyve powers off at once) and hyve reports the time.
+        var rpsi = new ProcessStartInfo(binary) { UseShellExecute = false, RedirectStandardOutput = true, RedirectStandardError = true };
+        foreach (var x in new[] { "-r", file, $"{name}r" }) rpsi.ArgumentList.Add(x);
+        long t0 = Stopwatch.GetTimestamp();
+        rpsi.Environment["HYVE_BENCH_T0"] = t0.ToString(System.Globalization.CultureInfo.InvariantCulture);
+        using (var r = Process.Start(rpsi)!)
+        {
+            Thread.Sleep(300);
+            Process.Start("kill", $"-TERM {r.Id}")!.WaitForExit();
+            string err = r.StandardError.ReadToEnd();
+            r.WaitForExit();
+            const string key = "first-exit-ns=";
+            int at = err.IndexOf(key, StringComparison.Ordinal);
+            if (at >= 0)
+            {
+                int end = at + key.Length;
+                while (end < err.Length && char.IsAsciiDigit(err[end])) end++;
+                long ns = long.Parse(err.AsSpan(at + key.Length, end - at - key.Length), System.Globalization.CultureInfo.InvariantCulture);
+                restores.Add((ns - t0) / (double)Stopwatch.Frequency);
+            }
+            else Console.WriteLine($"  restore {i}: no first exit reported: {err.Trim()}");
+        }
+        File.Delete(file);
+
+        string qfile = Path.Combine(work, $"q{i}.mig"), qserial = Path.Combine(work, $"q{i}.serial");
+        var q = Hmp($"-accel tcg -nodefaults -display none -m 512 -bios {rom} -serial file:{qserial}");
+        while (!File.Exists(qserial) || !File.ReadAllText(qserial).Contains('F')) Thread.Sleep(5);
+        var sw = Stopwatch.StartNew();
+        q.Command($"migrate \"exec:cat > {qfile}\"");
+        qcps.Add(sw.Elapsed.TotalSeconds);
+        q.Quit();
+        // The same devices as the saved VM (QEMU refuses a stream with a section it has no device for).
+        var qr = Hmp($"-accel tcg -nodefaults -display none -m 512 -bios {rom} -serial file:{qserial}.r -incoming \"exec:cat {qfile}\"");
+        while (!qr.Command("info status").Contains("running", StringComparison.Ordinal)) Thread.Sleep(1);
+        qrestores.Add(qr.Since.Elapsed.TotalSeconds);
+        qr.Quit();
+        File.Delete(qfile);
+    }
+    Console.WriteLine($"snapshot: 512 MiB guest, 100 MiB touched, software CPU (medians of {n})");
+    Console.WriteLine($"  checkpoint: hyve {(Median(cps) - Median(ctlAlone)) * 1000:F0} ms (hyvectl wall {Median(cps) * 1000:F0} ms - its start-up {Median(ctlAlone) * 1000:F0} ms), "
+        + $"qemu migrate-to-file {Median(qcps) * 1000:F0} ms; hyve/qemu = {(Median(cps) - Median(ctlAlone)) / Median(qcps):F2}; goal: hyve <= 500 ms");
+    Console.WriteLine($"  file: {fileBytes >> 20} MiB long, {fileAllocated >> 20} MiB allocated (zero pages are holes)");
+    if (restores.Count > 0)
+        Console.WriteLine($"  restore to the first guest instruction: hyve {Median(restores) * 1000:F2} ms (min {restores.Min() * 1000:F2}), "
+            + $"qemu -incoming to running {Median(qrestores) * 1000:F1} ms; hyve/qemu = {Median(restores) / Median(qrestores):F3}; goal: hyve <= 5 ms");
+}
+
+static long Allocated(string path)
+{
+    var psi = new ProcessStartInfo("stat", $"-c %b*%B {path}") { UseShellExecute = false, RedirectStandardOutput = true };
+    using var p = Process.Start(psi)!;
+    var parts = p.StandardOutput.ReadToEnd().Trim().Split('*');
+    p.WaitForExit();
+    return long.Parse(parts[0]) * long.Parse(parts[1]);
+}
+
+// QEMU with its human monitor on stdin/stdout: Command sends a line and returns what QEMU printed before the next prompt.
+Monitor Hmp(string arguments)
+{
+    var psi = new ProcessStartInfo("qemu-system-x86_64", arguments + " -monitor stdio")
+    { UseShellExecute = false, RedirectStandardInput = true, RedirectStandardOutput = true, RedirectStandardError = true };
+    var sw = Stopwatch.StartNew();
+    var p = Process.Start(psi)!;
+    _ = p.StandardError.ReadToEndAsync();
+    var m = new Monitor(p, sw);
+    m.ReadToPrompt();
+    return m;
+}
+
+string Pm32Rom(Action<Assembler> code32)
+{
+    const uint code32Base = 0xffff1000;
+    const int gdtOffset = 0xff00;
+    var a32 = new Assembler(32);
+    a32.mov(ax, 0x10);
+    a32.mov(ds, ax);
+    a32.mov(es, ax);
+    a32.mov(ss, ax);
+    a32.mov(esp, 0x7000);
+    code32(a32);
+    var ms = new MemoryStream();
+    a32.Assemble(new StreamCodeWriter(ms), code32Base);
+    string path = Rom(a =>
+    {
+        a.cli();
+        a.db(0x66, 0x2e, 0x0f, 0x01, 0x16, gdtOffset & 0xff, gdtOffset >> 8); // o32 lgdt cs:[gdtOffset]
+        a.mov(eax, cr0);
+        a.or(eax, 1);
+        a.mov(cr0, eax);
+        a.db(0x66, 0xea); // jmp dword 0x08:code32Base
+        a.dd(code32Base);
+        a.dw(0x08);
+    });
+    var rom = File.ReadAllBytes(path);
+    ms.ToArray().CopyTo(rom, (int)(code32Base - 0xffff0000));
+    BitConverter.GetBytes((ushort)23).CopyTo(rom, gdtOffset);
+    BitConverter.GetBytes(0xffff0000u + gdtOffset + 8).CopyTo(rom, gdtOffset + 2);
+    BitConverter.GetBytes(0x00cf9b000000fffful).CopyTo(rom, gdtOffset + 16);
+    BitConverter.GetBytes(0x00cf93000000fffful).CopyTo(rom, gdtOffset + 24);
+    File.WriteAllBytes(path, rom);
+    return path;
+}
+
 // Compiles bench/floor/kvm-floor.c with the system's C compiler; null when there is none.
 string? BuildFloor()
 {
@@ -299,5 +461,42 @@ readonly record struct Cpu(double User, double Sys)
         long* u = stackalloc long[18];
         if (getrusage(-1, u) != 0) return default;
         return new Cpu(u[0] + u[1] / 1e6, u[2] + u[3] / 1e6);
+    }
+}
+
+/// <summary>QEMU's human monitor over a pipe.</summary>
+sealed class Monitor(Process p, Stopwatch since)
+{
+    /// <summary>Time since QEMU was started.</summary>
+    public Stopwatch Since { get; } = since;
+
+    /// <summary>Reads until the "(qemu) " prompt; returns what came before it.</summary>
+    public string ReadToPrompt()
+    {
+        var sb = new System.Text.StringBuilder();
+        var buf = new char[1];
+        while (p.StandardOutput.Read(buf, 0, 1) == 1)
+        {
+            sb.Append(buf[0]);
+            if (sb.Length >= 7 && sb.ToString(sb.Length - 7, 7) == "(qemu) ") return sb.ToString();
+        }
+        return sb.ToString();
+    }
+
+    /// <summary>Sends a command and waits for the next prompt.</summary>
+    public string Command(string line)
+    {
+        p.StandardInput.WriteLine(line);
+        p.StandardInput.Flush();
+        return ReadToPrompt();
+    }
+
+    /// <summary>Quits QEMU.</summary>
+    public void Quit()
+    {
+        p.StandardInput.WriteLine("quit");
+        p.StandardInput.Flush();
+        if (!p.WaitForExit(10_000)) p.Kill();
+        p.Dispose();
     }
 }

@@ -81,6 +81,7 @@ public static class CtlMain
         public long? RtcTime;
         public byte? RtcNvramValue;
         public int RtcNvramOffset;
+        public string? Checkpoint, Suspend, DumpGuestMemory, DescribeSnapshot;
     }
 
     private sealed class Session(ControlClient vm, Request req, TextWriter o)
@@ -114,6 +115,8 @@ public static class CtlMain
                 stdout.Write(UsageText());
                 return 0;
             }
+            if (req.DescribeSnapshot is not null && req.Vm is null)
+                return DescribeSnapshot(req.DescribeSnapshot, stdout, stderr);
             if (req.Vm is null)
                 throw new UsageException("--vm is required");
         }
@@ -190,6 +193,16 @@ public static class CtlMain
                 q.Print(s);
         }
 
+        // Paths are the VM's host's: make them absolute here, where the user's working directory is known.
+        if (req.DumpGuestMemory is string dump)
+            s.Vm.DumpGuestMemory(Path.GetFullPath(dump));
+        if (req.Checkpoint is string cp)
+            s.Vm.Checkpoint(Path.GetFullPath(cp), thenExit: false);
+        if (req.Suspend is string sp)
+            s.Vm.Checkpoint(Path.GetFullPath(sp), thenExit: true);
+        if (req.DescribeSnapshot is string ds)
+            DescribeSnapshot(ds, s.Out, Console.Error);
+
         if (req.ForceReset)
             s.Vm.Suspend(SuspendHow.Reset);
         if (req.ForcePoweroff)
@@ -239,6 +252,11 @@ public static class CtlMain
             s.Line(IntinfoLine("pending", info1));
             s.Line(IntinfoLine("current", info2));
         }));
+        q.Add(new("get-stats", s =>
+        {
+            // bhyvectl --get-stats: one counter a line, name then value.
+            foreach (var kv in s.Vm.GetStats()) s.Line($"{kv.Key,-50}\t{kv.Value}");
+        }));
         q.Add(new("get-active-cpus", s => s.Line(CpuSet("active cpus", s.Vm.ActiveCpus()))));
         q.Add(new("get-suspended-cpus", s => s.Line(CpuSet("suspended cpus", s.Vm.SuspendedCpus()))));
         q.Add(new("get-cpu-topology", s =>
@@ -275,6 +293,10 @@ public static class CtlMain
         o.Add(new("inject-nmi", false, "", (r, _) => r.InjectNmi = true));
         o.Add(new("force-reset", false, "", (r, _) => r.ForceReset = true));
         o.Add(new("force-poweroff", false, "", (r, _) => r.ForcePoweroff = true));
+        o.Add(new("checkpoint", true, "<filename>", (r, v) => r.Checkpoint = NonEmpty("checkpoint", v)));
+        o.Add(new("suspend", true, "<filename>", (r, v) => r.Suspend = NonEmpty("suspend", v)));
+        o.Add(new("dump-guest-memory", true, "<filename>", (r, v) => r.DumpGuestMemory = NonEmpty("dump-guest-memory", v)));
+        o.Add(new("describe-snapshot", true, "<filename>", (r, v) => r.DescribeSnapshot = NonEmpty("describe-snapshot", v)));
         // strtoul then C conversions, as bhyvectl: time_t, uint8_t (the value is cut to its low byte), int.
         o.Add(new("set-rtc-time", true, "<secs>", (r, v) => r.RtcTime = (long)ParseValue("set-rtc-time", v)));
         o.Add(new("set-rtc-nvram", true, "<val>", (r, v) => r.RtcNvramValue = (byte)ParseValue("set-rtc-nvram", v)));
@@ -512,5 +534,33 @@ public static class CtlMain
         var list = new List<MemSegInfo>(segs);
         list.Sort((a, b) => a.Id.CompareTo(b.Id));
         return list;
+    }
+
+    private static string NonEmpty(string option, string v) => v.Length > 0 ? v : throw new UsageException($"--{option} needs a file name");
+
+    /// <summary>--describe-snapshot: the fixed header, then the manifest (configuration, section table, memory layout).
+    /// Needs no running VM; a malformed file gets one line naming what is wrong and status 1.</summary>
+    private static int DescribeSnapshot(string path, TextWriter o, TextWriter err)
+    {
+        try
+        {
+            using var r = Hyve.Vmm.State.SnapshotReader.Open(path);
+            var h = r.Header;
+            o.Write($"snapshot:\t{path}\n");
+            o.Write($"format:\t\t{h.Major}.{h.Minor}\n");
+            o.Write($"written by:\t{h.HyveVersion}\n");
+            o.Write($"arch:\t\t{h.Arch}\n");
+            o.Write($"engine:\t\t{h.Engine}\n");
+            o.Write($"cpu:\t\t{h.CpuVendor}, features 0x{h.CpuFingerprint:x16}\n");
+            o.Write($"manifest:\t{h.ManifestLength} bytes at {h.ManifestOffset}\n");
+            o.Write(System.Text.Encoding.UTF8.GetString(r.Manifest.ToJson()));
+            o.Write('\n');
+            return 0;
+        }
+        catch (Hyve.Vmm.State.SnapshotFormatException e)
+        {
+            err.Write($"{Prog}: {path}: {e.Message}\n");
+            return 1;
+        }
     }
 }

@@ -51,7 +51,21 @@ internal static class KvmApi
     public static readonly nuint GetVcpuEvents = Ior(0x9f, 64);
     public static readonly nuint SetVcpuEvents = Iow(0xa0, 64);
     public static readonly nuint EnableCap = Iow(0xa3, 104);
+    /// <summary>KVM_GET_XCRS / KVM_SET_XCRS (struct kvm_xcrs, 392 bytes).</summary>
+    public static readonly nuint GetXcrs = Ior(0xa6, 392);
+    public static readonly nuint SetXcrs = Iow(0xa7, 392);
+    /// <summary>KVM_SET_TSC_KHZ / KVM_GET_TSC_KHZ.</summary>
+    public static readonly nuint SetTscKhz = Io(0xa2);
+    public static readonly nuint GetTscKhz = Io(0xa3);
     public static readonly nuint SignalMsi = Iow(0xa5, 32);
+    /// <summary>KVM_IOEVENTFD: a guest write to an address or port signals an eventfd without exiting.</summary>
+    public static readonly nuint IoEventFd = Iow(0x79, 64);
+    /// <summary>KVM_IOEVENTFD_FLAG_DATAMATCH.</summary>
+    public const uint IoEventFdDataMatch = 1u << 0;
+    /// <summary>KVM_IOEVENTFD_FLAG_PIO.</summary>
+    public const uint IoEventFdPio = 1u << 1;
+    /// <summary>KVM_IOEVENTFD_FLAG_DEASSIGN.</summary>
+    public const uint IoEventFdDeassign = 1u << 2;
 
     public const int CapIrqRouting = 25;
     public const int CapImmediateExit = 136;
@@ -159,6 +173,27 @@ internal unsafe struct KvmEnableCap
     public uint Cap, Flags;
     public fixed ulong Args[4];
     public fixed byte Pad[64];
+}
+
+/// <summary>struct kvm_ioeventfd (64 bytes).</summary>
+[StructLayout(LayoutKind.Sequential)]
+internal unsafe struct KvmIoEventFd
+{
+    public ulong DataMatch, Addr;
+    public uint Len;
+    public int Fd;
+    public uint Flags;
+    public fixed byte Pad[36];
+
+    /// <summary>The ioctl argument for <paramref name="e"/> (assigned, or deassigned).</summary>
+    public static KvmIoEventFd From(Hyve.Vmm.IoEventFd e, bool assign) => new()
+    {
+        DataMatch = e.DataMatch ?? 0,
+        Addr = e.Address,
+        Len = e.Length,
+        Fd = e.Fd,
+        Flags = (e.DataMatch is null ? 0 : KvmApi.IoEventFdDataMatch) | (e.Pio ? KvmApi.IoEventFdPio : 0) | (assign ? 0 : KvmApi.IoEventFdDeassign),
+    };
 }
 
 /// <summary>struct kvm_msi.</summary>

@@ -41,6 +41,8 @@ public sealed unsafe class KvmBackend : ICpuBackend
             vm.Memory.MappingChanged += OnMappingChanged;
             vm.Ioapic.EntryChanged += OnIoapicEntryChanged;
             UpdateIoapicRoutes();
+            // Virtio doorbells: KVM signals the device's eventfd itself, so a queue notify costs no exit.
+            vm.IoEventFds.Attach(AssignIoEventFd);
         }
         catch
         {
@@ -73,6 +75,13 @@ public sealed unsafe class KvmBackend : ICpuBackend
     private int _fallbackEngines;
 
     internal void CountFallbackEngine() => Interlocked.Increment(ref _fallbackEngines);
+
+    // KVM_IOEVENTFD; a refusal leaves the write to exit to the device's handler, which signals the same eventfd.
+    private bool AssignIoEventFd(IoEventFd e, bool assign)
+    {
+        var arg = KvmIoEventFd.From(e, assign);
+        return Libc.Ioctl(VmFd, KvmApi.IoEventFd, &arg) == 0;
+    }
 
     /// <summary>Delivers an MSI through KVM_SIGNAL_MSI (the IOAPIC, HPET and PCI devices end here).</summary>
     public void DeliverMsi(ulong address, ulong data)
@@ -143,6 +152,7 @@ public sealed unsafe class KvmBackend : ICpuBackend
     /// <summary>Closes the KVM VM (memory stays with <see cref="Vm.Memory"/>).</summary>
     public void Dispose()
     {
+        Vm.IoEventFds.Detach();
         Vm.Memory.MappingChanged -= OnMappingChanged;
         Vm.Ioapic.EntryChanged -= OnIoapicEntryChanged;
         Libc.Close(VmFd);

@@ -2,6 +2,7 @@
 using System.Runtime.InteropServices;
 using System.Text;
 using Hyve.Vmm;
+using Hyve.Vmm.State;
 using Hyve.Vmm.Io;
 using Hyve.Vmm.Native;
 using Hyve.X86;
@@ -594,6 +595,67 @@ internal sealed unsafe class KvmVcpu : IVcpuBackend
         buf[5] = 0; buf[6] = 0; buf[7] = 0;
         buf[8] = settings.HardwareBreakpoints ? settings.Dr7 : 0;
         return Libc.Ioctl(_fd, KvmApi.SetGuestDebug, buf) == 0;
+    }
+
+    public VcpuState GetState()
+    {
+        var k = new KvmVcpuState { Regs = GetRegs(), Sregs = GetSregs(), DebugRegs = GetDebugRegs() };
+        fixed (byte* x = k.Xsave) Check(Libc.Ioctl(_fd, KvmApi.GetXsave, x), "KVM_GET_XSAVE");
+        fixed (byte* l = k.Lapic) Check(Libc.Ioctl(_fd, KvmApi.GetLapic, l), "KVM_GET_LAPIC");
+        fixed (byte* e = k.Events) Check(Libc.Ioctl(_fd, KvmApi.GetVcpuEvents, e), "KVM_GET_VCPU_EVENTS");
+        uint mp;
+        Check(Libc.Ioctl(_fd, KvmApi.GetMpState, &mp), "KVM_GET_MP_STATE");
+        k.MpState = mp;
+        byte* xcrs = stackalloc byte[392];
+        new Span<byte>(xcrs, 392).Clear();
+        // Hosts without XSAVE have no XCRs: XCR0 stays x87-only.
+        if (Libc.Ioctl(_fd, KvmApi.GetXcrs, xcrs) == 0 && *(uint*)xcrs > 0 && *(uint*)(xcrs + 8) == 0) k.Xcr0 = *(ulong*)(xcrs + 16);
+        int khz = Libc.Ioctl(_fd, KvmApi.GetTscKhz, 0);
+        if (khz > 0) k.TscKhz = khz;
+        var list = KvmVcpuState.SavedMsrs;
+        int size = 8 + 16 * list.Length;
+        byte* buf = stackalloc byte[size];
+        new Span<byte>(buf, size).Clear();
+        *(uint*)buf = (uint)list.Length;
+        for (int i = 0; i < list.Length; i++) *(uint*)(buf + 8 + 16 * i) = list[i];
+        // KVM_GET_MSRS stops at the first MSR it does not know and returns how many it read.
+        int n = Libc.Ioctl(_fd, KvmApi.GetMsrs, buf);
+        Check(n, "KVM_GET_MSRS");
+        for (int i = 0; i < n; i++) k.Msrs[list[i]] = *(ulong*)(buf + 8 + 16 * i + 8);
+        return k.ToNeutral();
+    }
+
+    public void SetState(VcpuState state)
+    {
+        var k = KvmVcpuState.FromNeutral(state);
+        // Where the host can scale the TSC, keep the rate the guest calibrated; elsewhere the value continues at the host's rate.
+        if (k.TscKhz > 0 && Libc.Ioctl(_fd, KvmApi.GetTscKhz, 0) != k.TscKhz) Libc.Ioctl(_fd, KvmApi.SetTscKhz, (nint)k.TscKhz);
+        var sregs = k.Sregs;
+        Check(Libc.Ioctl(_fd, KvmApi.SetSregs, &sregs), "KVM_SET_SREGS");
+        var regs = k.Regs;
+        Check(Libc.Ioctl(_fd, KvmApi.SetRegs, &regs), "KVM_SET_REGS");
+        byte* xcrs = stackalloc byte[392];
+        new Span<byte>(xcrs, 392).Clear();
+        *(uint*)xcrs = 1;
+        *(ulong*)(xcrs + 16) = k.Xcr0;
+        Libc.Ioctl(_fd, KvmApi.SetXcrs, xcrs); // fails only on hosts without XSAVE, where XCR0 is x87 anyway
+        fixed (byte* x = k.Xsave) Check(Libc.Ioctl(_fd, KvmApi.SetXsave, x), "KVM_SET_XSAVE");
+        SetDebugRegs(k.DebugRegs);
+        var list = new List<(uint, ulong)>(k.Msrs.Count);
+        foreach (var (i, v) in k.Msrs) if (i != KvmVcpuState.MsrTscDeadline) list.Add((i, v));
+        // The TSC deadline is relative to the TSC just written: it goes last.
+        list.Add((KvmVcpuState.MsrTscDeadline, k.Msrs[KvmVcpuState.MsrTscDeadline]));
+        int size = 8 + 16 * list.Count;
+        byte* buf = stackalloc byte[size];
+        new Span<byte>(buf, size).Clear();
+        *(uint*)buf = (uint)list.Count;
+        for (int i = 0; i < list.Count; i++) { *(uint*)(buf + 8 + 16 * i) = list[i].Item1; *(ulong*)(buf + 16 + 16 * i) = list[i].Item2; }
+        int n = Libc.Ioctl(_fd, KvmApi.SetMsrs, buf);
+        Check(n, "KVM_SET_MSRS");
+        fixed (byte* l = k.Lapic) Check(Libc.Ioctl(_fd, KvmApi.SetLapic, l), "KVM_SET_LAPIC");
+        uint mp = k.MpState;
+        Check(Libc.Ioctl(_fd, KvmApi.SetMpState, &mp), "KVM_SET_MP_STATE");
+        fixed (byte* e = k.Events) Check(Libc.Ioctl(_fd, KvmApi.SetVcpuEvents, e), "KVM_SET_VCPU_EVENTS");
     }
 
     public void Dispose()

@@ -60,6 +60,34 @@ public sealed class SoftMsrs(Vlapic lapic, HostTsc tsc, bool strict) : IMsrHandl
         return !strict && !IsArchitectural(index);
     }
 
+    /// <summary>The MSRs this model keeps beyond the architectural ones (MTRRs, IA32_MISC_ENABLE), for a vCPU state.</summary>
+    public void Export(IDictionary<uint, ulong> into)
+    {
+        foreach (uint index in KeptMsrs()) into[index] = index == MiscEnable ? _miscEnable : _mtrr[MtrrSlot(index)];
+    }
+
+    /// <summary>Loads the MSRs of <see cref="Export"/> that this model keeps; others are ignored (another engine's).</summary>
+    public void Import(IReadOnlyDictionary<uint, ulong> from)
+    {
+        foreach (var (index, value) in from)
+        {
+            if (index == MiscEnable) _miscEnable = value;
+            else if (MtrrSlot(index) is int slot and >= 0) _mtrr[slot] = value;
+        }
+    }
+
+    /// <summary>Indices of the MSRs <see cref="Export"/> writes.</summary>
+    public static IEnumerable<uint> KeptMsrs()
+    {
+        for (uint i = MtrrPhysFirst; i <= MtrrPhysLast; i++) yield return i;
+        yield return MtrrFix64K;
+        yield return MtrrFix16K0;
+        yield return MtrrFix16K1;
+        for (uint i = MtrrFix4KFirst; i <= MtrrFix4KLast; i++) yield return i;
+        yield return MtrrDefType;
+        yield return MiscEnable;
+    }
+
     private static int MtrrSlot(uint index) => index switch
     {
         >= MtrrPhysFirst and <= MtrrPhysLast => (int)(index - MtrrPhysFirst),

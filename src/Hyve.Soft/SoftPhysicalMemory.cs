@@ -79,6 +79,7 @@ internal sealed unsafe class SoftPhysicalMemory : IGuestHostMemory, IGuestPorts,
         Accesses++;
         if ((gpa >> 20) == 0xfee && IsApicPage(gpa)) { value = lapic.MmioRead(gpa & 0xfff, size); return true; }
         if (_inner.TryReadMmio(gpa, size, out value)) return true;
+        vm.Mmio.Unclaimed?.Invoke(gpa, false, size);
         value = size >= 8 ? ulong.MaxValue : (1ul << (8 * size)) - 1;
         return true;
     }
@@ -88,21 +89,21 @@ internal sealed unsafe class SoftPhysicalMemory : IGuestHostMemory, IGuestPorts,
     {
         Accesses++;
         if ((gpa >> 20) == 0xfee && IsApicPage(gpa)) { lapic.MmioWrite(gpa & 0xfff, size, value); return true; }
-        _inner.TryWriteMmio(gpa, size, value);
+        if (!_inner.TryWriteMmio(gpa, size, value)) vm.Mmio.Unclaimed?.Invoke(gpa, true, size);
         return true;
     }
 
     /// <inheritdoc/>
     public uint In(ushort port, int size)
     {
-        Accesses++;
+        if (Accesses++ == 0) StartupTrace.FirstExit();
         return vm.Ports.Read(port, size);
     }
 
     /// <inheritdoc/>
     public void Out(ushort port, int size, uint value)
     {
-        Accesses++;
+        if (Accesses++ == 0) StartupTrace.FirstExit();
         vm.Ports.Write(port, size, value);
     }
 }

@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: BSD-2-Clause
 using Hyve.Vmm;
 using Hyve.Vmm.Io;
+using Hyve.Vmm.State;
 using Hyve.X86;
 using Iced.Intel;
 
@@ -24,6 +25,7 @@ internal sealed partial class SoftVcpu : IVcpuBackend, ILapicCpu
     private readonly InstructionEngine _engine;
     private readonly SoftPhysicalMemory _phys;
     private readonly HostTsc _tsc = new();
+    private readonly SoftMsrs _msrs;
     private readonly ManualResetEventSlim _wake = new(false);
 
     // Set by other threads (flag first, then _attention, then the wake event); read and cleared by the vCPU thread.
@@ -56,7 +58,7 @@ internal sealed partial class SoftVcpu : IVcpuBackend, ILapicCpu
         _engine = new InstructionEngine(_phys)
         {
             Cpuid = new SoftCpuid(_vm.Topology, id),
-            Msrs = new SoftMsrs(Lapic, _tsc, _vm.StrictMsr),
+            Msrs = _msrs = new SoftMsrs(Lapic, _tsc, _vm.StrictMsr),
             Tsc = _tsc,
         };
         // This engine runs the whole vCPU, so it sees every invalidation: it may cache translations (and decoded blocks).
@@ -441,6 +443,43 @@ internal sealed partial class SoftVcpu : IVcpuBackend, ILapicCpu
         }
         _pendingException = new PendingException((byte)vector, ExceptionNesting.HasErrorCode(vector), errorCode, vector == Vector.PF ? _cpu.Cr2 : 0);
         _hasPendingException = true;
+        Signal();
+    }
+
+    public VcpuState GetState()
+    {
+        var s = new VcpuState { Xcr0 = 1, Tsc = _tsc.ReadTsc(_cpu), TscHz = 1_000_000_000, Lapic = Lapic.Save() };
+        _cpu.CopyTo(s.Cpu);
+        _msrs.Export(s.Msrs);
+        s.Activity = _waitForSipi ? VcpuActivity.WaitingForSipi : _halted ? VcpuActivity.Halted : VcpuActivity.Running;
+        s.NmiPending = _nmiRequest;
+        s.NmiMasked = _nmiBlocked;
+        s.Exception = _hasPendingException ? _pendingException : null;
+        return s;
+    }
+
+    public void SetState(VcpuState s)
+    {
+        ArgumentNullException.ThrowIfNull(s);
+        ClearRunState();
+        s.Cpu.CopyTo(_cpu);
+        // The guest's TSC continues from the saved value (this engine counts at 1 GHz: a state from an engine with
+        // another rate keeps its value, not its rate).
+        _tsc.Offset += (long)(s.Tsc - _tsc.ReadTsc(_cpu));
+        _msrs.Import(s.Msrs);
+        Lapic.Restore(s.Lapic);
+        _waitForSipi = s.Activity == VcpuActivity.WaitingForSipi;
+        _halted = s.Activity == VcpuActivity.Halted;
+        _nmiRequest = s.NmiPending;
+        _nmiBlocked = s.NmiMasked;
+        if (s.Exception is { } e) { _pendingException = e; _hasPendingException = true; }
+        // An interrupt KVM had taken from a controller but not delivered is delivered first, as KVM would.
+        else if (s.InjectedInterrupt >= 0)
+        {
+            _pendingException = new PendingException((byte)s.InjectedInterrupt, false, 0, 0);
+            _hasPendingException = true;
+        }
+        _engine.Memory.Walker.Tlb?.FlushAll();
         Signal();
     }
 

@@ -42,6 +42,9 @@ public sealed unsafe class MemSegment
     public int Fd { get; }
     /// <summary>Host address of the segment's mapping.</summary>
     public byte* Host { get; }
+    /// <summary>The mapping is a copy-on-write view of a snapshot file (<see cref="GuestMemory.MapFromFile"/>) rather
+    /// than of <see cref="Fd"/>.</summary>
+    public bool FromFile { get; internal set; }
 
     /// <summary>The whole segment as a span (host side; for loaders and devices).</summary>
     public Span<byte> Span => new(Host, checked((int)Math.Min(Length, int.MaxValue)));
@@ -74,11 +77,15 @@ public sealed unsafe class GuestMemory : IDisposable
     public const ulong HighMemBase = 4ul << 30;
     /// <summary>Largest guest memory accepted (1 TiB).</summary>
     public const ulong MaxSize = 1ul << 40;
+    /// <summary>Smallest guest memory accepted (1 MiB: the real-mode address space every guest starts in, with the
+    /// interrupt vectors, the BIOS data area and the shadowed ROM).</summary>
+    public const ulong MinSize = 1ul << 20;
 
     private readonly List<MemSegment> _segments = [];
     private GuestMapping[] _map = [];
     private readonly object _gate = new();
     private readonly byte* _sys;
+    private readonly bool _includeInCore;
 
     /// <summary>Raised after a mapping is added (true) or removed (false); the CPU backend mirrors it.</summary>
     public event Action<GuestMapping, bool>? MappingChanged;
@@ -91,6 +98,7 @@ public sealed unsafe class GuestMemory : IDisposable
         Size = size;
         LowMemSize = Math.Min(size, LowMemLimit);
         HighMemSize = size - LowMemSize;
+        _includeInCore = includeInCore;
         var seg = CreateSegment("sysmem", size, sysMem: true, includeInCore);
         _sys = seg.Host;
         AddMapping(new GuestMapping(0, LowMemSize, seg, 0, MemProt.All));
@@ -118,6 +126,24 @@ public sealed unsafe class GuestMemory : IDisposable
             foreach (var s in _segments)
                 if (s.Name == name) throw new InvalidOperationException($"devmem {name} exists");
         return CreateSegment(name, length, sysMem: false, includeInCore: true);
+    }
+
+    /// <summary>
+    /// Replaces a segment's contents with a copy-on-write view of the segment's length of a file at
+    /// <paramref name="fileOffset"/> (MAP_PRIVATE over the same host addresses): pages are read from the file when first
+    /// touched and copied when first written, so a restore costs one mmap rather than a read of guest RAM
+    /// (Firecracker's approach). Holes in the file read as zero pages.
+    /// </summary>
+    public void MapFromFile(MemSegment seg, int fd, long fileOffset)
+    {
+        ArgumentNullException.ThrowIfNull(seg);
+        if ((fileOffset & 0xfff) != 0) throw new ArgumentException("file offset must be page aligned");
+        nint p = Libc.Mmap((nint)seg.Host, (nuint)seg.Length, Libc.ProtRead | Libc.ProtWrite, Libc.MapPrivate | Libc.MapFixed | Libc.MapNoReserve, fd, fileOffset);
+        if (p == Libc.MapFailed || p != (nint)seg.Host)
+            throw new IOException($"cannot map {seg.Name} from the snapshot: {Libc.ErrnoText(Marshal.GetLastPInvokeError())}");
+        // A new mapping loses MADV_DONTDUMP: guest RAM stays out of hyve's core dumps unless -C asked for it.
+        if (!_includeInCore && seg.IsSysMem) Libc.Madvise(p, (nuint)seg.Length, Libc.MadvDontDump);
+        seg.FromFile = true;
     }
 
     /// <summary>Maps [<paramref name="segOffset"/>, +<paramref name="length"/>) of a segment at <paramref name="gpa"/>.</summary>

@@ -48,15 +48,29 @@ public sealed class PortBus
     /// <summary>The device at a port, or null.</summary>
     public IPortDevice? Find(ushort port) => _ports[port];
 
+    /// <summary>Called for an access no device claims (port, is-write, size) before it reads as all ones or is ignored;
+    /// x86.strictio (-e) stops the VM here, as bhyve does. Null (the default) costs nothing.</summary>
+    public Action<ushort, bool, int>? Unclaimed { get; set; }
+
     /// <summary>Performs a guest IN of <paramref name="size"/> bytes.</summary>
     public uint Read(ushort port, int size)
     {
         var d = _ports[port];
-        return d is null ? SizeMask(size) : d.PortRead(port, size) & SizeMask(size);
+        if (d is null)
+        {
+            Unclaimed?.Invoke(port, false, size);
+            return SizeMask(size);
+        }
+        return d.PortRead(port, size) & SizeMask(size);
     }
 
     /// <summary>Performs a guest OUT of <paramref name="size"/> bytes.</summary>
-    public void Write(ushort port, int size, uint value) => _ports[port]?.PortWrite(port, size, value & SizeMask(size));
+    public void Write(ushort port, int size, uint value)
+    {
+        var d = _ports[port];
+        if (d is null) Unclaimed?.Invoke(port, true, size);
+        else d.PortWrite(port, size, value & SizeMask(size));
+    }
 
     private static uint SizeMask(int size) => size >= 4 ? 0xffff_ffffu : (1u << (size * 8)) - 1;
 }
@@ -123,10 +137,17 @@ public sealed class MmioBus
         return false;
     }
 
+    /// <summary>Called for an access no device claims (address, is-write, size); x86.strictio (-e) stops the VM here.</summary>
+    public Action<ulong, bool, int>? Unclaimed { get; set; }
+
     /// <summary>Performs a guest read; an access that runs off the end of a range is served by that range only up to its end.</summary>
     public ulong Read(ulong address, int size)
     {
-        if (!TryFind(address, out var r)) return ulong.MaxValue >> (64 - size * 8);
+        if (!TryFind(address, out var r))
+        {
+            Unclaimed?.Invoke(address, false, size);
+            return ulong.MaxValue >> (64 - size * 8);
+        }
         return r.Device.MmioRead(address - r.Base, size);
     }
 
@@ -134,5 +155,6 @@ public sealed class MmioBus
     public void Write(ulong address, int size, ulong value)
     {
         if (TryFind(address, out var r)) r.Device.MmioWrite(address - r.Base, size, value);
+        else Unclaimed?.Invoke(address, true, size);
     }
 }

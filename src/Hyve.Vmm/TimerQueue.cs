@@ -73,6 +73,27 @@ public sealed partial class TimerQueue : IClock, IDisposable
         if (Volatile.Read(ref _threadStarted) != 0 && Thread.CurrentThread != _thread) _thread.Join();
     }
 
+    private readonly object _callbackGate = new();
+
+    /// <summary>Holds every timer callback until the returned object is disposed (on the same thread): a snapshot saves
+    /// devices that timers would otherwise change half-way. Callbacks that fall due meanwhile run late, once.</summary>
+    public IDisposable HoldCallbacks()
+    {
+        Monitor.Enter(_callbackGate);
+        return new CallbackHold(_callbackGate);
+    }
+
+    private sealed class CallbackHold(object gate) : IDisposable
+    {
+        private bool _done;
+        public void Dispose()
+        {
+            if (_done) return;
+            _done = true;
+            Monitor.Exit(gate);
+        }
+    }
+
     private void Arm(QueueTimer t, long deadline)
     {
         bool wake;
@@ -149,8 +170,11 @@ public sealed partial class TimerQueue : IClock, IDisposable
                 }
                 if (due is not null)
                 {
-                    try { due.Callback(deadline); }
-                    catch (Exception ex) { CallbackFailed?.Invoke(ex); }
+                    lock (_callbackGate)
+                    {
+                        try { due.Callback(deadline); }
+                        catch (Exception ex) { CallbackFailed?.Invoke(ex); }
+                    }
                     continue;
                 }
                 _waker.Wait(waitNs);

@@ -1,5 +1,6 @@
 // SPDX-License-Identifier: BSD-2-Clause
 using Hyve.Vmm.Io;
+using Hyve.Vmm.State;
 using Hyve.X86;
 
 namespace Hyve.Vmm;
@@ -87,6 +88,14 @@ public interface IVcpuBackend : IDisposable
     /// <summary>Raises hardware exception <paramref name="vector"/> in the guest (with an error code where the vector takes one).
     /// A second exception while one is pending combines by the SDM's rules into #DF, then a triple fault.</summary>
     void InjectException(int vector, uint errorCode = 0);
+
+    /// <summary>Reads the whole architectural state in the engine-neutral form (on the vCPU's thread, out of the guest):
+    /// what a snapshot stores and what <see cref="SetState"/> on either engine resumes from.</summary>
+    VcpuState GetState();
+
+    /// <summary>Loads a whole state taken by <see cref="GetState"/> on this or the other engine; the guest TSC continues
+    /// from <see cref="VcpuState.Tsc"/>.</summary>
+    void SetState(VcpuState state);
 
     /// <summary>Applies a debugger's settings (single step, breakpoints); false when this engine cannot.</summary>
     bool SetGuestDebug(in GuestDebugSettings settings) => false;

@@ -3,6 +3,7 @@ using System.Collections.Concurrent;
 using Hyve.Vmm.Control;
 using Hyve.Vmm.Io;
 using Hyve.Vmm.Native;
+using Hyve.Vmm.State;
 using Hyve.X86;
 
 namespace Hyve.Vmm;
@@ -59,15 +60,12 @@ public sealed class Vm : IVmControl
         Mmio.Register(Vhpet.DefaultBase, Vhpet.Size, Hpet, "hpet");
         // The BSP takes the 8259's INTR (ExtINT through LINT0): wake it to inject.
         Pic.IntrChanged += () => _slots[0].Vcpu?.Kick();
-        Resetting += () =>
-        {
-            Pic.Reset();
-            Ioapic.Reset();
-            Pit.Reset();
-            PmTimer.Reset();
-            Hpet.Reset();
-            Rtc.Reset(); // keeps time and NVRAM, as bhyve's vrtc does across a reset
-        };
+        Devices.Add("vatpic", "0", Pic, DevicePhase.InterruptControllers, Pic.Reset);
+        Devices.Add("vioapic", "0", Ioapic, DevicePhase.InterruptControllers, Ioapic.Reset);
+        Devices.Add("vatpit", "0", Pit, DevicePhase.Timers, Pit.Reset);
+        Devices.Add("vpmtmr", "0", PmTimer, DevicePhase.Timers, PmTimer.Reset);
+        Devices.Add("vhpet", "0", Hpet, DevicePhase.Timers, Hpet.Reset);
+        Devices.Add("vrtc", "0", Rtc, DevicePhase.Timers, Rtc.Reset); // keeps time and NVRAM across a reset, as bhyve's vrtc
     }
 
     /// <summary>The 8259A pair.</summary>
@@ -102,6 +100,9 @@ public sealed class Vm : IVmControl
     public PortBus Ports { get; } = new();
     /// <summary>The MMIO bus.</summary>
     public MmioBus Mmio { get; } = new();
+
+    /// <summary>Guest writes that should signal an eventfd without an exit (KVM_IOEVENTFD where the backend has it).</summary>
+    public IoEventFdTable IoEventFds { get; } = new();
     /// <summary>x86.strictmsr: an access to an unimplemented MSR raises #GP (default true; -w clears it).</summary>
     public bool StrictMsr { get; set; } = true;
     /// <summary>Host CPUs each vCPU is pinned to (-p), or null.</summary>
@@ -111,8 +112,15 @@ public sealed class Vm : IVmControl
     /// run: load it again (or clear this) before the next Run.</summary>
     public BootCpuState? BootState { get; set; }
 
-    /// <summary>Device reset hooks, called between a guest reset and the restart.</summary>
-    public event Action? Resetting;
+    /// <summary>vCPU states a restore loads, each on its vCPU's thread before its first instruction, in place of
+    /// <see cref="BootState"/>; used by the next <see cref="Run"/> only (a later guest reset starts from power-on).</summary>
+    public VcpuState[]? RestoredCpus { get; set; }
+
+    /// <summary>What the control socket's snapshot requests call (set by the machine), or null when it offers none.</summary>
+    public ISnapshotHandler? Snapshots { get; set; }
+
+    /// <summary>Every device of the VM: built here and by the machine, reset, saved and restored in one stated order.</summary>
+    public DeviceInventory Devices { get; } = new();
 
     /// <summary>Raised once, on the thread that called the first <see cref="Run"/>, when the vCPUs have run for
     /// <see cref="SettleProbes"/> halt-monitor intervals: start-up is over.</summary>
@@ -138,7 +146,8 @@ public sealed class Vm : IVmControl
         {
             backend = createBackend(this);
             Backend = backend;
-            foreach (var s in _slots) s.Start(backend.CreateVcpu(s.Id));
+            var restored = RestoredCpus;
+            foreach (var s in _slots) s.Start(backend.CreateVcpu(s.Id), restored?[s.Id]);
             _running = true;
             for (int i = 0; i < threads.Length; i++)
             {
@@ -159,13 +168,15 @@ public sealed class Vm : IVmControl
             foreach (var t in threads) t?.Join();
             foreach (var s in _slots) s.Stop();
             Backend = null;
+            RestoredCpus = null;
             backend?.Dispose();
         }
         return new VmStop((SuspendHow)Math.Max(_suspendHow, 0), _error, _exitStatus >= 0 ? _exitStatus : null);
     }
 
-    /// <summary>Resets device state after a guest reset (the RTC keeps time and NVRAM: its own Reset decides).</summary>
-    public void ResetDevices() => Resetting?.Invoke();
+    /// <summary>Resets device state after a guest reset, in the inventory's order (the RTC keeps time and NVRAM: its own
+    /// Reset decides).</summary>
+    public void ResetDevices() => Devices.Reset();
 
     /// <summary>Requests a suspend from any thread (bhyve's vm_suspend): the first request wins.</summary>
     public void Suspend(SuspendHow how)
@@ -201,9 +212,9 @@ public sealed class Vm : IVmControl
             bool allHalted = true, anyActive = false;
             foreach (var s in _slots)
             {
-                if (s.Held)
+                if (s.Held || s.Paused)
                 {
-                    // A vCPU the debugger holds is neither running nor halted: the VM is not idle.
+                    // A vCPU the debugger holds (or a snapshot pauses) is neither running nor halted: the VM is not idle.
                     allHalted = false;
                     continue;
                 }
@@ -236,12 +247,13 @@ public sealed class Vm : IVmControl
         {
             PinThread(slot.Id);
             vcpu.AttachThread();
-            if (slot.Id == 0) BootState?.Apply(vcpu);
+            if (slot.Restored is { } restored) vcpu.SetState(restored);
+            else if (slot.Id == 0) BootState?.Apply(vcpu);
             Debugger?.VcpuStarted(slot.Id, vcpu);
             while (_suspendHow < 0)
             {
                 slot.RunPendingWork();
-                if (slot.Held)
+                if (slot.Held || slot.Paused)
                 {
                     slot.ParkWhileHeld(() => _suspendHow >= 0);
                     continue;
@@ -321,6 +333,54 @@ public sealed class Vm : IVmControl
         s.Wake();
     }
 
+    /// <summary>
+    /// Pauses every vCPU at an instruction boundary (out of the guest, parked on its own thread where it still serves
+    /// <see cref="OnVcpu"/>), apart from the debug set, which it leaves as it is. False, with the vCPUs resumed, when
+    /// one does not stop within <paramref name="timeoutMs"/>.
+    /// </summary>
+    public bool PauseAll(int timeoutMs)
+    {
+        foreach (var s in _slots)
+        {
+            s.Paused = true;
+            s.Vcpu?.Kick();
+        }
+        var sw = System.Diagnostics.Stopwatch.StartNew();
+        while (true)
+        {
+            bool all = true;
+            foreach (var s in _slots) if (!s.Parked && _running && _suspendHow < 0 && s.Vcpu is not null) all = false;
+            if (all) return true;
+            if (sw.ElapsedMilliseconds > timeoutMs)
+            {
+                ResumeAll();
+                return false;
+            }
+            Thread.Sleep(0);
+        }
+    }
+
+    /// <summary>Lets the vCPUs <see cref="PauseAll"/> stopped run again.</summary>
+    public void ResumeAll()
+    {
+        foreach (var s in _slots)
+        {
+            s.Paused = false;
+            s.Wake();
+        }
+    }
+
+    /// <summary>True while the VM's vCPU threads run (between the start and the end of <see cref="Run"/>).</summary>
+    public bool IsRunning => _running;
+
+    /// <inheritdoc/>
+    public void Checkpoint(string path, bool thenExit) =>
+        (Snapshots ?? throw new NotSupportedException("this VM cannot take snapshots")).Checkpoint(path, thenExit);
+
+    /// <inheritdoc/>
+    public void DumpGuestMemory(string path) =>
+        (Snapshots ?? throw new NotSupportedException("this VM cannot dump guest memory")).DumpGuestMemory(path);
+
     /// <summary>True when vCPU <paramref name="id"/> is in the debug set.</summary>
     public bool IsHeld(int id) => (uint)id < (uint)_slots.Length && _slots[id].Held;
 
@@ -375,6 +435,25 @@ public sealed class Vm : IVmControl
     /// <inheritdoc/>
     public void SetDescriptor(int vcpu, Reg reg, SegmentDescriptor desc) => OnVcpu(vcpu, v => { v.SetDescriptor(reg, desc); return 0; });
 
+    private readonly List<KeyValuePair<string, Func<ulong>>> _stats = [];
+
+    /// <summary>Adds a counter that <c>hyvectl --get-stats</c> shows (read on the control thread when asked).</summary>
+    public void AddStat(string name, Func<ulong> read)
+    {
+        lock (_stats) _stats.Add(new(name, read));
+    }
+
+    /// <inheritdoc/>
+    public IReadOnlyList<KeyValuePair<string, ulong>> GetStats()
+    {
+        lock (_stats)
+        {
+            var list = new List<KeyValuePair<string, ulong>>(_stats.Count);
+            foreach (var kv in _stats) list.Add(new(kv.Key, kv.Value()));
+            return list;
+        }
+    }
+
     /// <inheritdoc/>
     public long GetRtcTime() => Rtc.GetTime();
 
@@ -425,6 +504,8 @@ public sealed class Vm : IVmControl
         public long ExitsAtProbe = -1;
         public volatile bool Active;
         public volatile bool Held;   // in the debug set: stay out of the guest
+        public volatile bool Paused; // paused for a snapshot: stay out of the guest
+        public VcpuState? Restored;  // loaded before the first instruction of this run
         public volatile bool Parked; // the thread is waiting in ParkWhileHeld
         private readonly ManualResetEventSlim _wake = new(false);
 
@@ -442,11 +523,11 @@ public sealed class Vm : IVmControl
             Parked = true;
             try
             {
-                while (Held && !stopping())
+                while ((Held || Paused) && !stopping())
                 {
                     _wake.Reset();
                     RunPendingWork();
-                    if (!Held || stopping()) break;
+                    if (!(Held || Paused) || stopping()) break;
                     _wake.Wait(50);
                 }
             }
@@ -456,10 +537,11 @@ public sealed class Vm : IVmControl
             }
         }
 
-        public void Start(IVcpuBackend vcpu)
+        public void Start(IVcpuBackend vcpu, VcpuState? restored)
         {
             Vcpu = vcpu;
-            Active = Id == 0;
+            Restored = restored;
+            Active = restored is null ? Id == 0 : restored.Activity != VcpuActivity.WaitingForSipi;
             ProbedState = null;
             ExitsAtProbe = 0;
             lock (_gate) _attached = true;

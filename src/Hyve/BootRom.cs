@@ -48,6 +48,20 @@ public static class BootRom
         memory.Map(vseg, 0, romBase - (ulong)vars.Length, (ulong)vars.Length, MemProt.Read | MemProt.Write);
     }
 
+    /// <summary>For a restore: creates and maps the ROM (and variable store) segments at the sizes a snapshot recorded,
+    /// without reading the files; their contents come from the snapshot.</summary>
+    public static void Reserve(GuestMemory memory, ulong romLength, ulong varsLength)
+    {
+        if (romLength == 0 || romLength > MaxSize || (romLength & 0xfff) != 0 || varsLength > MaxSize || (varsLength & 0xfff) != 0)
+            throw new HostConfigException($"the snapshot's boot ROM ({romLength} bytes) or variable store ({varsLength} bytes) is unusable");
+        var seg = memory.CreateDevMem("bootrom", romLength);
+        ulong romBase = Top - romLength;
+        memory.Map(seg, 0, romBase, romLength, MemProt.Read | MemProt.Exec);
+        if (varsLength == 0) return;
+        var vseg = memory.CreateDevMem("bootvars", varsLength);
+        memory.Map(vseg, 0, romBase - varsLength, varsLength, MemProt.Read | MemProt.Write);
+    }
+
     private static byte[] ReadImage(string path, string what)
     {
         FileInfo fi;

@@ -5,9 +5,11 @@ using Hyve.Config;
 using Hyve.Devices;
 using Hyve.Gdb;
 using Hyve.Kvm;
+using Hyve.Snapshot;
 using Hyve.Soft;
 using Hyve.Vmm;
 using Hyve.Vmm.Control;
+using Hyve.Vmm.State;
 
 namespace Hyve;
 
@@ -22,11 +24,12 @@ public sealed class Machine : IDisposable
     private GdbServer? _gdb;
     private readonly TimerQueue _clock;
     private readonly Func<Vm, ICpuBackend> _createBackend;
-    private PosixSignalRegistration? _sigterm;
+    private readonly List<PosixSignalRegistration> _signals = [];
 
     /// <summary>Builds the machine the options describe; throws <see cref="HostConfigException"/>,
-    /// <see cref="ConfigException"/> or <see cref="ControlServerException"/> with a one-line reason.</summary>
-    public Machine(ParseResult options)
+    /// <see cref="ConfigException"/> or <see cref="ControlServerException"/> with a one-line reason. With
+    /// <paramref name="restore"/> (a checked snapshot whose configuration the options are) the machine resumes from it.</summary>
+    public Machine(ParseResult options, SnapshotReader? restore = null)
     {
         _config = options.Config;
         string name = _config.Get("name") ?? throw new HostConfigException("no VM name");
@@ -44,23 +47,41 @@ public sealed class Machine : IDisposable
                 StrictMsr = _config.GetBool("x86.strictmsr", true),
                 Pinning = ReadPinning(_config, t.Cpus),
             };
+            Vm.Snapshots = new MachineSnapshots(Vm, _config, _clock);
+            // x86.strictio (-e): an access to a port or MMIO address no device claims stops the VM (bhyve's -e), with
+            // one line naming it and status 4, instead of reading all ones or being ignored.
+            if (_config.GetBool("x86.strictio", false))
+            {
+                var vm = Vm;
+                vm.Ports.Unclaimed = (port, write, size) =>
+                    vm.SetError($"unhandled I/O {(write ? "write" : "read")} of {size} byte(s) at port 0x{port:x} (x86.strictio)");
+                vm.Mmio.Unclaimed = (address, write, size) =>
+                    vm.SetError($"unhandled MMIO {(write ? "write" : "read")} of {size} byte(s) at 0x{address:x} (x86.strictio)");
+            }
             // The control socket comes first: a second hyve with the same name must stop before touching anything.
             Own(ControlServer.Start(Vm));
             StartGdb();
 
-            Vm.Ports.Register(ResetControl.Port, 1, new ResetControl(Vm));
+            var devices = Own(Vm.Devices);
+            var resetControl = new ResetControl(Vm);
+            Vm.Ports.Register(ResetControl.Port, 1, resetControl);
+            devices.Add("reset-control", "0", resetControl, DevicePhase.Platform);
             var kbc = new I8042(Vm.Irq, () => Vm.Suspend(SuspendHow.Reset));
-            Vm.Resetting += kbc.Reset;
             Vm.Ports.Register(I8042.DataPort, 1, kbc);
             Vm.Ports.Register(I8042.CommandPort, 1, kbc);
+            devices.Add("i8042", "0", kbc, DevicePhase.Platform, kbc.Reset);
 
-            var coms = Own(LpcComPorts.Create(_config, Vm.Ports, Vm.Irq));
-            Vm.Resetting += coms.Reset;
+            var coms = devices.Own(LpcComPorts.Create(_config, Vm.Ports, Vm.Irq));
+            for (int i = 0; i < coms.Ports.Count; i++)
+                devices.Add("uart16550", Uart16550.ComPorts[i].Name, coms.Ports[i], DevicePhase.Platform, coms.Ports[i].Reset);
+            Vm.AddStat("console output bytes dropped", () => (ulong)ConsoleBackend.TotalDropped);
             if (_config.IsNode("lpc.debug_exit"))
             {
                 var (ioBase, ioSize) = DebugExit.ParseOptions(
                     $"iobase={_config.Get("lpc.debug_exit.iobase")},iosize={_config.Get("lpc.debug_exit.iosize")}");
-                new DebugExit(Vm.Exit, ioBase, ioSize).Register(Vm.Ports);
+                var debugExit = new DebugExit(Vm.Exit, ioBase, ioSize);
+                debugExit.Register(Vm.Ports);
+                devices.Add("debug-exit", "0", debugExit, DevicePhase.Platform);
             }
 
             string? rom = _config.Get("lpc.bootrom");
@@ -68,20 +89,31 @@ public sealed class Machine : IDisposable
             if (rom is null && kernel is null)
                 throw new HostConfigException("nothing to boot: give a boot ROM (-l bootrom,FILE) or a kernel (-o boot.kernel=FILE)");
             Platform = PcPlatform.Build(Vm, _config, firmware: rom is not null);
-            if (rom is not null)
+            foreach (var d in Platform.Pci.Devices) if (d is IDisposable owned) Own(owned); // virtio I/O threads and disks
+            foreach (var d in Platform.Pci.Devices)
+                if (d is Display.StdVga vga) Own(new Display.VncConsole(vga, kbc, name, _config.Get("keyboard.layout")));
+            if (rom is not null && restore is not null)
+            {
+                // The ROM's contents are in the snapshot: the file need not exist any more.
+                ulong Length(string n) => restore.Manifest.Segments.Find(s => s.Name == n)?.Length ?? 0;
+                BootRom.Reserve(memory, Length("bootrom"), Length("bootvars"));
+                devices.Add("bios-shadow", "0", memory, DevicePhase.Memory, () => BootRom.ShadowLegacyArea(memory));
+            }
+            else if (rom is not null)
             {
                 BootRom.Load(memory, rom, _config.Get("lpc.bootvars"));
                 BootRom.ShadowLegacyArea(memory);
-                Vm.Resetting += () => BootRom.ShadowLegacyArea(memory);
+                devices.Add("bios-shadow", "0", memory, DevicePhase.Memory, () => BootRom.ShadowLegacyArea(memory));
             }
             else
             {
                 // Direct kernel boot: tables in the BIOS area, the kernel loaded, vCPU 0 at its entry; a guest
-                // reboot loads it again, as QEMU's -kernel does.
-                LoadKernel(kernel!);
-                Vm.Resetting += () => LoadKernel(kernel!);
+                // reboot loads it again, as QEMU's -kernel does. A restore has all of that in its memory already.
+                if (restore is null) LoadKernel(kernel!);
+                devices.Add("kernel", "0", memory, DevicePhase.Memory, () => LoadKernel(kernel!));
             }
             if (_config.Get("accel") == "kvm" && !KvmSystem.IsAvailable(out var reason)) throw new HostConfigException(reason);
+            if (restore is not null) ((MachineSnapshots)Vm.Snapshots).Restore(restore);
         }
         catch
         {
@@ -100,21 +132,39 @@ public sealed class Machine : IDisposable
     private void StartGdb()
     {
         string? port = _config.Get("gdb.port");
-        if (port is null) return;
+        string? path = _config.Get("gdb.path");
+        if (port is null && path is null) return;
         string? address = _config.Get("gdb.address");
         try
         {
+            if (path is not null)
+            {
+                _gdb = Own(new GdbServer(Vm, path));
+                if (_config.GetBool("gdb.wait", false)) Vm.HoldCpu(0);
+                return;
+            }
             var ip = GdbServer.ParseAddress(address);
             if (!System.Net.IPAddress.IsLoopback(ip))
                 Console.Error.WriteLine($"hyve: warning: the debug server listens on {ip}, which is not a loopback address");
-            _gdb = Own(new GdbServer(Vm, ip, int.Parse(port, System.Globalization.CultureInfo.InvariantCulture)));
+            _gdb = Own(new GdbServer(Vm, ip, int.Parse(port!, System.Globalization.CultureInfo.InvariantCulture)));
         }
         catch (Exception e) when (e is System.Net.Sockets.SocketException or ArgumentException or FormatException or OverflowException)
         {
-            throw new HostConfigException($"debug server on {address ?? "127.0.0.1"}:{port}: {e.Message}");
+            string where = path ?? $"{address ?? "127.0.0.1"}:{port}";
+            string why = e is System.Net.Sockets.SocketException se ? SocketReason(se) : e.Message;
+            throw new HostConfigException($"debug server on {where}: {why}");
         }
         if (_config.GetBool("gdb.wait", false)) Vm.HoldCpu(0);
     }
+
+    // Hyve's own words for the socket errors a user meets (the runtime's texts are stripped from the executable).
+    internal static string SocketReason(System.Net.Sockets.SocketException e) => e.SocketErrorCode switch
+    {
+        System.Net.Sockets.SocketError.AddressAlreadyInUse => "the address is already in use",
+        System.Net.Sockets.SocketError.AddressNotAvailable => "the address is not one of this host's",
+        System.Net.Sockets.SocketError.AccessDenied => "permission denied",
+        _ => $"socket error {e.SocketErrorCode}",
+    };
 
     private void LoadKernel(string kernel)
     {
@@ -122,19 +172,35 @@ public sealed class Machine : IDisposable
         var loaded = KernelLoader.Load(Vm.Memory, kernel, _config.Get("boot.initrd"), _config.Get("boot.cmdline"),
             Platform.MemoryMap(), rsdp);
         Vm.BootState = loaded.Cpu;
+        foreach (var d in Platform.Pci.Devices)
+            if (d is Display.StdVga vga) Display.BootDisplay.SetUp(vga, Vm.Memory, loaded);
     }
 
     /// <summary>Runs until the guest powers off, halts, triple faults or (with exit_on_reboot) resets; returns bhyve's exit status.</summary>
     public int Run()
     {
-        // SIGTERM presses the ACPI power button so the guest OS can shut down cleanly; a second SIGTERM, or one
-        // that no guest is listening for (power button not enabled), powers off at once (status 1).
-        int sigterms = 0;
-        _sigterm = PosixSignalRegistration.Create(PosixSignal.SIGTERM, ctx =>
+        // SIGTERM, SIGINT and SIGHUP press the ACPI power button so the guest OS can shut down cleanly (bhyve's
+        // SIGTERM); a second one, or one that no guest is listening for (power button not enabled), powers off at
+        // once (status 1). SIGQUIT and SIGUSR1 power off at once. Every one of them leaves through Run's return, so
+        // the terminal is restored and the control socket removed, never a death by signal.
+        int presses = 0;
+        foreach (var sig in new[] { PosixSignal.SIGTERM, PosixSignal.SIGINT, PosixSignal.SIGHUP })
         {
-            ctx.Cancel = true;
-            if (Interlocked.Increment(ref sigterms) > 1 || !Platform.Pm.PressPowerButton()) Vm.Suspend(SuspendHow.PowerOff);
-        });
+            _signals.Add(PosixSignalRegistration.Create(sig, ctx =>
+            {
+                ctx.Cancel = true;
+                if (Interlocked.Increment(ref presses) > 1 || !Platform.Pm.PressPowerButton()) Vm.Suspend(SuspendHow.PowerOff);
+            }));
+        }
+        foreach (var sig in new[] { PosixSignal.SIGQUIT, (PosixSignal)10 /* SIGUSR1 */ })
+        {
+            _signals.Add(PosixSignalRegistration.Create(sig, ctx =>
+            {
+                ctx.Cancel = true;
+                Vm.Suspend(SuspendHow.PowerOff);
+            }));
+        }
+        ConsoleTerminal.SignalsHandledByMachine = true;
         bool exitOnReboot = _config.GetBool("exit_on_reboot", false);
         // Start-up is over once the vCPUs run: let go of the code that only it needed (see StartupPages).
         Vm.SettledAfterStart += () => StartupPages.Trim();
@@ -205,7 +271,9 @@ public sealed class Machine : IDisposable
     /// <summary>Closes the control socket, the consoles, the clock and guest memory.</summary>
     public void Dispose()
     {
-        _sigterm?.Dispose();
+        foreach (var r in _signals) r.Dispose();
+        _signals.Clear();
+        ConsoleTerminal.SignalsHandledByMachine = false;
         for (int i = _owned.Count - 1; i >= 0; i--)
         {
             try { _owned[i].Dispose(); }

@@ -6,13 +6,14 @@ using Hyve.Devices;
 using Hyve.Pci;
 using Hyve.Vmm;
 using Hyve.Vmm.Control;
+using Hyve.Vmm.State;
 
 namespace Hyve;
 
 /// <summary>
 /// The PC around the VMM's own devices: the PCI bus with its -s devices, the ACPI PM block, the POST port,
 /// QEMU's fw_cfg with the E820 map and ACPI tables for firmware, and the description the ACPI and MP tables
-/// are written from. Built once; <see cref="Reset"/> puts it back to power-on state.
+/// are written from. Built once; its devices join the VM's inventory, which resets and saves them.
 /// </summary>
 public sealed class PcPlatform
 {
@@ -51,16 +52,19 @@ public sealed class PcPlatform
         pci.Router.ReserveIrq(pm.SciIrq);
         irq.SetIsaTriggerMode(pm.SciIrq, true); // the SCI is level-triggered (FADT, MADT override)
         pm.Register(vm.Ports);
-        new PostPort().Register(vm.Ports);
+        var post = new PostPort();
+        post.Register(vm.Ports);
+        vm.Devices.Add("acpi-pm", "0", pm, DevicePhase.Platform, pm.Reset);
+        vm.Devices.Add("post-port", "0", post, DevicePhase.Platform);
 
         var p = new PcPlatform(vm, config, pci, pm);
         var slots = SlotsFromConfig(config);
-        pci.AddFromConfig(slots, PciDeviceRegistry.CreateDefault());
+        pci.AddFromConfig(slots, PciDeviceRegistry.CreateDefault(), config, vm.Name);
         pci.Build();
+        pci.JoinInventory(vm.Devices);
         p.Describe(slots);
         p.Smbios = p.BuildSmbios();
         if (config.Get("lpc.fwcfg") == "qemu") p.AddFwCfg();
-        vm.Resetting += p.Reset;
         return p;
     }
 
@@ -126,14 +130,6 @@ public sealed class PcPlatform
         return map;
     }
 
-    /// <summary>Power-on state for the PCI functions, fw_cfg and the PM block.</summary>
-    public void Reset()
-    {
-        Pci.Reset();
-        FwCfg?.Reset();
-        Pm.Reset();
-    }
-
     private void Describe(IReadOnlyList<PciSlotConfig> slots)
     {
         var t = _vm.Topology;
@@ -189,6 +185,7 @@ public sealed class PcPlatform
             fw.AddUserItem(text is not null ? $"{name},string={text}" : $"{name},file={file}");
         }
         FwCfg = fw;
+        _vm.Devices.Add("fw-cfg", "0", fw, DevicePhase.Platform, fw.Reset);
     }
 
     private static List<PciSlotConfig> SlotsFromConfig(ConfigTree config)

@@ -1,8 +1,10 @@
 // SPDX-License-Identifier: BSD-2-Clause
 using Hyve.Config;
 using Hyve.Devices;
+using Hyve.Snapshot;
 using Hyve.Vmm;
 using Hyve.Vmm.Control;
+using Hyve.Vmm.State;
 
 namespace Hyve;
 
@@ -33,9 +35,17 @@ public static class Program
             Console.Out.Write(r.Config.Dump());
             return 1;
         }
+        SnapshotReader? snapshot = null;
+        string? restoreFile = r.Config.Get("restore_file");
         try
         {
-            using var machine = new Machine(r);
+            // -r: the snapshot is checked whole (header, manifest, every section's checksum) before anything is built.
+            if (restoreFile is not null)
+            {
+                snapshot = SnapshotReader.Open(restoreFile);
+                r = MachineSnapshots.MergeOptions(r, snapshot);
+            }
+            using var machine = new Machine(r, snapshot);
             StartupTrace.Mark("machine built");
             return machine.Run();
         }
@@ -45,10 +55,17 @@ public static class Program
             Console.Error.WriteLine($"hyve: {e.Message}");
             return 4;
         }
+        catch (SnapshotFormatException e)
+        {
+            Console.Error.WriteLine($"hyve: -r {restoreFile}: {e.Message}");
+            return 4;
+        }
         finally
         {
+            snapshot?.Dispose();
             ConsoleBackend.FlushAll();
             ConsoleTerminal.RestoreTerminal();
+            RunFiles.DeleteAllOwnSockets();
             StartupTrace.Report();
         }
     }

@@ -240,6 +240,38 @@ public sealed class ControlClient : IVmControl, IDisposable
         return (info1, info2);
     }
 
+    /// <inheritdoc />
+    public void Checkpoint(string path, bool thenExit)
+    {
+        Begin(ControlOp.Checkpoint);
+        _writer.String(path);
+        _writer.U8(thenExit ? (byte)1 : (byte)0);
+        new FrameReader(Send()).End();
+    }
+
+    /// <inheritdoc />
+    public void DumpGuestMemory(string path)
+    {
+        Begin(ControlOp.DumpGuestMemory);
+        _writer.String(path);
+        new FrameReader(Send()).End();
+    }
+
+    /// <inheritdoc />
+    public IReadOnlyList<KeyValuePair<string, ulong>> GetStats()
+    {
+        var r = new FrameReader(Call(ControlOp.GetStats));
+        uint n = r.U32();
+        var list = new List<KeyValuePair<string, ulong>>();
+        for (uint i = 0; i < n; i++)
+        {
+            string name = r.String();
+            list.Add(new(name, r.U64()));
+        }
+        r.End();
+        return list;
+    }
+
     private byte[] Call(ControlOp op)
     {
         Begin(op);

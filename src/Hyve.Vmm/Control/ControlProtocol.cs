@@ -122,7 +122,12 @@ public enum ControlOp : ushort
     AssertLapicLvt = 17,
     /// <summary>i32 vcpu → u64 info1, u64 info2.</summary>
     GetIntinfo = 18,
-    // Reserved for later: snapshot.
+    /// <summary>string path, u8 flags (1: end the VM afterwards) → (empty).</summary>
+    Checkpoint = 19,
+    /// <summary>string path → (empty).</summary>
+    DumpGuestMemory = 20,
+    /// <summary>→ u32 count, (string name, u64 value) × count: the VM's counters (console bytes dropped, ...).</summary>
+    GetStats = 21,
 }
 
 /// <summary>Response codes. Values are part of the wire format.</summary>

@@ -12,21 +12,29 @@ namespace Hyve.Vmm.Control;
 /// </summary>
 public sealed class ControlServer : IDisposable
 {
-    /// <summary>Most connections served at once; further clients get <see cref="ControlStatus.Busy"/>.</summary>
+    /// <summary>Most connections served at once. When all are taken, a new connection evicts the one that has waited
+    /// longest for a request, so misbehaving clients can never lock the owner (and --force-poweroff) out.</summary>
     public const int MaxConnections = 16;
 
-    // A client that says nothing for this long is dropped, so it cannot hold a connection slot forever.
-    private static readonly TimeSpan IdleTimeout = TimeSpan.FromSeconds(60);
+    /// <summary>A complete request (length and body) must arrive within this time of the connection being accepted or of
+    /// the previous answer; a client that is slower, or says nothing, is dropped.</summary>
+    public static readonly TimeSpan RequestDeadline = TimeSpan.FromSeconds(5);
 
-    // Once a frame's length has arrived, the rest of it must follow promptly.
-    private static readonly TimeSpan FrameTimeout = TimeSpan.FromSeconds(10);
+    // One served connection: its cancellation, and since when it has been waiting for a request (0 while answering).
+    private sealed class Connection(Socket socket, CancellationTokenSource cts)
+    {
+        public Socket Socket { get; } = socket;
+        public CancellationTokenSource Cts { get; } = cts;
+        public long WaitingSince;
+        public Task Task = Task.CompletedTask;
+    }
 
     private readonly IVmControl _vm;
     private readonly Socket _listener;
     private readonly CancellationTokenSource _cts = new();
     private readonly object _vmLock = new();
     private readonly object _connLock = new();
-    private readonly HashSet<Task> _connections = new();
+    private readonly List<Connection> _connections = new();
     private Task _acceptTask = Task.CompletedTask;
     private int _disposed;
 
@@ -66,12 +74,16 @@ public sealed class ControlServer : IDisposable
             throw new ControlServerException($"control socket path {path} is longer than {ControlPaths.MaxSocketPathBytes} bytes");
 
         EnsureDirectory(dir, isDefault);
-        RemoveStaleSocket(vm.Name, path);
+        RunFiles.ReplaceStaleSocket(path, vm.Name);
 
         var listener = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
         try
         {
-            listener.Bind(new UnixDomainSocketEndPoint(path));
+            // Created 0600 (umask) so nobody else can connect in the moment before the chmod below.
+            uint oldMask = Native.Libc.Umask(0x7f /* 0177 */);
+            try { listener.Bind(new UnixDomainSocketEndPoint(path)); }
+            finally { Native.Libc.Umask(oldMask); }
+            RunFiles.RecordOwnSocket(path);
         }
         catch (SocketException e)
         {
@@ -89,7 +101,7 @@ public sealed class ControlServer : IDisposable
         catch (Exception e) when (e is IOException or UnauthorizedAccessException or SocketException)
         {
             listener.Dispose();
-            TryDelete(path);
+            RunFiles.DeleteOwnSocket(path);
             throw new ControlServerException($"cannot set up control socket {path}: {e.Message}", e);
         }
 
@@ -110,7 +122,7 @@ public sealed class ControlServer : IDisposable
         lock (_connLock)
         {
             pending = new Task[_connections.Count + 1];
-            _connections.CopyTo(pending, 1);
+            for (int i = 0; i < _connections.Count; i++) pending[i + 1] = _connections[i].Task;
         }
         pending[0] = _acceptTask;
         try
@@ -118,7 +130,7 @@ public sealed class ControlServer : IDisposable
             Task.WaitAll(pending, TimeSpan.FromSeconds(2));
         }
         catch (AggregateException) { }
-        TryDelete(SocketPath);
+        RunFiles.DeleteOwnSocket(SocketPath);
         _cts.Dispose();
     }
 
@@ -146,46 +158,6 @@ public sealed class ControlServer : IDisposable
         }
     }
 
-    private static void RemoveStaleSocket(string vmName, string path)
-    {
-        if (Directory.Exists(path))
-            throw new ControlServerException($"control socket path {path} is a directory");
-        if (!File.Exists(path))
-            return;
-        using var probe = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
-        try
-        {
-            probe.Connect(new UnixDomainSocketEndPoint(path));
-        }
-        catch (SocketException e) when (e.SocketErrorCode is SocketError.ConnectionRefused or SocketError.AddressNotAvailable)
-        {
-            // Nobody listens: the socket was left by a process that died (or vanished meanwhile). Replace it.
-            try
-            {
-                File.Delete(path);
-            }
-            catch (Exception de) when (de is IOException or UnauthorizedAccessException)
-            {
-                throw new ControlServerException($"cannot remove stale control socket {path}: {de.Message}", de);
-            }
-            return;
-        }
-        catch (SocketException e)
-        {
-            throw new ControlServerException($"control socket {path} exists and cannot be probed: {e.Message}", e);
-        }
-        throw new VmAlreadyRunningException(vmName, path);
-    }
-
-    private static void TryDelete(string path)
-    {
-        try
-        {
-            File.Delete(path);
-        }
-        catch (Exception e) when (e is IOException or UnauthorizedAccessException) { }
-    }
-
     private async Task AcceptLoopAsync()
     {
         CancellationToken ct = _cts.Token;
@@ -208,39 +180,75 @@ public sealed class ControlServer : IDisposable
                 continue;
             }
 
+            // The socket's mode (0600) keeps other users out; SO_PEERCRED checks it again, so a socket made reachable
+            // by a chmod, a bind mount or a passed descriptor still answers only its owner (and root).
+            uint uid = PeerUid(client);
+            if (uid != Native.Libc.Geteuid() && uid != 0)
+            {
+                _ = RefuseAsync(client, ControlStatus.Failed, $"uid {uid} may not control this VM");
+                continue;
+            }
+
             lock (_connLock)
             {
                 if (_connections.Count >= MaxConnections)
                 {
-                    _ = RefuseBusyAsync(client);
-                    continue;
+                    // The reserved slot: drop whoever has waited longest without sending a whole request.
+                    Connection? victim = null;
+                    foreach (var c in _connections)
+                        if (c.WaitingSince != 0 && (victim is null || c.WaitingSince < victim.WaitingSince)) victim = c;
+                    if (victim is null)
+                    {
+                        _ = RefuseAsync(client, ControlStatus.Busy, "too many control connections");
+                        continue;
+                    }
+                    _connections.Remove(victim);
+                    victim.Cts.Cancel();
                 }
-                Task t = ServeAsync(client, ct);
-                _connections.Add(t);
-                _ = t.ContinueWith(done => { lock (_connLock) _connections.Remove(done); },
+                var conn = new Connection(client, CancellationTokenSource.CreateLinkedTokenSource(ct)) { WaitingSince = Environment.TickCount64 | 1 };
+                _connections.Add(conn);
+                conn.Task = ServeAsync(conn);
+                _ = conn.Task.ContinueWith(_ => { lock (_connLock) _connections.Remove(conn); conn.Cts.Dispose(); },
                     CancellationToken.None, TaskContinuationOptions.ExecuteSynchronously, TaskScheduler.Default);
             }
         }
     }
 
-    private static async Task RefuseBusyAsync(Socket client)
+    private static unsafe uint PeerUid(Socket s)
+    {
+        // struct ucred { pid_t pid; uid_t uid; gid_t gid; }
+        Span<byte> cred = stackalloc byte[12];
+        try
+        {
+            int n = s.GetRawSocketOption(1 /* SOL_SOCKET */, 17 /* SO_PEERCRED */, cred);
+            return n >= 8 ? BinaryPrimitives.ReadUInt32LittleEndian(cred[4..]) : uint.MaxValue;
+        }
+        catch (SocketException)
+        {
+            return uint.MaxValue;
+        }
+    }
+
+    private static async Task RefuseAsync(Socket client, ControlStatus status, string message)
     {
         using (client)
         {
             try
             {
                 var w = new FrameWriter();
-                w.Begin(ControlProtocol.Version, (ushort)ControlStatus.Busy);
-                w.String("too many control connections");
+                w.Begin(ControlProtocol.Version, (ushort)status);
+                w.String(message);
                 await SendAllAsync(client, w.Finish(), CancellationToken.None).ConfigureAwait(false);
             }
             catch (Exception e) when (e is SocketException or ObjectDisposedException) { }
         }
     }
 
-    private async Task ServeAsync(Socket client, CancellationToken ct)
+    private async Task ServeAsync(Connection conn)
     {
         await Task.Yield();
+        Socket client = conn.Socket;
+        CancellationToken ct = conn.Cts.Token;
         using (client)
         {
             var writer = new FrameWriter();
@@ -250,12 +258,13 @@ public sealed class ControlServer : IDisposable
             {
                 while (true)
                 {
-                    using (var idle = CancellationTokenSource.CreateLinkedTokenSource(ct))
-                    {
-                        idle.CancelAfter(IdleTimeout);
-                        if (!await ReceiveExactAsync(client, lenBuf, idle.Token).ConfigureAwait(false))
-                            return; // clean end of the conversation
-                    }
+                    // One deadline for the whole request, length and body: a client that trickles bytes cannot
+                    // hold its slot longer than one that sends nothing.
+                    using var request = CancellationTokenSource.CreateLinkedTokenSource(ct);
+                    request.CancelAfter(RequestDeadline);
+                    Volatile.Write(ref conn.WaitingSince, Environment.TickCount64 | 1);
+                    if (!await ReceiveExactAsync(client, lenBuf, request.Token).ConfigureAwait(false))
+                        return; // clean end of the conversation
 
                     uint len = BinaryPrimitives.ReadUInt32LittleEndian(lenBuf);
                     if (len < ControlProtocol.HeaderSize || len > ControlProtocol.MaxFrameLength)
@@ -272,12 +281,9 @@ public sealed class ControlServer : IDisposable
 
                     if (body.Length < len)
                         body = new byte[Math.Max(len, (uint)body.Length * 2)];
-                    using (var frame = CancellationTokenSource.CreateLinkedTokenSource(ct))
-                    {
-                        frame.CancelAfter(FrameTimeout);
-                        if (!await ReceiveExactAsync(client, body.AsMemory(0, (int)len), frame.Token).ConfigureAwait(false))
-                            return; // peer went away mid-frame
-                    }
+                    if (!await ReceiveExactAsync(client, body.AsMemory(0, (int)len), request.Token).ConfigureAwait(false))
+                        return; // peer went away mid-frame
+                    Volatile.Write(ref conn.WaitingSince, 0);
 
                     ReadOnlyMemory<byte> response = Handle(body.AsSpan(0, (int)len), writer);
                     await SendAllAsync(client, response, ct).ConfigureAwait(false);
@@ -509,6 +515,35 @@ public sealed class ControlServer : IDisposable
                 (ulong info1, ulong info2) = _vm.GetIntinfo(vcpu);
                 w.U64(info1);
                 w.U64(info2);
+                return true;
+            }
+            case ControlOp.Checkpoint:
+            {
+                string path = r.String();
+                byte flags = r.U8();
+                r.End();
+                if (!Path.IsPathFullyQualified(path)) throw new ArgumentException($"{path}: the snapshot path must be absolute");
+                _vm.Checkpoint(path, (flags & 1) != 0);
+                return true;
+            }
+            case ControlOp.DumpGuestMemory:
+            {
+                string path = r.String();
+                r.End();
+                if (!Path.IsPathFullyQualified(path)) throw new ArgumentException($"{path}: the dump path must be absolute");
+                _vm.DumpGuestMemory(path);
+                return true;
+            }
+            case ControlOp.GetStats:
+            {
+                r.End();
+                var stats = _vm.GetStats();
+                w.U32((uint)stats.Count);
+                foreach (var kv in stats)
+                {
+                    w.String(kv.Key);
+                    w.U64(kv.Value);
+                }
                 return true;
             }
             default:

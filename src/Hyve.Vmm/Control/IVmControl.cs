@@ -111,4 +111,26 @@ public interface IVmControl
     /// <summary>The vCPU's pending event information in VMX IDT-vectoring format (bhyvectl --get-intinfo):
     /// info1 an event being delivered when the vCPU last left the guest, info2 an event queued for the next entry.</summary>
     (ulong Info1, ulong Info2) GetIntinfo(int vcpu);
+
+    /// <summary>Writes a snapshot to <paramref name="path"/> (an absolute path on the VM's host) with every vCPU paused and
+    /// every device quiesced; the VM then goes on, or with <paramref name="thenExit"/> ends (bhyvectl --checkpoint /
+    /// --suspend). Throws <see cref="IOException"/> naming why a checkpoint failed; the VM goes on then.</summary>
+    void Checkpoint(string path, bool thenExit);
+
+    /// <summary>Writes guest memory and vCPU state as an ELF core in QEMU's dump-guest-memory layout.</summary>
+    void DumpGuestMemory(string path);
+
+    /// <summary>The VM's counters by name (bhyvectl --get-stats), for example the console bytes dropped because nobody read them.</summary>
+    IReadOnlyList<KeyValuePair<string, ulong>> GetStats() => [];
+}
+
+/// <summary>What the machine offers the control socket for snapshots (the VMM does not know the file layout's
+/// machine parts: the configuration, the devices beyond its own).</summary>
+public interface ISnapshotHandler
+{
+    /// <summary>See <see cref="IVmControl.Checkpoint"/>.</summary>
+    void Checkpoint(string path, bool thenExit);
+
+    /// <summary>See <see cref="IVmControl.DumpGuestMemory"/>.</summary>
+    void DumpGuestMemory(string path);
 }

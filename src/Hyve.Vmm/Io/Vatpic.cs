@@ -1,4 +1,6 @@
 // SPDX-License-Identifier: BSD-2-Clause
+using Hyve.Vmm.State;
+
 namespace Hyve.Vmm.Io;
 
 /// <summary>
@@ -8,7 +10,7 @@ namespace Hyve.Vmm.Io;
 /// (<see cref="IntrAsserted"/>); whoever delivers it (KVM_INTERRUPT, or the LAPIC's LINT0 as ExtINT) runs the
 /// INTA cycle with <see cref="InterruptAcknowledge"/>. Always 8086 mode and cascaded, as on every PC.
 /// </summary>
-public sealed class Vatpic : IPortDevice
+public sealed class Vatpic : IPortDevice, IDeviceState
 {
     /// <summary>Command port of the master.</summary>
     public const ushort MasterPort = 0x20;
@@ -19,8 +21,12 @@ public sealed class Vatpic : IPortDevice
     /// <summary>ELCR of the master (the slave's is the next port).</summary>
     public const ushort ElcrPort = 0x4D0;
 
-    /// <summary>Version of the state written by <see cref="Save"/>.</summary>
-    public const int StateVersion = 1;
+    /// <inheritdoc/>
+    public string StateName => "vatpic";
+    /// <inheritdoc/>
+    public int StateVersion => 1;
+    /// <inheritdoc/>
+    public int OldestStateVersion => 1;
 
     // IRQ 0 (timer), 1 (keyboard), 2 (cascade), 8 (RTC) and 13 (FPU) are wired edge on a PC: their ELCR
     // bits read 0 and ignore writes.
@@ -191,23 +197,20 @@ public sealed class Vatpic : IPortDevice
         if (notify) IntrChanged?.Invoke();
     }
 
-    /// <summary>Writes the state: version, then each chip (master first).</summary>
-    public void Save(BinaryWriter w)
+    /// <summary>Writes the state: each chip (master first), then the INTR output.</summary>
+    public void SaveState(BinaryWriter w)
     {
         lock (_lock)
         {
-            w.Write(StateVersion);
             _master.Save(w);
             _slave.Save(w);
             w.Write(_intr);
         }
     }
 
-    /// <summary>Reads state written by <see cref="Save"/>; throws <see cref="InvalidDataException"/> on a version mismatch.</summary>
-    public void Restore(BinaryReader r)
+    /// <summary>Reads state written by <see cref="SaveState"/>.</summary>
+    public void LoadState(BinaryReader r, int version)
     {
-        int version = r.ReadInt32();
-        if (version != StateVersion) throw new InvalidDataException($"8259 state version {version}, expected {StateVersion}");
         bool notify;
         lock (_lock)
         {

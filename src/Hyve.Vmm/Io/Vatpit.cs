@@ -1,4 +1,6 @@
 // SPDX-License-Identifier: BSD-2-Clause
+using Hyve.Vmm.State;
+
 namespace Hyve.Vmm.Io;
 
 /// <summary>
@@ -8,7 +10,7 @@ namespace Hyve.Vmm.Io;
 /// of the last load, so nothing ticks. Channel 0 raises ISA IRQ 0 on each rising edge of its output through
 /// one <see cref="ITimer"/>; channels 0 and 1 have their gates tied high, channel 2's gate is port 0x61 bit 0.
 /// </summary>
-public sealed class Vatpit : IPortDevice
+public sealed class Vatpit : IPortDevice, IDeviceState
 {
     /// <summary>The input clock, in Hz.</summary>
     public const long Frequency = 1_193_182;
@@ -22,8 +24,12 @@ public sealed class Vatpit : IPortDevice
     /// <summary>NMI status and control (speaker gate, OUT2).</summary>
     public const ushort NmiStatusPort = 0x61;
 
-    /// <summary>Version of the state written by <see cref="Save"/>.</summary>
-    public const int StateVersion = 1;
+    /// <inheritdoc/>
+    public string StateName => "vatpit";
+    /// <inheritdoc/>
+    public int StateVersion => 1;
+    /// <inheritdoc/>
+    public int OldestStateVersion => 1;
 
     /// <summary>Shortest interval between two IRQ 0 timer callbacks: a guest programming a tiny period gets
     /// coalesced edges (its IRR bit is latched anyway) instead of flooding the host.</summary>
@@ -100,24 +106,20 @@ public sealed class Vatpit : IPortDevice
         }
     }
 
-    /// <summary>Writes the state: version, port 0x61, then each channel with times relative to now.</summary>
-    public void Save(BinaryWriter w)
+    /// <summary>Writes the state: port 0x61, then each channel with times relative to now.</summary>
+    public void SaveState(BinaryWriter w)
     {
         lock (_lock)
         {
             long now = NowTick();
-            w.Write(StateVersion);
             w.Write(_port61);
             foreach (var c in _ch) c.Save(w, now);
         }
     }
 
-    /// <summary>Reads state written by <see cref="Save"/>, rebasing times on this clock's now; throws
-    /// <see cref="InvalidDataException"/> on a version mismatch.</summary>
-    public void Restore(BinaryReader r)
+    /// <summary>Reads state written by <see cref="SaveState"/>, rebasing times on this clock's now.</summary>
+    public void LoadState(BinaryReader r, int version)
     {
-        int version = r.ReadInt32();
-        if (version != StateVersion) throw new InvalidDataException($"8254 state version {version}, expected {StateVersion}");
         lock (_lock)
         {
             long now = NowTick();

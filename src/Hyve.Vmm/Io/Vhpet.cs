@@ -1,4 +1,6 @@
 // SPDX-License-Identifier: BSD-2-Clause
+using Hyve.Vmm.State;
+
 namespace Hyve.Vmm.Io;
 
 /// <summary>
@@ -7,7 +9,7 @@ namespace Hyve.Vmm.Io;
 /// (LEG_RT_CAP reads 0), so every timer routes to an IOAPIC pin named in its route capability or signals
 /// an MSI through its FSB route register. Timers run on <see cref="ITimer"/>s, one per HPET timer.
 /// </summary>
-public sealed class Vhpet : IMmioDevice
+public sealed class Vhpet : IMmioDevice, IDeviceState
 {
     /// <summary>The conventional guest-physical base (what ACPI's HPET table names).</summary>
     public const ulong DefaultBase = 0xFED0_0000;
@@ -112,42 +114,58 @@ public sealed class Vhpet : IMmioDevice
         lock (_lock) ResetLocked();
     }
 
-    /// <summary>Captures the device state for a snapshot.</summary>
-    public VhpetState Save()
+    /// <inheritdoc/>
+    public string StateName => "vhpet";
+    /// <inheritdoc/>
+    public int StateVersion => 1;
+    /// <inheritdoc/>
+    public int OldestStateVersion => 1;
+
+    /// <summary>Writes the general configuration and status, the main counter now, then each timer's configuration,
+    /// comparator, period and FSB route.</summary>
+    public void SaveState(BinaryWriter w)
     {
         lock (_lock)
         {
-            var s = new VhpetState { Config = _config, Status = _status, Counter = Counter(_clock.NowNs), Timers = new VhpetTimerState[TimerCount] };
+            w.Write(_config);
+            w.Write(_status);
+            w.Write(Counter(_clock.NowNs));
             for (int i = 0; i < TimerCount; i++)
-                s.Timers[i] = new VhpetTimerState { Config = _t[i].Config, Comparator = _t[i].Comparator, Period = _t[i].Period, FsbRoute = _t[i].FsbRoute };
-            return s;
+            {
+                w.Write(_t[i].Config);
+                w.Write(_t[i].Comparator);
+                w.Write(_t[i].Period);
+                w.Write(_t[i].FsbRoute);
+            }
         }
     }
 
-    /// <summary>Restores a state from <see cref="Save"/>; a state of another version or shape is refused.</summary>
-    public void Restore(VhpetState s)
+    /// <summary>Reads what <see cref="SaveState"/> wrote: the counter continues from its saved value, timers re-arm on
+    /// this clock, and level interrupts whose status bit was set are raised again.</summary>
+    public void LoadState(BinaryReader r, int version)
     {
-        if (s.Version != VhpetState.CurrentVersion || s.Timers is null || s.Timers.Length != TimerCount)
-            throw new ArgumentException("unusable HPET state", nameof(s));
+        ulong config = r.ReadUInt64();
+        uint status = r.ReadUInt32();
+        uint counter = r.ReadUInt32();
+        var timers = new (ulong Config, uint Comparator, uint Period, ulong Fsb)[TimerCount];
+        for (int i = 0; i < TimerCount; i++) timers[i] = (r.ReadUInt64(), r.ReadUInt32(), r.ReadUInt32(), r.ReadUInt64());
         lock (_lock)
         {
             ResetLocked();
             long now = _clock.NowNs;
-            _config = s.Config & ConfEnable;
-            _counterBase = s.Counter;
+            _config = config & ConfEnable;
+            _counterBase = counter;
             _baseNs = now;
             for (int i = 0; i < TimerCount; i++)
             {
-                var src = s.Timers[i];
-                _t[i].Config = src.Config & TnWritable;
+                _t[i].Config = timers[i].Config & TnWritable;
                 if (!RouteAllowed((int)((_t[i].Config & TnRouteMask) >> 9))) _t[i].Config &= ~TnRouteMask;
-                _t[i].Comparator = src.Comparator;
-                _t[i].Period = src.Period;
-                _t[i].FsbRoute = src.FsbRoute;
+                _t[i].Comparator = timers[i].Comparator;
+                _t[i].Period = timers[i].Period;
+                _t[i].FsbRoute = timers[i].Fsb;
             }
-            // Level interrupts whose status bit was set are raised again, so the restored IOAPIC sees the same lines.
             for (int i = 0; i < TimerCount; i++)
-                if ((s.Status & (1u << i)) != 0 && IsLevelToPin(i)) RaiseLevel(i);
+                if ((status & (1u << i)) != 0 && IsLevelToPin(i)) RaiseLevel(i);
             for (int i = 0; i < TimerCount; i++) Arm(i, now);
         }
     }
@@ -363,34 +381,4 @@ public sealed class Vhpet : IMmioDevice
         _counterBase = 0;
         _baseNs = _clock.NowNs;
     }
-}
-
-/// <summary>A saveable copy of the HPET's state.</summary>
-public sealed class VhpetState
-{
-    /// <summary>The layout version this code writes and accepts.</summary>
-    public const int CurrentVersion = 1;
-    /// <summary>Layout version.</summary>
-    public int Version { get; set; } = CurrentVersion;
-    /// <summary>General configuration register.</summary>
-    public ulong Config { get; set; }
-    /// <summary>General interrupt status register.</summary>
-    public uint Status { get; set; }
-    /// <summary>Main counter at save time.</summary>
-    public uint Counter { get; set; }
-    /// <summary>The eight timers.</summary>
-    public VhpetTimerState[] Timers { get; set; } = [];
-}
-
-/// <summary>A saveable copy of one HPET timer.</summary>
-public sealed class VhpetTimerState
-{
-    /// <summary>Writable configuration bits.</summary>
-    public ulong Config { get; set; }
-    /// <summary>Comparator (the accumulator in periodic mode).</summary>
-    public uint Comparator { get; set; }
-    /// <summary>Periodic increment.</summary>
-    public uint Period { get; set; }
-    /// <summary>FSB route register.</summary>
-    public ulong FsbRoute { get; set; }
 }

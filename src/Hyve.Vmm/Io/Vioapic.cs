@@ -1,4 +1,6 @@
 // SPDX-License-Identifier: BSD-2-Clause
+using Hyve.Vmm.State;
+
 namespace Hyve.Vmm.Io;
 
 /// <summary>
@@ -8,7 +10,7 @@ namespace Hyve.Vmm.Io;
 /// <see cref="MsiMessage"/>) to the <see cref="IApicBus"/>. Level-triggered entries set Remote IRR on
 /// delivery and are re-delivered at the local APIC's EOI for their vector while the line stays asserted.
 /// </summary>
-public sealed class Vioapic : IMmioDevice
+public sealed class Vioapic : IMmioDevice, IDeviceState
 {
     /// <summary>The usual guest-physical base of the IOAPIC.</summary>
     public const ulong DefaultBase = 0xFEC0_0000;
@@ -19,8 +21,12 @@ public sealed class Vioapic : IMmioDevice
     /// <summary>Number of pins (redirection entries) by default, as bhyve.</summary>
     public const int DefaultPinCount = 32;
 
-    /// <summary>Version of the state written by <see cref="Save"/>.</summary>
-    public const int StateVersion = 1;
+    /// <inheritdoc/>
+    public string StateName => "vioapic";
+    /// <inheritdoc/>
+    public int StateVersion => 1;
+    /// <inheritdoc/>
+    public int OldestStateVersion => 1;
 
     /// <summary>Offset of the register-select register.</summary>
     public const ulong IoRegSel = 0x00;
@@ -155,12 +161,11 @@ public sealed class Vioapic : IMmioDevice
         lock (_lock) return _assertCount[pin];
     }
 
-    /// <summary>Writes the state: version, pin count, ID, IOREGSEL, then each entry and assert count.</summary>
-    public void Save(BinaryWriter w)
+    /// <summary>Writes the state: pin count, ID, IOREGSEL, then each entry and assert count.</summary>
+    public void SaveState(BinaryWriter w)
     {
         lock (_lock)
         {
-            w.Write(StateVersion);
             w.Write(PinCount);
             w.Write(_id);
             w.Write(_ioRegSel);
@@ -172,12 +177,10 @@ public sealed class Vioapic : IMmioDevice
         }
     }
 
-    /// <summary>Reads state written by <see cref="Save"/> and raises <see cref="EntryChanged"/> for every pin;
+    /// <summary>Reads state written by <see cref="SaveState"/> and raises <see cref="EntryChanged"/> for every pin;
     /// throws <see cref="InvalidDataException"/> when it does not fit.</summary>
-    public void Restore(BinaryReader r)
+    public void LoadState(BinaryReader r, int version)
     {
-        int version = r.ReadInt32();
-        if (version != StateVersion) throw new InvalidDataException($"IOAPIC state version {version}, expected {StateVersion}");
         int pins = r.ReadInt32();
         if (pins != PinCount) throw new InvalidDataException($"IOAPIC state has {pins} pins, this IOAPIC has {PinCount}");
         lock (_lock)

@@ -1,4 +1,6 @@
 // SPDX-License-Identifier: BSD-2-Clause
+using Hyve.Vmm.State;
+
 namespace Hyve.Vmm.Io;
 
 /// <summary>
@@ -6,7 +8,7 @@ namespace Hyve.Vmm.Io;
 /// <see cref="IClock"/> time, read at a port block the FADT names (PM_TMR_BLK, 0x408 in bhyve's ACPI tables).
 /// The register is 4 bytes wide; a narrower read at an offset returns those bytes of it. Writes are ignored.
 /// </summary>
-public sealed class Vpmtmr : IPortDevice
+public sealed class Vpmtmr : IPortDevice, IDeviceState
 {
     /// <summary>The counter's frequency in Hz.</summary>
     public const long Frequency = 3_579_545;
@@ -14,8 +16,12 @@ public sealed class Vpmtmr : IPortDevice
     /// <summary>The port bhyve places the timer at.</summary>
     public const ushort DefaultPort = 0x408;
 
-    /// <summary>Version of the state written by <see cref="Save"/>.</summary>
-    public const int StateVersion = 1;
+    /// <inheritdoc/>
+    public string StateName => "vpmtmr";
+    /// <inheritdoc/>
+    public int StateVersion => 1;
+    /// <inheritdoc/>
+    public int OldestStateVersion => 1;
 
     private readonly Lock _lock = new();
     private readonly IClock _clock;
@@ -71,21 +77,18 @@ public sealed class Vpmtmr : IPortDevice
     /// <inheritdoc/>
     public void PortWrite(ushort port, int size, uint value) { }
 
-    /// <summary>Writes the state: version and the counter value now.</summary>
-    public void Save(BinaryWriter w)
+    /// <summary>Writes the state: the counter value now.</summary>
+    public void SaveState(BinaryWriter w)
     {
         lock (_lock)
         {
-            w.Write(StateVersion);
             w.Write(CounterAt(_clock.NowNs));
         }
     }
 
-    /// <summary>Reads state written by <see cref="Save"/>: counting continues from the saved value.</summary>
-    public void Restore(BinaryReader r)
+    /// <summary>Reads state written by <see cref="SaveState"/>: counting continues from the saved value.</summary>
+    public void LoadState(BinaryReader r, int version)
     {
-        int version = r.ReadInt32();
-        if (version != StateVersion) throw new InvalidDataException($"PM timer state version {version}, expected {StateVersion}");
         uint value = r.ReadUInt32();
         lock (_lock)
         {

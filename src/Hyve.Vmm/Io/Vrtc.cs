@@ -1,4 +1,6 @@
 // SPDX-License-Identifier: BSD-2-Clause
+using Hyve.Vmm.State;
+
 namespace Hyve.Vmm.Io;
 
 /// <summary>
@@ -9,7 +11,7 @@ namespace Hyve.Vmm.Io;
 /// IRQ 8 is level-style: asserted when IRQF rises and deasserted when reading register C clears it (bhyve
 /// pulses instead; a level lets a guest that leaves C unread see no further edges, as on hardware).
 /// </summary>
-public sealed class Vrtc : IPortDevice
+public sealed class Vrtc : IPortDevice, IDeviceState
 {
     /// <summary>The index port.</summary>
     public const ushort IndexPort = 0x70;
@@ -235,40 +237,52 @@ public sealed class Vrtc : IPortDevice
         }
     }
 
-    /// <summary>Captures the device state for a snapshot.</summary>
-    public VrtcState Save()
+    /// <inheritdoc/>
+    public string StateName => "vrtc";
+    /// <inheritdoc/>
+    public int StateVersion => 1;
+    /// <inheritdoc/>
+    public int OldestStateVersion => 1;
+
+    /// <summary>Writes the 128 bytes of CMOS, the index and NMI mask, the RTC seconds now and how far into that second
+    /// the divider chain is, the second the date registers show and the broken-date flag.</summary>
+    public void SaveState(BinaryWriter w)
     {
         lock (_lock)
         {
             long now = _clock.NowNs;
             Sync(now);
-            long secs = TimeRuns ? CurrentSecs(now) : _secsAtPhase;
-            long intoSecond = TimeRuns ? (now - _phaseNs) % NsPerSec : 0;
-            return new VrtcState
-            {
-                Ram = (byte[])_ram.Clone(), Index = _index, NmiMasked = _nmiMasked,
-                Seconds = secs, NsIntoSecond = intoSecond, ShownSeconds = _shownSecs, Broken = _broken,
-            };
+            w.Write(_ram);
+            w.Write(_index);
+            w.Write(_nmiMasked);
+            w.Write(TimeRuns ? CurrentSecs(now) : _secsAtPhase);
+            w.Write(TimeRuns ? (now - _phaseNs) % NsPerSec : 0);
+            w.Write(_shownSecs);
+            w.Write(_broken);
         }
     }
 
-    /// <summary>Restores a state from <see cref="Save"/>; a state of another version or shape is refused.</summary>
-    public void Restore(VrtcState s)
+    /// <summary>Reads what <see cref="SaveState"/> wrote; the time continues from the saved second on this clock.</summary>
+    public void LoadState(BinaryReader r, int version)
     {
-        if (s.Version != VrtcState.CurrentVersion || s.Ram is null || s.Ram.Length != NvramSize || s.Index > 0x7F
-            || s.NsIntoSecond < 0 || s.NsIntoSecond >= NsPerSec)
-            throw new ArgumentException("unusable RTC state", nameof(s));
+        var ram = r.ReadBytes(NvramSize);
+        if (ram.Length != NvramSize) throw new EndOfStreamException();
+        byte index = r.ReadByte();
+        bool nmi = r.ReadBoolean();
+        long secs = r.ReadInt64(), into = r.ReadInt64(), shown = r.ReadInt64();
+        bool broken = r.ReadBoolean();
+        if (index > 0x7F || into < 0 || into >= NsPerSec) throw new InvalidDataException("RTC state has an impossible index or phase");
         lock (_lock)
         {
             long now = _clock.NowNs;
-            s.Ram.CopyTo(_ram, 0);
+            ram.CopyTo(_ram, 0);
             _ram[RegD] = DVrt;
-            _index = s.Index;
-            _nmiMasked = s.NmiMasked;
-            _broken = s.Broken;
-            _secsAtPhase = s.Seconds;
-            _phaseNs = now - s.NsIntoSecond;
-            _shownSecs = s.ShownSeconds;
+            _index = index;
+            _nmiMasked = nmi;
+            _broken = broken;
+            _secsAtPhase = secs;
+            _phaseNs = now - into;
+            _shownSecs = shown;
             _lastTick = TickIndex(now);
             UpdateIrq();
             Rearm(now);
@@ -536,27 +550,4 @@ public sealed class Vrtc : IPortDevice
         if (next == long.MaxValue) _timer.Stop();
         else _timer.Start(next);
     }
-}
-
-/// <summary>A saveable copy of the RTC's state.</summary>
-public sealed class VrtcState
-{
-    /// <summary>The layout version this code writes and accepts.</summary>
-    public const int CurrentVersion = 1;
-    /// <summary>Layout version.</summary>
-    public int Version { get; set; } = CurrentVersion;
-    /// <summary>All 128 bytes: time registers as last rendered, control registers A-D and NVRAM.</summary>
-    public byte[] Ram { get; set; } = [];
-    /// <summary>The selected index.</summary>
-    public byte Index { get; set; }
-    /// <summary>The NMI mask bit last written to port 0x70.</summary>
-    public bool NmiMasked { get; set; }
-    /// <summary>RTC seconds at save time (frozen value when time stands still).</summary>
-    public long Seconds { get; set; }
-    /// <summary>How far into that second the divider chain was.</summary>
-    public long NsIntoSecond { get; set; }
-    /// <summary>The second the date registers showed.</summary>
-    public long ShownSeconds { get; set; }
-    /// <summary>True when the guest wrote an invalid date.</summary>
-    public bool Broken { get; set; }
 }

@@ -50,6 +50,21 @@ public static partial class Libc
     /// <summary>Creates an anonymous memory file.</summary>
     public static int MemfdCreate(string name) => memfd_create(name, MfdCloexec);
 
+    /// <summary>MAP_FIXED.</summary>
+    public const int MapFixed = 0x10;
+    /// <summary>lseek whence: next data at or after the offset.</summary>
+    public const int SeekData = 3;
+    /// <summary>lseek whence: next hole at or after the offset.</summary>
+    public const int SeekHole = 4;
+
+    /// <summary>fsync(2).</summary>
+    [LibraryImport("libc", SetLastError = true, EntryPoint = "fsync")]
+    public static partial int Fsync(int fd);
+
+    /// <summary>lseek(2).</summary>
+    [LibraryImport("libc", SetLastError = true, EntryPoint = "lseek")]
+    public static partial long Lseek(int fd, long offset, int whence);
+
     /// <summary>ftruncate(2).</summary>
     [LibraryImport("libc", SetLastError = true, EntryPoint = "ftruncate")]
     public static partial int Ftruncate(int fd, long length);
@@ -97,6 +112,10 @@ public static partial class Libc
     /// <summary>geteuid(2).</summary>
     [LibraryImport("libc", EntryPoint = "geteuid")]
     public static partial uint Geteuid();
+
+    /// <summary>umask(2): returns the previous mask.</summary>
+    [LibraryImport("libc", EntryPoint = "umask")]
+    public static partial uint Umask(uint mask);
 
     /// <summary>tgkill(2) through syscall(2) (glibc 2.30+ also exports it, but the syscall always exists).</summary>
     [LibraryImport("libc", SetLastError = true, EntryPoint = "syscall")]

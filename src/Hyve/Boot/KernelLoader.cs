@@ -220,8 +220,11 @@ internal sealed class BootContext(GuestMemory memory, E820Map e820, byte[] kerne
             throw Fail($"{what} at 0x{gpa:x} ({length} bytes) does not lie below 4 GiB");
         if (gpa < KernelLoader.BootDataEnd)
             throw Fail($"{what} at 0x{gpa:x} overlaps the loader's boot data below 0x{KernelLoader.BootDataEnd:x}");
+        ulong end = gpa + length;
+        if (end > GuestMemory.LowMemLimit && gpa < 1ul << 32)
+            throw Fail($"{what} at 0x{gpa:x}-0x{end - 1:x} falls in the PCI hole between 3 GiB and 4 GiB, where no guest RAM can be");
         if (!E820.IsRam(gpa, length))
-            throw Fail($"{what} at 0x{gpa:x}-0x{gpa + length - 1:x} is not in guest RAM ({Memory.Size >> 20} MiB): the kernel needs more memory than given");
+            throw Fail($"{what} at 0x{gpa:x}-0x{end - 1:x} is not in guest RAM ({Memory.Size >> 20} MiB): the kernel needs more memory than given");
     }
 
     /// <summary>Copies <paramref name="data"/> to <paramref name="gpa"/> and zeroes up to <paramref name="memSize"/> (a loadable segment).</summary>

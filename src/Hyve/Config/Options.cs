@@ -74,7 +74,7 @@ public static class Options
         sb.Append("       -D: destroy on power-off\n");
         sb.Append("       -e: exit on unhandled I/O access\n");
         sb.Append("       -f: add fw_cfg file\n");
-        sb.Append("       -G: start a debug server\n");
+        sb.Append("       -G: start a debug server ([w][addr:]port on 127.0.0.1 by default, or [w]unix:PATH)\n");
         sb.Append("       -H: vmexit from the guest on HLT\n");
         sb.Append("       -h: help\n");
         sb.Append("       -k: key=value flat config file\n");
@@ -156,6 +156,10 @@ public static class Options
 
             result.Topology = Topology.FromConfig(config);
             result.MemorySize = config.GetMemorySize();
+            if (result.MemorySize > Hyve.Vmm.GuestMemory.MaxSize)
+                throw new ConfigException($"memory size '{config.Get("memory.size")}' is more than the supported maximum of 1T");
+            if (result.MemorySize < Hyve.Vmm.GuestMemory.MinSize)
+                throw new ConfigException($"memory size '{config.Get("memory.size")}' is less than the minimum of 1M (the real-mode address space a guest starts in)");
             foreach (var vcpu in config.ChildNames("vcpu"))
             {
                 var set = config.Get($"vcpu.{vcpu}.cpuset");
@@ -322,8 +326,17 @@ public static class Options
                     }
                 }
             }
-            throw new ConfigException($"{path} line {n + 1}: invalid config option '{lines[n]}'");
+            throw new ConfigException($"{path} line {n + 1}: not key=value: '{Brief(line)}'");
         }
+    }
+
+    // A bad line is quoted briefly (it may be a whole binary file read by mistake), control characters shown as '?'.
+    private static string Brief(string line)
+    {
+        var sb = new StringBuilder();
+        foreach (char ch in line.Length > 40 ? line[..40] : line) sb.Append(char.IsControl(ch) ? '?' : ch);
+        if (line.Length > 40) sb.Append("...");
+        return sb.ToString();
     }
 
     private static string Reason(Exception e) => e switch
@@ -348,7 +361,8 @@ public static class Options
         config.Set(key, old is null ? pcpu.ToString(CultureInfo.InvariantCulture) : $"{old},{pcpu}");
     }
 
-    // bhyve_parse_gdb_options: "[w][addr:]port"; the address is everything before the last colon.
+    // bhyve_parse_gdb_options: "[w][addr:]port"; the address is everything before the last colon. hyve also takes
+    // "[w]unix:PATH" (gdb.path): a mode-0600 UNIX socket, for shared hosts where a TCP port is reachable by anyone.
     private static void ParseGdb(ConfigTree config, string opt)
     {
         string s = opt;
@@ -356,6 +370,12 @@ public static class Options
         {
             config.SetBool("gdb.wait", true);
             s = s[1..];
+        }
+        if (s.StartsWith("unix:", StringComparison.Ordinal))
+        {
+            if (s.Length == 5) throw new ConfigException($"missing socket path in -G {opt}");
+            config.Set("gdb.path", s[5..]);
+            return;
         }
         int colon = s.LastIndexOf(':');
         string port = colon < 0 ? s : s[(colon + 1)..];

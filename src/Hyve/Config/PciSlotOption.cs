@@ -1,58 +1,28 @@
 // SPDX-License-Identifier: BSD-2-Clause
+using Hyve.Pci;
+
 namespace Hyve.Config;
 
 /// <summary>
 /// bhyve(8)'s <c>-s [bus:]slot[:func],emulation[,conf]</c>: writes <c>pci.BUS.SLOT.FUNC.device</c> and the device's
 /// settings under that node (bhyve_config(5) "PCI Device Settings").
 /// <para>
-/// The conf string is read as bhyve's per-device legacy parsers read it, simplified:
-/// every device takes comma-separated <c>key=value</c> pairs, and a bare word <c>w</c> becomes <c>w=true</c>
-/// (pci_parse_legacy_config), except for a leading bare word, which means:
-/// block devices (virtio-blk, nvme): <c>path</c>; network devices (virtio-net, e1000): <c>backend</c>;
-/// uart: <c>path</c>; ahci-hd / ahci-cd: device <c>ahci</c> with <c>port.0.type=hd|cd</c> and <c>port.0.path</c>
-/// (further pairs go under <c>port.0</c>); ahci: each <c>hd:PATH</c> or <c>cd:PATH</c> opens the next <c>port.N</c>;
-/// virtio-9p: <c>sharename=PATH</c> gives <c>sharename</c> and <c>path</c>;
-/// virtio-console: each <c>NAME=PATH</c> gives <c>port.N.name</c> and <c>port.N.path</c>;
-/// passthru: <c>BUS/SLOT/FUNC</c> gives <c>bus</c>, <c>slot</c>, <c>func</c>, another word gives <c>pptdev</c>.
+/// The device type comes from <see cref="PciDeviceTypes"/>; a bhyve type hyve does not implement is refused here,
+/// by name. The conf string is read as bhyve's legacy parsers read it (<see cref="PciConfSyntax"/>):
+/// comma-separated <c>key=value</c> pairs, a bare word <c>w</c> becoming <c>w=true</c> (pci_parse_legacy_config),
+/// except a leading bare word, which is <c>path</c> for block devices and <c>backend</c> for network devices;
+/// for virtio-console each <c>NAME=PATH</c> gives <c>port.N.name</c> and <c>port.N.path</c>.
 /// </para>
 /// </summary>
 public static class PciSlotOption
 {
-    private enum Legacy { Generic, Block, Net, Uart, AhciHd, AhciCd, Ahci, NineP, Console, Passthru }
-
-    // bhyve's device emulations (pci_emul.c's set plus aliases); hyve implements a subset, and the machine
-    // builder reports an emulation it lacks. Knowing the full list here keeps typos a parse-time error.
-    private static readonly Dictionary<string, Legacy> Devices = new(StringComparer.Ordinal)
-    {
-        ["hostbridge"] = Legacy.Generic,
-        ["amd_hostbridge"] = Legacy.Generic,
-        ["lpc"] = Legacy.Generic,
-        ["ahci"] = Legacy.Ahci,
-        ["ahci-hd"] = Legacy.AhciHd,
-        ["ahci-cd"] = Legacy.AhciCd,
-        ["e1000"] = Legacy.Net,
-        ["fbuf"] = Legacy.Generic,
-        ["hda"] = Legacy.Generic,
-        ["nvme"] = Legacy.Block,
-        ["passthru"] = Legacy.Passthru,
-        ["piix4-pm"] = Legacy.Generic, // hyve's: PIIX4 PM function for firmware built for QEMU's i440FX
-        ["uart"] = Legacy.Uart,
-        ["virtio-9p"] = Legacy.NineP,
-        ["virtio-blk"] = Legacy.Block,
-        ["virtio-console"] = Legacy.Console,
-        ["virtio-input"] = Legacy.Uart, // its leading word is the evdev path, stored as path like a uart's
-        ["virtio-net"] = Legacy.Net,
-        ["virtio-rnd"] = Legacy.Generic,
-        ["virtio-scsi"] = Legacy.Generic,
-        ["xhci"] = Legacy.Generic,
-    };
-
-    /// <summary>The emulation names <c>-s</c> accepts, sorted (what <c>-s help</c> prints).</summary>
+    /// <summary>The emulation names <c>-s</c> builds, sorted (what <c>-s help</c> prints).</summary>
     public static IReadOnlyList<string> KnownDevices
     {
         get
         {
-            var names = new List<string>(Devices.Keys);
+            var names = new List<string>();
+            foreach (var t in PciDeviceTypes.All) if (t.Implemented) names.Add(t.Name);
             names.Sort(StringComparer.Ordinal);
             return names;
         }
@@ -86,48 +56,25 @@ public static class PciSlotOption
 
         if (emulation.Length == 0)
             throw new ConfigException($"pci slot {bus}:{slot}:{func}: missing device emulation in \"{opt}\"");
-        if (!Devices.TryGetValue(emulation, out var legacy))
-            throw new ConfigException($"pci slot {bus}:{slot}:{func}: unknown device \"{emulation}\"");
+        var type = PciDeviceTypes.Find(emulation)
+            ?? throw new ConfigException($"pci slot {bus}:{slot}:{func}: unknown device \"{emulation}\"");
+        if (!type.Implemented) throw new ConfigException($"-s {location},{emulation}: {type.NotImplementedReason}");
 
         string node = $"pci.{bus}.{slot}.{func}";
         if (config.Exists(node)) throw new ConfigException($"pci slot {bus}:{slot}:{func} already occupied!");
 
         var tokens = conf is null ? [] : conf.Split(',');
-        switch (legacy)
-        {
-            case Legacy.AhciHd:
-            case Legacy.AhciCd:
-                config.Set(node + ".device", "ahci");
-                config.Set(node + ".port.0.type", legacy == Legacy.AhciHd ? "hd" : "cd");
-                LeadingWord(config, node + ".port.0", "path", tokens);
-                return;
-            case Legacy.Ahci:
-                config.Set(node + ".device", "ahci");
-                ParseAhciPorts(config, node, tokens);
-                return;
-        }
-
         config.Set(node + ".device", emulation);
-        switch (legacy)
+        switch (type.Syntax)
         {
-            case Legacy.Block:
-            case Legacy.Uart:
+            case PciConfSyntax.Block:
                 LeadingWord(config, node, "path", tokens);
                 break;
-            case Legacy.Net:
+            case PciConfSyntax.Net:
                 LeadingWord(config, node, "backend", tokens);
+                JoinRepeated(config, node, "hostfwd", tokens);
                 break;
-            case Legacy.NineP:
-                if (tokens.Length > 0 && tokens[0].IndexOf('=') is int eq and > 0 && tokens[0][..eq] is var share
-                    && share is not ("path" or "ro" or "sharename"))
-                {
-                    config.Set(node + ".sharename", share);
-                    config.Set(node + ".path", tokens[0][(eq + 1)..]);
-                    Pairs(config, node, tokens.AsSpan(1));
-                }
-                else Pairs(config, node, tokens);
-                break;
-            case Legacy.Console:
+            case PciConfSyntax.Console:
                 int port = 0;
                 foreach (var t in tokens)
                 {
@@ -139,40 +86,9 @@ public static class PciSlotOption
                     port++;
                 }
                 break;
-            case Legacy.Passthru:
-                if (tokens.Length > 0 && tokens[0].Length > 0 && tokens[0].IndexOf('=') < 0)
-                {
-                    var bsf = tokens[0].Split('/');
-                    if (bsf.Length == 3)
-                    {
-                        config.Set(node + ".bus", bsf[0]);
-                        config.Set(node + ".slot", bsf[1]);
-                        config.Set(node + ".func", bsf[2]);
-                    }
-                    else config.Set(node + ".pptdev", tokens[0]);
-                    Pairs(config, node, tokens.AsSpan(1));
-                }
-                else Pairs(config, node, tokens);
-                break;
             default:
                 Pairs(config, node, tokens);
                 break;
-        }
-    }
-
-    private static void ParseAhciPorts(ConfigTree config, string node, string[] tokens)
-    {
-        string target = node;
-        int port = 0;
-        foreach (var t in tokens)
-        {
-            if (t.StartsWith("hd:", StringComparison.Ordinal) || t.StartsWith("cd:", StringComparison.Ordinal))
-            {
-                target = $"{node}.port.{port++}";
-                config.Set(target + ".type", t[..2]);
-                config.Set(target + ".path", t[3..]);
-            }
-            else Pair(config, target, t);
         }
     }
 
@@ -184,6 +100,15 @@ public static class PciSlotOption
             Pairs(config, node, tokens.AsSpan(1));
         }
         else Pairs(config, node, tokens);
+    }
+
+    // slirp's hostfwd may be given several times (each a rule); the key keeps them all, ';'-separated as bhyve reads it.
+    private static void JoinRepeated(ConfigTree config, string node, string key, string[] tokens)
+    {
+        string? all = null;
+        foreach (var t in tokens)
+            if (t.StartsWith(key + "=", StringComparison.Ordinal)) all = all is null ? t[(key.Length + 1)..] : all + ";" + t[(key.Length + 1)..];
+        if (all is not null) config.Set(node + "." + key, all);
     }
 
     private static void Pairs(ConfigTree config, string node, ReadOnlySpan<string> tokens)

@@ -1,15 +1,9 @@
 // SPDX-License-Identifier: BSD-2-Clause
 using Hyve.Acpi;
 using Hyve.Vmm;
+using Hyve.Vmm.State;
 
 namespace Hyve.Devices;
-
-/// <summary>Saved state of <see cref="AcpiPm"/>.</summary>
-/// <param name="Version">Layout version, <see cref="AcpiPm.StateVersion"/>.</param>
-/// <param name="Status">PM1_STS.</param>
-/// <param name="Enable">PM1_EN.</param>
-/// <param name="Control">PM1_CNT (the stored bits; SCI_EN is implied).</param>
-public readonly record struct AcpiPmState(int Version, ushort Status, ushort Enable, ushort Control);
 
 /// <summary>
 /// The ACPI fixed-hardware PM1a event block (PM1_STS, PM1_EN) and control block (PM1_CNT) of a PC chipset
@@ -17,10 +11,14 @@ public readonly record struct AcpiPmState(int Version, ushort Status, ushort Ena
 /// set, status bits clear when written with 1, ACPI is always enabled (SCI_EN reads as 1, there is no SMI
 /// command port), the fixed power button sets PWRBTN_STS, and writing SLP_EN with the \_S5 SLP_TYP powers off.
 /// </summary>
-public sealed class AcpiPm : IPortDevice
+public sealed class AcpiPm : IPortDevice, IDeviceState
 {
-    /// <summary>Version of <see cref="AcpiPmState"/>.</summary>
-    public const int StateVersion = 1;
+    /// <inheritdoc/>
+    public string StateName => "acpi-pm";
+    /// <inheritdoc/>
+    public int StateVersion => 1;
+    /// <inheritdoc/>
+    public int OldestStateVersion => 1;
 
     /// <summary>PM1_STS / PM1_EN bits.</summary>
     public const ushort TmrStatus = 1 << 0, GblStatus = 1 << 5, PwrBtnStatus = 1 << 8, RtcStatus = 1 << 10, WakStatus = 1 << 15;
@@ -108,18 +106,26 @@ public sealed class AcpiPm : IPortDevice
         }
     }
 
-    /// <summary>Saves the registers.</summary>
-    public AcpiPmState Save() { lock (_gate) return new AcpiPmState(StateVersion, _status, _enable, _control); }
-
-    /// <summary>Restores saved registers and the SCI level they imply.</summary>
-    public void Restore(AcpiPmState s)
+    /// <summary>Writes PM1_STS, PM1_EN and PM1_CNT.</summary>
+    public void SaveState(BinaryWriter w)
     {
-        if (s.Version != StateVersion) throw new InvalidDataException($"ACPI PM state version {s.Version} is not {StateVersion}");
         lock (_gate)
         {
-            _status = (ushort)(s.Status & StatusW1cMask);
-            _enable = (ushort)(s.Enable & EnableMask);
-            _control = (ushort)(s.Control & ControlKeptMask);
+            w.Write(_status);
+            w.Write(_enable);
+            w.Write(_control);
+        }
+    }
+
+    /// <summary>Reads the registers and raises the SCI level they imply.</summary>
+    public void LoadState(BinaryReader r, int version)
+    {
+        ushort status = r.ReadUInt16(), enable = r.ReadUInt16(), control = r.ReadUInt16();
+        lock (_gate)
+        {
+            _status = (ushort)(status & StatusW1cMask);
+            _enable = (ushort)(enable & EnableMask);
+            _control = (ushort)(control & ControlKeptMask);
             UpdateSci();
         }
     }

@@ -2,29 +2,45 @@
 namespace Hyve.Devices;
 
 /// <summary>
-/// The common half of the host console backends: an output buffer flushed at newlines, when full, shortly after
-/// the last byte and on dispose; and an input thread that blocks on the host side and hands bytes to the receiver
-/// only as fast as the receiver takes them.
+/// The common half of the host console backends. Output: the vCPU only ever appends to a bounded buffer
+/// (<see cref="OutputCapacity"/> bytes) and never waits; an output thread writes it to the host at newlines, when
+/// <see cref="OutputChunk"/> bytes are pending, shortly after the last byte and on flush. When the host side stalls
+/// (a pipe or FIFO nobody reads, a socket client that never reads) the buffer fills and further guest output is
+/// dropped and counted (<see cref="Dropped"/>, shown by <c>hyvectl --get-stats</c>), as QEMU's non-blocking character
+/// devices do, so a stalled console never stalls the VM, its control socket or its signals. Input: a thread that
+/// blocks on the host side and hands bytes to the receiver only as fast as the receiver takes them.
 /// </summary>
 public abstract class ConsoleBackend : IConsoleBackend
 {
-    /// <summary>Output buffer size: a guest printing a long burst causes one host write per line or per this many bytes.</summary>
-    public const int OutputBufferSize = 4096;
+    /// <summary>Most output bytes held for a slow host reader; beyond this, guest output is dropped and counted.</summary>
+    public const int OutputCapacity = 64 * 1024;
+
+    /// <summary>Pending bytes that wake the output thread without waiting for a newline (also its largest write).</summary>
+    public const int OutputChunk = 4096;
 
     /// <summary>How long output without a newline (a shell prompt, an echoed key) waits before it is written.</summary>
     public const int FlushDelayMs = 5;
+
+    /// <summary>How long <see cref="Flush"/> and disposal wait for a stalled host reader before giving up on the rest.</summary>
+    public const int FlushWaitMs = 300;
 
     // Live backends, so output still buffered when the process exits (any path) is written out.
     private static readonly object LiveGate = new();
     private static readonly HashSet<ConsoleBackend> Live = [];
     private static bool _exitHooked;
+    private static long _totalDropped;
 
     private readonly object _outLock = new();
-    private readonly byte[] _out = new byte[OutputBufferSize];
-    private int _outLen;
+    private readonly byte[] _ring = new byte[OutputCapacity];
+    private int _head, _count;
+    private long _dropped;
+    private bool _writing;
+    private Thread? _writer;
+    private readonly AutoResetEvent _wake = new(false);
+    private readonly ManualResetEventSlim _drained = new(true);
     private Timer? _flushTimer;
     private bool _timerArmed;
-    private bool _outputClosed;
+    private volatile bool _outputClosed;
 
     private IConsoleReceiver? _receiver;
     private Thread? _pump;
@@ -45,13 +61,20 @@ public abstract class ConsoleBackend : IConsoleBackend
         }
     }
 
-    /// <summary>Writes out the buffered output of every live backend (also done automatically at process exit).</summary>
+    /// <summary>Writes out the buffered output of every live backend (also done automatically at process exit);
+    /// waits at most <see cref="FlushWaitMs"/> for each.</summary>
     public static void FlushAll()
     {
         ConsoleBackend[] live;
         lock (LiveGate) live = [.. Live];
         foreach (var b in live) b.Flush();
     }
+
+    /// <summary>Guest output bytes this backend dropped because the host did not take them.</summary>
+    public long Dropped => Interlocked.Read(ref _dropped);
+
+    /// <summary>Guest output bytes dropped by every console backend of this process.</summary>
+    public static long TotalDropped => Interlocked.Read(ref _totalDropped);
 
     /// <summary>True once disposal has begun; the input thread checks it to stop.</summary>
     protected bool Stopping => _stopping;
@@ -73,32 +96,51 @@ public abstract class ConsoleBackend : IConsoleBackend
     /// <inheritdoc/>
     public void Write(byte value)
     {
+        bool wake = false;
         lock (_outLock)
         {
-            _out[_outLen++] = value;
-            if (value == (byte)'\n' || _outLen == _out.Length)
+            if (_outputClosed) return;
+            if (_count == OutputCapacity)
             {
-                FlushLocked();
+                _dropped++;
+                Interlocked.Increment(ref _totalDropped);
+                return;
             }
-            else if (!_timerArmed && !_outputClosed)
+            _ring[(_head + _count) % OutputCapacity] = value;
+            _count++;
+            _drained.Reset();
+            if (value == (byte)'\n' || _count >= OutputChunk) wake = true;
+            else if (!_timerArmed)
             {
                 _timerArmed = true;
                 _flushTimer ??= new Timer(static s => ((ConsoleBackend)s!).OnFlushTimer(), this, Timeout.Infinite, Timeout.Infinite);
                 _flushTimer.Change(FlushDelayMs, Timeout.Infinite);
             }
+            if (_writer is null)
+            {
+                _writer = new Thread(WriterLoop) { IsBackground = true, Name = "hyve console output" };
+                _writer.Start();
+            }
         }
+        if (wake) _wake.Set();
     }
 
     /// <inheritdoc/>
     public void Flush()
     {
-        lock (_outLock) FlushLocked();
+        lock (_outLock)
+        {
+            if (_count == 0 && !_writing) return;
+        }
+        _wake.Set();
+        _drained.Wait(FlushWaitMs);
     }
 
     /// <inheritdoc/>
     public void ReceiverHasRoom() => _room.Set();
 
-    /// <summary>Writes guest output to the host; may block. Errors are the backend's to swallow (the reader went away).</summary>
+    /// <summary>Writes guest output to the host, on the output thread; may block. Errors are the backend's to swallow
+    /// (the reader went away); it should give up once <see cref="Stopping"/> is set.</summary>
     protected abstract void WriteOutput(ReadOnlySpan<byte> data);
 
     /// <summary>Blocks until host input arrives and copies it into <paramref name="buffer"/>; returns the count, or 0 when
@@ -110,28 +152,44 @@ public abstract class ConsoleBackend : IConsoleBackend
 
     private void OnFlushTimer()
     {
-        lock (_outLock)
-        {
-            _timerArmed = false;
-            FlushLocked();
-        }
+        lock (_outLock) _timerArmed = false;
+        _wake.Set();
     }
 
-    private void FlushLocked()
+    // The output thread: the only place guest output meets a host write, which may block as long as it likes.
+    private void WriterLoop()
     {
-        if (_outLen == 0) return;
-        if (!_outputClosed)
+        var chunk = new byte[OutputChunk];
+        while (true)
         {
-            try
+            _wake.WaitOne();
+            while (true)
             {
-                WriteOutput(_out.AsSpan(0, _outLen));
-            }
-            catch (Exception e) when (e is IOException or ObjectDisposedException or System.Net.Sockets.SocketException)
-            {
-                // The host side went away; guest output is dropped, as a serial line with nothing attached drops it.
+                int n;
+                lock (_outLock)
+                {
+                    n = Math.Min(_count, chunk.Length);
+                    for (int i = 0; i < n; i++) chunk[i] = _ring[(_head + i) % OutputCapacity];
+                    _head = (_head + n) % OutputCapacity;
+                    _count -= n;
+                    _writing = n > 0;
+                    if (n == 0)
+                    {
+                        _drained.Set();
+                        if (_outputClosed) return;
+                        break;
+                    }
+                }
+                try
+                {
+                    WriteOutput(chunk.AsSpan(0, n));
+                }
+                catch (Exception e) when (e is IOException or ObjectDisposedException or System.Net.Sockets.SocketException or InvalidOperationException)
+                {
+                    // The host side went away; guest output is dropped, as a serial line with nothing attached drops it.
+                }
             }
         }
-        _outLen = 0;
     }
 
     private void PumpLoop()
@@ -173,12 +231,13 @@ public abstract class ConsoleBackend : IConsoleBackend
         if (_stopping) return;
         _stopping = true;
         lock (LiveGate) Live.Remove(this);
+        Flush();
         lock (_outLock)
         {
-            FlushLocked();
             _outputClosed = true;
             _flushTimer?.Dispose();
         }
+        _wake.Set();
         WakeInput();
         _room.Set();
         if (_pump is not null && _pump != Thread.CurrentThread) _pump.Join(2000);

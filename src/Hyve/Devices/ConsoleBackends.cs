@@ -13,6 +13,7 @@ namespace Hyve.Devices;
 /// <item>An existing UNIX socket: hyve connects to it as a client; if nobody listens there (a stale socket left
 /// by a dead process), hyve replaces it with its own listening socket.</item>
 /// <item>An existing character device (a tty, a pty, <c>/dev/null</c>): opened read-write, raw mode if a tty (bhyve's only kind of path).</item>
+/// <item>An existing FIFO: output only, opened without waiting for a reader.</item>
 /// <item>Any other path: a file the guest's output is appended to (created if missing); no input.</item>
 /// </list>
 /// </summary>
@@ -60,10 +61,11 @@ public static class ConsoleBackends
                 }
             }
             if (type == ConsoleNative.S_IFCHR) return FdConsoleBackend.OpenDevice(spec);
+            if (type == ConsoleNative.S_IFIFO) return FdConsoleBackend.OpenFifo(spec);
             if (type < 0 && spec.EndsWith(".sock", StringComparison.Ordinal)) return SocketConsoleBackend.Listen(spec);
             return new FileConsoleBackend(spec);
         }
-        catch (Exception e) when (e is IOException or UnauthorizedAccessException or SocketException or ArgumentException or NotSupportedException)
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException or SocketException or ArgumentException or NotSupportedException or Hyve.Vmm.Control.ControlServerException)
         {
             throw new ConfigException($"cannot open console backend '{spec}': {e.Message}");
         }

@@ -33,6 +33,8 @@ internal static unsafe partial class ConsoleNative
     public const int S_IFMT = 0xF000;
     public const int S_IFSOCK = 0xC000;
     public const int S_IFCHR = 0x2000;
+    public const int S_IFIFO = 0x1000;
+    public const int O_WRONLY = 0x1;
 
     [StructLayout(LayoutKind.Sequential)]
     public struct PollFd
@@ -85,7 +87,10 @@ internal static unsafe partial class ConsoleNative
 
     /// <summary>Writes all of <paramref name="data"/> to <paramref name="fd"/>, retrying on EINTR and waiting out EAGAIN;
     /// false when the descriptor fails (the reader went away), in which case the rest is dropped.</summary>
-    public static bool WriteAll(int fd, ReadOnlySpan<byte> data)
+    public static bool WriteAll(int fd, ReadOnlySpan<byte> data) => WriteAll(fd, data, null);
+
+    /// <summary>As <see cref="WriteAll(int, ReadOnlySpan{byte})"/>, giving up (false) once <paramref name="stop"/> returns true.</summary>
+    public static bool WriteAll(int fd, ReadOnlySpan<byte> data, Func<bool>? stop)
     {
         fixed (byte* p = data)
         {
@@ -98,6 +103,7 @@ internal static unsafe partial class ConsoleNative
                 if (n < 0 && errno == EINTR) continue;
                 if (n < 0 && errno == EAGAIN)
                 {
+                    if (stop is not null && stop()) return false;
                     var pfd = new PollFd { Fd = fd, Events = POLLOUT };
                     poll(&pfd, 1, 100);
                     continue;

@@ -16,6 +16,10 @@ public static unsafe class ConsoleTerminal
     private static bool _hooked;
     private static readonly List<PosixSignalRegistration> Registrations = [];
 
+    /// <summary>Set while the machine turns these signals into a guest shutdown (the terminal is then restored when
+    /// the VM has ended, not when the signal arrives); otherwise a signal restores it before the default action.</summary>
+    public static volatile bool SignalsHandledByMachine;
+
     /// <summary>True while a terminal is in raw mode because of hyve.</summary>
     public static bool IsRaw
     {
@@ -64,11 +68,16 @@ public static unsafe class ConsoleTerminal
         AppDomain.CurrentDomain.ProcessExit += static (_, _) => RestoreTerminal();
         AppDomain.CurrentDomain.UnhandledException += static (_, _) => RestoreTerminal();
         // The handlers do not cancel the signal, so the default action (terminating hyve) still follows.
-        foreach (var signal in new[] { PosixSignal.SIGTERM, PosixSignal.SIGINT, PosixSignal.SIGHUP, PosixSignal.SIGQUIT })
+        foreach (var signal in new[] { PosixSignal.SIGTERM, PosixSignal.SIGINT, PosixSignal.SIGHUP, PosixSignal.SIGQUIT, (PosixSignal)10 /* SIGUSR1 */ })
         {
             try
             {
-                Registrations.Add(PosixSignalRegistration.Create(signal, static _ => RestoreTerminal()));
+                Registrations.Add(PosixSignalRegistration.Create(signal, static ctx =>
+                {
+                    if (SignalsHandledByMachine || ctx.Cancel) return;
+                    RestoreTerminal();
+                    Hyve.Vmm.Control.RunFiles.DeleteAllOwnSockets();
+                }));
             }
             catch (PlatformNotSupportedException)
             {

@@ -53,7 +53,17 @@ public sealed unsafe class FdConsoleBackend : ConsoleBackend
     public override bool HasInput => _in >= 0;
 
     /// <inheritdoc/>
-    protected override void WriteOutput(ReadOnlySpan<byte> data) => ConsoleNative.WriteAll(_out, data);
+    protected override void WriteOutput(ReadOnlySpan<byte> data) => ConsoleNative.WriteAll(_out, data, () => Stopping);
+
+    /// <summary>A FIFO (named pipe) for guest output. Opened read-write and non-blocking, so start-up never waits for a
+    /// reader (a write-only open would block until one comes); output waits in the pipe, and past the pipe's and the
+    /// backend's buffers it is dropped and counted, never blocking the VM.</summary>
+    public static FdConsoleBackend OpenFifo(string path)
+    {
+        int fd = ConsoleNative.open(path, ConsoleNative.O_RDWR | ConsoleNative.O_NONBLOCK | ConsoleNative.O_CLOEXEC, 0);
+        if (fd < 0) throw new IOException($"cannot open the FIFO {path}: {Hyve.Vmm.Native.Libc.ErrnoText(Marshal.GetLastPInvokeError())}");
+        return new FdConsoleBackend(-1, fd, ownsFds: true, makeRaw: false);
+    }
 
     /// <inheritdoc/>
     protected override int ReadInput(Span<byte> buffer)

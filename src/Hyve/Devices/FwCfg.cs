@@ -2,11 +2,9 @@
 using System.Buffers.Binary;
 using System.Text;
 using Hyve.Vmm;
+using Hyve.Vmm.State;
 
 namespace Hyve.Devices;
-
-/// <summary>Saved fw_cfg state: the selected item, the read offset and the DMA address latch.</summary>
-public sealed record FwCfgState(int Version, ushort Selector, uint Offset, ulong DmaAddress);
 
 /// <summary>
 /// QEMU's firmware configuration device as bhyve's <c>-l fwcfg,qemu</c> provides it (QEMU docs/specs/fw_cfg.rst):
@@ -15,7 +13,7 @@ public sealed record FwCfgState(int Version, ushort Selector, uint Offset, ulong
 /// blobs by selector; named files get selectors from 0x20 and appear in the file directory (0x19).
 /// The guest's DMA descriptor and buffers are checked against guest RAM before anything is copied.
 /// </summary>
-public sealed class FwCfg : IPortDevice
+public sealed class FwCfg : IPortDevice, IDeviceState
 {
     /// <summary>Selector port.</summary>
     public const ushort SelectorPort = 0x510;
@@ -297,22 +295,36 @@ public sealed class FwCfg : IPortDevice
 
     // ---- state ---------------------------------------------------------------------------------------------
 
-    /// <summary>Captures the guest-visible latch state (items are host configuration and are rebuilt on restore).</summary>
-    public FwCfgState SaveState()
-    {
-        lock (_gate) return new FwCfgState(1, _selector, _offset, _dmaAddress);
-    }
+    /// <inheritdoc/>
+    public string StateName => "fw-cfg";
+    /// <inheritdoc/>
+    public int StateVersion => 1;
+    /// <inheritdoc/>
+    public int OldestStateVersion => 1;
 
-    /// <summary>Restores state saved by <see cref="SaveState"/>.</summary>
-    public void RestoreState(FwCfgState state)
+    /// <summary>Writes the guest-visible latches: selector, read offset and DMA address (items are host configuration,
+    /// rebuilt from the config tree on restore).</summary>
+    public void SaveState(BinaryWriter w)
     {
-        ArgumentNullException.ThrowIfNull(state);
-        if (state.Version != 1) throw new InvalidDataException("fw_cfg state: unsupported version");
         lock (_gate)
         {
-            Select(state.Selector);
-            _offset = state.Offset;
-            _dmaAddress = state.DmaAddress;
+            w.Write(_selector);
+            w.Write(_offset);
+            w.Write(_dmaAddress);
+        }
+    }
+
+    /// <summary>Reads what <see cref="SaveState"/> wrote.</summary>
+    public void LoadState(BinaryReader r, int version)
+    {
+        ushort selector = r.ReadUInt16();
+        uint offset = r.ReadUInt32();
+        ulong dma = r.ReadUInt64();
+        lock (_gate)
+        {
+            Select(selector);
+            _offset = offset;
+            _dmaAddress = dma;
         }
     }
 

@@ -1,13 +1,8 @@
 // SPDX-License-Identifier: BSD-2-Clause
 using Hyve.Vmm;
+using Hyve.Vmm.State;
 
 namespace Hyve.Devices;
-
-/// <summary>Saved state of <see cref="I8042"/>: controller RAM, the output buffer and the bytes queued behind it, pending
-/// command bytes, the output port and the mouse's settings.</summary>
-public sealed record I8042State(int Version, byte[] Ram, (byte Value, bool Aux)[] Queue, byte Output, bool OutputFull, bool OutputAux,
-    bool LastWasCommand, byte PendingCommand, byte KeyboardPending, byte MousePending, byte OutputPort, byte MouseRate,
-    byte MouseResolution, byte MouseStatus);
 
 /// <summary>
 /// The 8042 keyboard controller of a PC (bhyve's atkbdc) with a PS/2 keyboard on its first port and a PS/2 mouse on
@@ -17,7 +12,7 @@ public sealed record I8042State(int Version, byte[] Ram, (byte Value, bool Aux)[
 /// PS/2 technical reference describes them. A byte for the guest waits in one output buffer; while it holds keyboard
 /// data and command-byte bit 0 is set, IRQ 1 is raised, and IRQ 12 for mouse data with bit 1.
 /// </summary>
-public sealed class I8042 : IPortDevice
+public sealed class I8042 : IPortDevice, IDeviceState
 {
     /// <summary>Data port.</summary>
     public const ushort DataPort = 0x60;
@@ -32,7 +27,7 @@ public sealed class I8042 : IPortDevice
     internal const byte StatusOutputFull = 0x01, StatusSystem = 0x04, StatusCommand = 0x08, StatusUnlocked = 0x10, StatusAuxData = 0x20;
     // Command byte bits.
     internal const byte CcbKeyboardIrq = 0x01, CcbMouseIrq = 0x02, CcbSystem = 0x04, CcbKeyboardOff = 0x10, CcbMouseOff = 0x20, CcbTranslate = 0x40;
-    private const int MaxQueued = 16;
+    private const int MaxQueued = 64;
     private const byte Ack = 0xFA, Resend = 0xFE, SelfTestPassed = 0xAA;
     // What a firmware leaves in the command byte: keyboard interrupt on, system flag set (self-test passed), translation on.
     private const byte PowerOnCommandByte = CcbKeyboardIrq | CcbSystem | CcbTranslate;
@@ -50,6 +45,8 @@ public sealed class I8042 : IPortDevice
     private bool _irq1, _irq12;
     private byte _outputPort = 0x03; // bit 0: reset line high (not reset); bit 1: A20 enabled
     private byte _mouseRate = 100, _mouseResolution = 2, _mouseStatus;
+    private byte _scanSet = 2;
+    private bool _scanning = true;
 
     /// <summary>A controller whose reset line calls <paramref name="reset"/>; <paramref name="irq"/> may be null (no interrupts).</summary>
     public I8042(IIrqLines? irq, Action reset)
@@ -73,34 +70,65 @@ public sealed class I8042 : IPortDevice
             _mouseRate = 100;
             _mouseResolution = 2;
             _mouseStatus = 0;
+            _scanSet = 2;
+            _scanning = true;
             UpdateIrqs();
         }
     }
 
-    private const int StateVersion = 1;
+    /// <inheritdoc/>
+    public string StateName => "i8042";
+    /// <inheritdoc/>
+    public int StateVersion => 2;
+    /// <inheritdoc/>
+    public int OldestStateVersion => 1;
 
-    /// <summary>Saves the controller and device state.</summary>
-    public I8042State SaveState()
+    /// <summary>Writes controller RAM, the queued bytes behind the output buffer, the output buffer, pending command
+    /// bytes, the output port and the mouse's settings.</summary>
+    public void SaveState(BinaryWriter w)
     {
-        lock (_gate)
-            return new I8042State(StateVersion, (byte[])_ram.Clone(), _queue.ToArray(), _output, _outputFull, _outputAux, _lastWasCommand,
-                _pendingCommand, _keyboardPending, _mousePending, _outputPort, _mouseRate, _mouseResolution, _mouseStatus);
-    }
-
-    /// <summary>Restores saved state and the interrupt levels it implies; throws <see cref="ArgumentException"/> for
-    /// another version or a malformed record.</summary>
-    public void RestoreState(I8042State s)
-    {
-        if (s.Version != StateVersion) throw new ArgumentException($"8042 state version {s.Version}, expected {StateVersion}");
-        if (s.Ram is not { Length: 32 } || s.Queue is null || s.Queue.Length > MaxQueued) throw new ArgumentException("8042 state is malformed");
         lock (_gate)
         {
-            s.Ram.CopyTo(_ram, 0);
+            w.Write(_ram);
+            w.Write((byte)_queue.Count);
+            foreach (var (v, aux) in _queue) { w.Write(v); w.Write(aux); }
+            w.Write(_output); w.Write(_outputFull); w.Write(_outputAux); w.Write(_lastWasCommand);
+            w.Write(_pendingCommand); w.Write(_keyboardPending); w.Write(_mousePending);
+            w.Write(_outputPort); w.Write(_mouseRate); w.Write(_mouseResolution); w.Write(_mouseStatus);
+            w.Write(_scanSet); w.Write(_scanning); // version 2
+        }
+    }
+
+    /// <summary>Reads what <see cref="SaveState"/> wrote and raises the interrupt levels it implies.</summary>
+    public void LoadState(BinaryReader r, int version)
+    {
+        var ram = r.ReadBytes(32);
+        if (ram.Length != 32) throw new EndOfStreamException();
+        int n = r.ReadByte();
+        if (n > MaxQueued) throw new InvalidDataException($"8042 state queues {n} bytes, more than {MaxQueued}");
+        var queue = new (byte, bool)[n];
+        for (int i = 0; i < n; i++) queue[i] = (r.ReadByte(), r.ReadBoolean());
+        var (output, full, aux, lastCmd) = (r.ReadByte(), r.ReadBoolean(), r.ReadBoolean(), r.ReadBoolean());
+        var (pending, kbd, mouse) = (r.ReadByte(), r.ReadByte(), r.ReadByte());
+        var (port, rate, res, status) = (r.ReadByte(), r.ReadByte(), r.ReadByte(), r.ReadByte());
+        byte scanSet = 2;
+        bool scanning = true;
+        if (version >= 2)
+        {
+            scanSet = r.ReadByte();
+            scanning = r.ReadBoolean();
+            if (scanSet is < 1 or > 3) throw new InvalidDataException($"8042 state: scan code set {scanSet}");
+        }
+        lock (_gate)
+        {
+            ram.CopyTo(_ram, 0);
             _queue.Clear();
-            foreach (var q in s.Queue) _queue.Enqueue(q);
-            (_output, _outputFull, _outputAux, _lastWasCommand) = (s.Output, s.OutputFull, s.OutputAux, s.LastWasCommand);
-            (_pendingCommand, _keyboardPending, _mousePending) = (s.PendingCommand, s.KeyboardPending, s.MousePending);
-            (_outputPort, _mouseRate, _mouseResolution, _mouseStatus) = (s.OutputPort, s.MouseRate, s.MouseResolution, s.MouseStatus);
+            foreach (var q in queue) _queue.Enqueue(q);
+            (_output, _outputFull, _outputAux, _lastWasCommand) = (output, full, aux, lastCmd);
+            (_pendingCommand, _keyboardPending, _mousePending) = (pending, kbd, mouse);
+            (_outputPort, _mouseRate, _mouseResolution, _mouseStatus) = (port, rate, res, status);
+            // Version 1 had no scan set or scanning state: the keyboard was in set 2, scanning.
+            (_scanSet, _scanning) = (scanSet, scanning);
             UpdateIrqs();
         }
     }
@@ -112,8 +140,12 @@ public sealed class I8042 : IPortDevice
         {
             if (port == CommandPort) return Status();
             // Reading the data port empties the output buffer; with nothing new it returns the last byte again.
+            // The interrupt line falls with the buffer before the next queued byte raises it again: IRQ 1 and 12 are
+            // edge-triggered, and a line left high would deliver nothing for the bytes after the first (an identify's
+            // 0xAB 0x83 behind its ACK; Linux's atkbd then times out and the keyboard is never found).
             byte v = _output;
             _outputFull = false;
+            UpdateIrqs();
             Refill();
             return v;
         }
@@ -211,7 +243,7 @@ public sealed class I8042 : IPortDevice
         return v;
     }
 
-    // The PS/2 keyboard's command set. It never has keystrokes to send: nothing on the host feeds it.
+    // The PS/2 keyboard's command set.
     private void Keyboard(byte b)
     {
         if (_keyboardPending != 0)
@@ -221,9 +253,10 @@ public sealed class I8042 : IPortDevice
             if (command == 0xF0 && b == 0)
             {
                 Put(Ack, aux: false);
-                Put(0x02, aux: false); // scan code set 2
+                Put(_scanSet, aux: false); // the current scan code set
                 return;
             }
+            if (command == 0xF0 && b is >= 1 and <= 3) _scanSet = b;
             Put(Ack, aux: false);      // the LED state, typematic rate or scan code set
             return;
         }
@@ -232,8 +265,10 @@ public sealed class I8042 : IPortDevice
             case 0xED: case 0xF0: case 0xF3: _keyboardPending = b; Put(Ack, aux: false); break;
             case 0xEE: Put(0xEE, aux: false); break;                             // echo
             case 0xF2: Put(Ack, aux: false); Put(0xAB, aux: false); Put(0x83, aux: false); break; // MF2 keyboard
-            case 0xF4: case 0xF5: case 0xF6: Put(Ack, aux: false); break;         // enable, disable, defaults
-            case 0xFF: Put(Ack, aux: false); Put(SelfTestPassed, aux: false); break;
+            case 0xF4: _scanning = true; Put(Ack, aux: false); break;            // enable
+            case 0xF5: _scanning = false; Put(Ack, aux: false); break;           // disable (and defaults)
+            case 0xF6: _scanning = true; Put(Ack, aux: false); break;            // defaults
+            case 0xFF: _scanning = true; _scanSet = 2; Put(Ack, aux: false); Put(SelfTestPassed, aux: false); break;
             default: Put(Resend, aux: false); break;
         }
     }
@@ -280,6 +315,35 @@ public sealed class I8042 : IPortDevice
                 Put(0x00, aux: true);
                 break;
             default: Put(Resend, aux: true); break;
+        }
+    }
+
+    /// <summary>
+    /// A host key went down or up: <paramref name="set1"/> is its scan code set 1 make code, <paramref name="extended"/>
+    /// its E0 prefix. The keyboard sends it in its current set (set 1 directly, or set 2's make / F0-break bytes, set 3
+    /// being sent as set 2), translated to set 1 when command-byte bit 6 is set. Dropped while the keyboard is disabled
+    /// or its clock is off, and whole when the buffer has no room for all of its bytes.
+    /// </summary>
+    public void KeyEvent(byte set1, bool extended, bool down)
+    {
+        if (set1 == 0 || set1 >= 0x80) return;
+        lock (_gate)
+        {
+            if (!_scanning || (_ram[0] & CcbKeyboardOff) != 0) return;
+            Span<byte> seq = stackalloc byte[3];
+            int n = 0;
+            if (extended) seq[n++] = 0xE0;
+            if (_scanSet == 1 || (_ram[0] & CcbTranslate) != 0)
+                seq[n++] = down ? set1 : (byte)(set1 | 0x80);
+            else
+            {
+                byte code = Vnc.KeyMap.ToSet2(set1);
+                if (code == 0) return;
+                if (!down) seq[n++] = 0xF0;
+                seq[n++] = code;
+            }
+            if (_queue.Count + n > MaxQueued) return;
+            foreach (byte b in seq[..n]) Put(b, aux: false);
         }
     }
 

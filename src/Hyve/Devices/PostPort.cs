@@ -1,16 +1,14 @@
 // SPDX-License-Identifier: BSD-2-Clause
 using Hyve.Vmm;
+using Hyve.Vmm.State;
 
 namespace Hyve.Devices;
-
-/// <summary>Saved POST port state.</summary>
-public sealed record PostPortState(int Version, byte Value);
 
 /// <summary>
 /// The POST diagnostic port 0x80: firmware writes progress codes there; a read returns the last byte written
 /// (as the LPC's port-80 latch does), and the host can watch <see cref="Value"/>.
 /// </summary>
-public sealed class PostPort : IPortDevice
+public sealed class PostPort : IPortDevice, IDeviceState
 {
     /// <summary>The port.</summary>
     public const ushort Port = 0x80;
@@ -28,13 +26,16 @@ public sealed class PostPort : IPortDevice
     /// <inheritdoc/>
     public void PortWrite(ushort port, int size, uint value) => Volatile.Write(ref _value, (byte)value);
 
-    /// <summary>Captures the latch.</summary>
-    public PostPortState SaveState() => new(1, Value);
+    /// <inheritdoc/>
+    public string StateName => "post-port";
+    /// <inheritdoc/>
+    public int StateVersion => 1;
+    /// <inheritdoc/>
+    public int OldestStateVersion => 1;
 
-    /// <summary>Restores the latch.</summary>
-    public void RestoreState(PostPortState state)
-    {
-        if (state.Version != 1) throw new InvalidDataException("POST port state: unsupported version");
-        Volatile.Write(ref _value, state.Value);
-    }
+    /// <summary>Writes the latch.</summary>
+    public void SaveState(BinaryWriter w) => w.Write(Value);
+
+    /// <summary>Reads the latch.</summary>
+    public void LoadState(BinaryReader r, int version) => Volatile.Write(ref _value, r.ReadByte());
 }

@@ -29,9 +29,12 @@ public sealed class SocketConsoleBackend : ConsoleBackend
         var listener = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
         try
         {
-            if (ConsoleNative.FileType(path) == ConsoleNative.S_IFSOCK) File.Delete(path);
-            listener.Bind(new UnixDomainSocketEndPoint(path));
-            if (!OperatingSystem.IsWindows()) File.SetUnixFileMode(path, UnixFileMode.UserRead | UnixFileMode.UserWrite);
+            // Only a socket whose process is gone may be replaced; a file or a symlink there is an error.
+            Hyve.Vmm.Control.RunFiles.ReplaceStaleSocket(path);
+            uint oldMask = Hyve.Vmm.Native.Libc.Umask(0x7f /* 0177 */); // created 0600, no window for others to connect
+            try { listener.Bind(new UnixDomainSocketEndPoint(path)); }
+            finally { Hyve.Vmm.Native.Libc.Umask(oldMask); }
+            Hyve.Vmm.Control.RunFiles.RecordOwnSocket(path);
             listener.Listen(1);
         }
         catch
@@ -70,22 +73,23 @@ public sealed class SocketConsoleBackend : ConsoleBackend
     /// <inheritdoc/>
     protected override void WriteOutput(ReadOnlySpan<byte> data)
     {
-        lock (_clientLock)
+        // Sent outside the lock: a client that never reads blocks only the output thread, and disposal's shutdown
+        // (which takes the lock) still gets through to unblock it.
+        Socket? client;
+        lock (_clientLock) client = _client;
+        if (client is null) return;
+        try
         {
-            if (_client is null) return;
-            try
+            while (data.Length > 0 && !Stopping)
             {
-                while (data.Length > 0)
-                {
-                    int n = _client.Send(data);
-                    if (n <= 0) break;
-                    data = data[n..];
-                }
+                int n = client.Send(data);
+                if (n <= 0) break;
+                data = data[n..];
             }
-            catch (SocketException)
-            {
-                // The peer went away mid-write; the input thread notices and (as a server) waits for the next one.
-            }
+        }
+        catch (Exception e) when (e is SocketException or ObjectDisposedException)
+        {
+            // The peer went away mid-write; the input thread notices and (as a server) waits for the next one.
         }
     }
 
@@ -160,16 +164,6 @@ public sealed class SocketConsoleBackend : ConsoleBackend
             _client?.Dispose();
             _client = null;
         }
-        if (_createdPath is not null)
-        {
-            try
-            {
-                File.Delete(_createdPath);
-            }
-            catch (IOException)
-            {
-                // Leaving a stale socket file is harmless: the next Listen replaces it.
-            }
-        }
+        if (_createdPath is not null) Hyve.Vmm.Control.RunFiles.DeleteOwnSocket(_createdPath);
     }
 }

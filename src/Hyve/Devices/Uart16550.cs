@@ -1,4 +1,5 @@
 // SPDX-License-Identifier: BSD-2-Clause
+using Hyve.Vmm.State;
 using Hyve.Vmm;
 
 namespace Hyve.Devices;
@@ -21,7 +22,7 @@ namespace Hyve.Devices;
 /// and neither does this model unless <see cref="GateIrqWithOut2"/> is set.
 /// </para>
 /// </summary>
-public sealed class Uart16550 : IPortDevice, IConsoleReceiver
+public sealed class Uart16550 : IPortDevice, IConsoleReceiver, IDeviceState
 {
     /// <summary>One legacy COM port: name, base I/O port and ISA IRQ.</summary>
     public readonly record struct ComPort(string Name, ushort Base, int Irq);
@@ -41,8 +42,12 @@ public sealed class Uart16550 : IPortDevice, IConsoleReceiver
     /// <summary>Receive FIFO depth when FIFOs are enabled.</summary>
     public const int FifoSize = 16;
 
-    /// <summary>Version of the <see cref="SaveState"/> format.</summary>
-    public const int StateVersion = 1;
+    /// <inheritdoc/>
+    public string StateName => "uart16550";
+    /// <inheritdoc/>
+    public int StateVersion => 1;
+    /// <inheritdoc/>
+    public int OldestStateVersion => 1;
 
     // Register offsets.
     private const int RegData = 0, RegIer = 1, RegIir = 2, RegLcr = 3, RegMcr = 4, RegLsr = 5, RegMsr = 6, RegScr = 7;
@@ -183,12 +188,11 @@ public sealed class Uart16550 : IPortDevice, IConsoleReceiver
         }
     }
 
-    /// <summary>Writes the register state and FIFO contents (format <see cref="StateVersion"/>).</summary>
+    /// <summary>Writes the register state and FIFO contents.</summary>
     public void SaveState(BinaryWriter writer)
     {
         lock (_lock)
         {
-            writer.Write((byte)StateVersion);
             writer.Write(_ier); writer.Write(_lcr); writer.Write(_mcr); writer.Write(_msr);
             writer.Write(_fcr); writer.Write(_scr); writer.Write(_dll); writer.Write(_dlm);
             writer.Write(_overrun); writer.Write(_threPending); writer.Write(_lastRx);
@@ -197,11 +201,9 @@ public sealed class Uart16550 : IPortDevice, IConsoleReceiver
         }
     }
 
-    /// <summary>Restores what <see cref="SaveState"/> wrote; throws InvalidDataException on a version or value it cannot take.</summary>
-    public void RestoreState(BinaryReader reader)
+    /// <summary>Restores what <see cref="SaveState"/> wrote; throws InvalidDataException on a value it cannot take.</summary>
+    public void LoadState(BinaryReader reader, int version)
     {
-        int version = reader.ReadByte();
-        if (version != StateVersion) throw new InvalidDataException($"UART state version {version} is not {StateVersion}");
         byte ier = reader.ReadByte(), lcr = reader.ReadByte(), mcr = reader.ReadByte(), msr = reader.ReadByte();
         byte fcr = reader.ReadByte(), scr = reader.ReadByte(), dll = reader.ReadByte(), dlm = reader.ReadByte();
         bool overrun = reader.ReadBoolean(), thre = reader.ReadBoolean();

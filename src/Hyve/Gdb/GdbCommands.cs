@@ -191,6 +191,7 @@ public sealed partial class GdbServer
                 int thread = -1;
                 int colon = a.IndexOf(':');
                 var action = colon < 0 ? a : a[..colon];
+                if (action.Length == 0) return ErrInvalid; // ";:1": a thread with no action
                 if (colon >= 0 && !ParseThread(a[(colon + 1)..], out thread)) return ErrInvalid;
                 if (thread > server._vm.CpuCount) return ErrNoThread;
                 switch (action[0])

@@ -23,7 +23,8 @@ public sealed partial class GdbServer : IVmDebugger, IDisposable
     private const int ParkTimeoutMs = 3000;
 
     private readonly Vm _vm;
-    private readonly TcpListener _listener;
+    private readonly Socket _listener;
+    private readonly string? _socketPath;
     private readonly Thread _acceptThread;
     private readonly object _lock = new();
     private readonly Dictionary<ulong, SoftwareBreakpoint> _swBreaks = [];
@@ -41,23 +42,70 @@ public sealed partial class GdbServer : IVmDebugger, IDisposable
     private readonly record struct HardwareBreakpoint(int Type, ulong Address, int Length);
 
     /// <summary>Starts listening on <paramref name="address"/>:<paramref name="port"/> (port 0 picks a free one).</summary>
-    public GdbServer(Vm vm, IPAddress address, int port)
+    public GdbServer(Vm vm, IPAddress address, int port) : this(vm, TcpListener(address, port), null) { }
+
+    /// <summary>Starts listening on a new UNIX socket at <paramref name="path"/> with mode 0600 (-G unix:PATH): on a shared
+    /// host only its owner can reach it, whereas anyone who reaches a TCP port can read and write guest memory.
+    /// A socket file left by a dead process is replaced; any other file there is an error.</summary>
+    public GdbServer(Vm vm, string path) : this(vm, UnixListener(path), path) { }
+
+    private GdbServer(Vm vm, Socket listener, string? socketPath)
     {
         _vm = vm;
         _walker = new PageWalker(new VmPhysicalMemory(vm));
-        _listener = new TcpListener(address, port);
-        _listener.Server.SetSocketOption(SocketOptionLevel.Socket, SocketOptionName.ReuseAddress, true);
-        _listener.Start(1);
-        Port = ((IPEndPoint)_listener.LocalEndpoint).Port;
+        _listener = listener;
+        _socketPath = socketPath;
+        Port = listener.LocalEndPoint is IPEndPoint ip ? ip.Port : 0;
         vm.Debugger = this;
         _acceptThread = new Thread(AcceptLoop) { Name = "gdb", IsBackground = true };
         _acceptThread.Start();
     }
 
+    private static Socket TcpListener(IPAddress address, int port)
+    {
+        var s = new Socket(address.AddressFamily, SocketType.Stream, ProtocolType.Tcp);
+        try
+        {
+            s.SetSocketOption(SocketOptionLevel.Socket, SocketOptionName.ReuseAddress, true);
+            s.Bind(new IPEndPoint(address, port));
+            s.Listen(1);
+        }
+        catch
+        {
+            s.Dispose();
+            throw;
+        }
+        return s;
+    }
+
+    private static Socket UnixListener(string path)
+    {
+        RunFiles.ReplaceStaleSocket(path);
+        var s = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
+        // The socket is created with mode 0600 from the start (umask), so there is no window where others can connect.
+        var oldMask = Hyve.Vmm.Native.Libc.Umask(0x7f /* 0177 */);
+        try
+        {
+            s.Bind(new UnixDomainSocketEndPoint(path));
+            RunFiles.RecordOwnSocket(path);
+            s.Listen(1);
+        }
+        catch
+        {
+            s.Dispose();
+            throw;
+        }
+        finally
+        {
+            Hyve.Vmm.Native.Libc.Umask(oldMask);
+        }
+        return s;
+    }
+
     // HYVE_GDB_TRACE=1 logs debug exits and packets on stderr, for diagnosing a debugger session.
     private static readonly bool Trace = Environment.GetEnvironmentVariable("HYVE_GDB_TRACE") == "1";
 
-    /// <summary>The TCP port the server listens on.</summary>
+    /// <summary>The TCP port the server listens on (0 for a UNIX socket).</summary>
     public int Port { get; }
 
     /// <summary>Parses gdb.address (default 127.0.0.1): an IP address or a host name.</summary>
@@ -79,7 +127,7 @@ public sealed partial class GdbServer : IVmDebugger, IDisposable
         while (!_disposed)
         {
             Socket client;
-            try { client = _listener.AcceptSocket(); }
+            try { client = _listener.Accept(); }
             catch (Exception e) when (e is SocketException or ObjectDisposedException or InvalidOperationException) { return; }
             if (_session is not null)
             {
@@ -87,15 +135,16 @@ public sealed partial class GdbServer : IVmDebugger, IDisposable
                 client.Close();
                 continue;
             }
-            client.NoDelay = true;
+            if (client.ProtocolType == ProtocolType.Tcp) client.NoDelay = true;
             var session = new Session(this, client);
             _session = session;
             var t = new Thread(() =>
             {
                 try { session.Run(); }
-                catch (Exception e) when (e is IOException or SocketException or ObjectDisposedException or InvalidOperationException or TimeoutException or ArgumentException)
+                catch (Exception)
                 {
-                    // The debugger went away or the VM ended under it: detach below.
+                    // The debugger went away, the VM ended under it, or a packet found a defect: whatever it was,
+                    // it ends this session only (detach below), never hyve and its guest.
                 }
                 finally
                 {
@@ -461,7 +510,8 @@ public sealed partial class GdbServer : IVmDebugger, IDisposable
     {
         if (_disposed) return;
         _disposed = true;
-        try { _listener.Stop(); } catch (SocketException) { }
+        try { _listener.Dispose(); } catch (SocketException) { }
+        if (_socketPath is not null) RunFiles.DeleteOwnSocket(_socketPath);
         _session?.Close();
         if (_vm.Debugger == this) _vm.Debugger = null;
     }

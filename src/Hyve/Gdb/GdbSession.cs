@@ -74,7 +74,18 @@ public sealed partial class GdbServer
                         break;
                     case EventKind.Packet:
                         if (Trace) Console.Error.WriteLine($"gdb: <- {e.Text}");
-                        string? reply = Handle(e.Text!);
+                        string? reply;
+                        try
+                        {
+                            reply = Handle(e.Text!);
+                        }
+                        catch (Exception ex) when (ex is not (IOException or SocketException or ObjectDisposedException or TimeoutException))
+                        {
+                            // A packet no handler foresaw: an error reply, and the session goes on (the guest never
+                            // pays for a debugger's malformed packet).
+                            if (Trace) Console.Error.WriteLine($"gdb: packet '{e.Text}' failed: {ex.GetType().Name}");
+                            reply = ErrInvalid;
+                        }
                         if (reply is not null) Send(reply);
                         if (_closed) return;
                         break;
@@ -96,7 +107,8 @@ public sealed partial class GdbServer
             int i = stop.IndexOf("thread:", StringComparison.Ordinal);
             if (i < 0) return 1;
             int end = stop.IndexOf(';', i);
-            return int.Parse(stop.AsSpan(i + 7, end - i - 7), NumberStyles.AllowHexSpecifier, CultureInfo.InvariantCulture);
+            if (end < 0) end = stop.Length;
+            return int.TryParse(stop.AsSpan(i + 7, end - i - 7), NumberStyles.AllowHexSpecifier, CultureInfo.InvariantCulture, out int t) ? t : 1;
         }
 
         // Framing: $payload#cs, acks, and the out-of-band Ctrl-C byte. Packets larger than MaxPacket are refused

@@ -1,10 +1,8 @@
 // SPDX-License-Identifier: BSD-2-Clause
 using Hyve.Vmm;
+using Hyve.Vmm.State;
 
 namespace Hyve.Pci;
-
-/// <summary>Saved state of the PCI subsystem: the router and every function by (bus, slot, function).</summary>
-public sealed record PciBusState(int Version, PciIntxRouterState Router, IReadOnlyList<(int Bus, int Slot, int Function, PciDeviceState State)> Functions);
 
 /// <summary>
 /// The PCI host: functions by (bus, slot, function), configuration mechanism #1 (0xCF8/0xCFC) and ECAM, the BAR
@@ -26,7 +24,6 @@ public sealed class PciBus
     /// <summary>64-bit BARs this small or smaller go below 4 GiB, as bhyve does for drivers that dislike high BARs.</summary>
     public const ulong Mem64LowThreshold = 128ul << 20;
 
-    private const int StateVersion = 1;
     private readonly SparseTable<PciDevice> _funcs = new();
     private readonly List<PciDevice> _list = [];
     private readonly Dictionary<int, int[]> _pinUse = [];
@@ -34,6 +31,7 @@ public sealed class PciBus
     private readonly object _cfgGate = new();
     private ulong _ioNext, _mem32Next, _mem64Next;
     private byte[]? _initialPirq;
+    private DeviceInventory? _inventory;
 
     /// <summary>Creates the host and claims 0xCF8, 0xCFC-0xCFF and the ECAM range.</summary>
     public PciBus(PortBus ports, MmioBus mmio, GuestMemory memory, Func<IIrqLines?> irq, ulong ecamBase = DefaultEcamBase)
@@ -59,7 +57,11 @@ public sealed class PciBus
     }
 
     /// <summary>Creates the host for a VM (interrupts through <see cref="Vm.Irq"/>, looked up when used).</summary>
-    public static PciBus Create(Vm vm, ulong ecamBase = DefaultEcamBase) => new(vm.Ports, vm.Mmio, vm.Memory, () => vm.Irq, ecamBase);
+    public static PciBus Create(Vm vm, ulong ecamBase = DefaultEcamBase) =>
+        new(vm.Ports, vm.Mmio, vm.Memory, () => vm.Irq, ecamBase) { IoEventFds = vm.IoEventFds };
+
+    /// <summary>The VM's eventfd doorbells (virtio notify addresses register here as their BARs move); null in bare tests.</summary>
+    public IoEventFdTable? IoEventFds { get; init; }
 
     /// <summary>The port bus I/O BARs live on.</summary>
     public PortBus Ports { get; }
@@ -113,11 +115,12 @@ public sealed class PciBus
             SetMultifunction(bus, slot);
             RouteIntx(device);
             device.CaptureInitial();
+            JoinInventory(device);
         }
     }
 
     /// <summary>Creates and places the functions of <c>-s</c> options through <paramref name="registry"/>; unknown emulations are host errors.</summary>
-    public void AddFromConfig(IEnumerable<PciSlotConfig> slots, PciDeviceRegistry registry)
+    public void AddFromConfig(IEnumerable<PciSlotConfig> slots, PciDeviceRegistry registry, Hyve.Config.ConfigTree? root = null, string vmName = "")
     {
         ArgumentNullException.ThrowIfNull(slots);
         ArgumentNullException.ThrowIfNull(registry);
@@ -127,7 +130,7 @@ public sealed class PciBus
                 throw new HostConfigException($"PCI address {s.Bus}:{s.Slot}:{s.Function} is out of range (bus 0-255, slot 0-31, function 0-7)");
             if (Find(s.Bus, s.Slot, s.Function) is { } other)
                 throw new HostConfigException($"PCI slot {s.Bus}:{s.Slot}:{s.Function} is already taken by {other.Emulation}");
-            var dev = registry.Create(new PciDeviceContext(this, s.Bus, s.Slot, s.Function, s.Emulation, s.Conf));
+            var dev = registry.Create(new PciDeviceContext(this, s.Bus, s.Slot, s.Function, s.Emulation, s.Conf) { Root = root, VmName = vmName });
             dev.Emulation = s.Emulation;
             Add(dev, s.Bus, s.Slot, s.Function);
         }
@@ -151,7 +154,7 @@ public sealed class PciBus
         Built = true;
         foreach (var (d, bar) in ordered) Allocate(d, bar);
         foreach (var d in _list) RouteIntx(d);
-        _initialPirq = Router.SaveState().PirqRegisters;
+        _initialPirq = Router.Registers();
         foreach (var d in _list) d.CaptureInitial();
     }
 
@@ -296,35 +299,29 @@ public sealed class PciBus
         lock (_cfgGate)
         {
             foreach (var d in _list) d.Reset();
-            if (_initialPirq is not null) Router.RestoreState(new PciIntxRouterState(1, _initialPirq));
+            if (_initialPirq is not null) Router.SetRegisters(_initialPirq);
         }
     }
 
-    /// <summary>Captures the router and every function.</summary>
-    public PciBusState SaveState()
+    /// <summary>
+    /// Adds the bus, its router and every function to <paramref name="devices"/> (phase <see cref="DevicePhase.Pci"/>):
+    /// the bus resets them all, and each function is saved as its <c>pci-config</c> section plus its own section when
+    /// it implements <see cref="IDeviceState"/>, instance "bus:slot.function". Functions added later join on their own.
+    /// </summary>
+    public void JoinInventory(DeviceInventory devices)
     {
-        lock (_cfgGate)
-        {
-            var fns = new List<(int, int, int, PciDeviceState)>();
-            foreach (var d in _list) fns.Add((d.BusNumber, d.Slot, d.Function, d.SaveState()));
-            return new PciBusState(StateVersion, Router.SaveState(), fns);
-        }
+        ArgumentNullException.ThrowIfNull(devices);
+        _inventory = devices;
+        devices.Add("pci-bus", "0", this, DevicePhase.Pci, Reset);
+        devices.Add("pci-intx-router", "0", Router, DevicePhase.Pci);
+        foreach (var d in _list) JoinInventory(d);
     }
 
-    /// <summary>Restores state saved by <see cref="SaveState"/> onto the same set of functions.</summary>
-    public void RestoreState(PciBusState state)
+    private void JoinInventory(PciDevice d)
     {
-        ArgumentNullException.ThrowIfNull(state);
-        if (state.Version != StateVersion) throw new InvalidDataException("PCI state: unsupported version");
-        lock (_cfgGate)
-        {
-            foreach (var d in _list) d.Reset();
-            Router.RestoreState(state.Router);
-            foreach (var (b, s, f, st) in state.Functions)
-            {
-                var d = Find(b, s, f) ?? throw new InvalidDataException($"PCI state names {b}:{s}:{f}, which this machine lacks");
-                d.RestoreState(st);
-            }
-        }
+        if (_inventory is null) return;
+        string instance = $"{d.BusNumber}:{d.Slot}.{d.Function}";
+        _inventory.Add("pci-config", instance, d, DevicePhase.Pci, state: d.ConfigState);
+        if (d is IDeviceState own) _inventory.Add(own.StateName, instance, d, DevicePhase.Pci, state: own);
     }
 }

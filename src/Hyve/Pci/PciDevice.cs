@@ -1,11 +1,9 @@
 // SPDX-License-Identifier: BSD-2-Clause
 using System.Buffers.Binary;
 using Hyve.Vmm;
+using Hyve.Vmm.State;
 
 namespace Hyve.Pci;
-
-/// <summary>Saved state of one PCI function: its configuration space, INTx level and MSI-X table/PBA.</summary>
-public sealed record PciDeviceState(int Version, byte[] Config, bool IntxLevel, byte[]? MsiXTable, byte[]? MsiXPending);
 
 /// <summary>
 /// One PCI function with a type-0 header (bhyve's pci_devinst): 4 KiB of configuration space with per-byte write
@@ -33,7 +31,6 @@ public abstract class PciDevice
     /// <summary>Status register bit: capability list present.</summary>
     public const ushort StatusCapList = 0x0010;
 
-    private const int StateVersion = 1;
     private readonly byte[] _cfg = new byte[ConfigSize];
     private readonly byte[] _wmask = new byte[ConfigSize];
     private readonly byte[] _w1c = new byte[ConfigSize];
@@ -355,7 +352,11 @@ public abstract class PciDevice
         bool want = DecodeEnabled(bar) && bar.Address != 0;
         if (bar.Decoding && (!want || bar.DecodedAt != bar.Address)) bus.UnmapBar(bar);
         if (want && !bar.Decoding) bus.MapBar(this, bar, bar.Address);
+        OnBarDecodeChanged(bar);
     }
+
+    /// <summary>Device hook after a BAR's decode was brought in line (mapped, moved or unmapped: see <see cref="PciBar.Decoding"/>).</summary>
+    protected virtual void OnBarDecodeChanged(PciBar bar) { }
 
     private void CommandWritten(ushort oldCmd)
     {
@@ -488,26 +489,64 @@ public abstract class PciDevice
 
     // ---- state ---------------------------------------------------------------------------------------------
 
-    /// <summary>Captures the function's state.</summary>
-    public PciDeviceState SaveState()
-    {
-        lock (Sync)
-            return new PciDeviceState(StateVersion, (byte[])_cfg.Clone(), _intxLevel, MsiX?.SaveTable(), MsiX?.SavePending());
-    }
+    /// <summary>The function's configuration space, INTx level and MSI-X table and PBA as a state section
+    /// (<c>pci-config</c>); the bus adds it to the VM's inventory. A device's own state is a second section: implement
+    /// <see cref="IDeviceState"/> on the device.</summary>
+    public IDeviceState ConfigState => _configState ??= new ConfigSection(this);
+    private ConfigSection? _configState;
 
-    /// <summary>Restores state saved by <see cref="SaveState"/>: BARs are re-decoded at the saved addresses.</summary>
-    public void RestoreState(PciDeviceState state)
+    /// <summary>Runs after the configuration space was restored and the BARs re-decoded at their saved addresses: a
+    /// device acts on registers that claim resources beyond its BARs here (the PIIX4 PM function's I/O block).</summary>
+    protected virtual void OnRestored() { }
+
+    private sealed class ConfigSection(PciDevice d) : IDeviceState
     {
-        ArgumentNullException.ThrowIfNull(state);
-        if (state.Version != StateVersion || state.Config.Length != ConfigSize)
-            throw new InvalidDataException($"PCI {Emulation} state: unsupported version or size");
-        lock (Sync)
+        public string StateName => "pci-config";
+        public int StateVersion => 1;
+        public int OldestStateVersion => 1;
+
+        public void SaveState(BinaryWriter w)
         {
-            state.Config.CopyTo(_cfg, 0);
-            if (MsiX is not null) MsiX.Restore(state.MsiXTable, state.MsiXPending);
-            _intxLevel = state.IntxLevel;
+            lock (d.Sync)
+            {
+                w.Write(d._cfg);
+                w.Write(d._intxLevel);
+                byte[] table = d.MsiX?.SaveTable() ?? [], pba = d.MsiX?.SavePending() ?? [];
+                w.Write(table.Length); w.Write(table);
+                w.Write(pba.Length); w.Write(pba);
+            }
         }
-        ReloadFromConfig();
+
+        public void LoadState(BinaryReader r, int version)
+        {
+            var cfg = r.ReadBytes(ConfigSize);
+            if (cfg.Length != ConfigSize) throw new EndOfStreamException();
+            // Identity and read-only registers come from the device built here: a snapshot of another device at this
+            // address is refused rather than loaded over it.
+            if (BinaryPrimitives.ReadUInt32LittleEndian(cfg) != d.GetConfig32(0))
+                throw new InvalidDataException($"PCI function {d.BusNumber}:{d.Slot}.{d.Function} was " +
+                    $"{BinaryPrimitives.ReadUInt16LittleEndian(cfg):x4}:{BinaryPrimitives.ReadUInt16LittleEndian(cfg.AsSpan(2)):x4}, " +
+                    $"is {d.VendorId:x4}:{d.DeviceId:x4}");
+            bool intx = r.ReadBoolean();
+            var table = ReadBlob(r, d.MsiX?.SaveTable().Length ?? 0);
+            var pba = ReadBlob(r, d.MsiX?.SavePending().Length ?? 0);
+            lock (d.Sync)
+            {
+                cfg.CopyTo(d._cfg, 0);
+                d.MsiX?.Restore(table, pba);
+                d._intxLevel = intx;
+            }
+            d.ReloadFromConfig();
+            d.OnRestored();
+        }
+
+        private static byte[] ReadBlob(BinaryReader r, int expected)
+        {
+            int n = r.ReadInt32();
+            if (n != expected) throw new InvalidDataException($"MSI-X state of {n} bytes where the device has {expected}");
+            var b = r.ReadBytes(n);
+            return b.Length == n ? b : throw new EndOfStreamException();
+        }
     }
 
     /// <summary>Puts configuration space back to how the bus left it at build time (a machine reset).</summary>

@@ -1,5 +1,6 @@
 // SPDX-License-Identifier: BSD-2-Clause
 using Hyve.Vmm;
+using Hyve.Vmm.State;
 
 namespace Hyve.Pci;
 
@@ -12,21 +13,23 @@ public sealed record PciIntxRoute(int Bus, int Slot, int Pin, int IoapicPin, int
     public char PirqLetter => (char)('A' + Pirq - 1);
 }
 
-/// <summary>Saved router state: the eight PIRQ routing registers.</summary>
-public sealed record PciIntxRouterState(int Version, byte[] PirqRegisters);
-
 /// <summary>
 /// The PCI interrupt router (bhyve's pci_irq.c, modelled on ICH10's eight PIRQ links): every routed (slot, pin)
 /// gets an IOAPIC pin from 16 up and a PIRQ link; a link's routing register (bit 7 disables, bits 3:0 the ISA IRQ)
 /// sends the level to that ISA IRQ as well. Only IRQs 3-7, 9-12, 14 and 15 are honoured; others act as disabled.
 /// </summary>
-public sealed class PciIntxRouter
+public sealed class PciIntxRouter : IDeviceState
 {
     /// <summary>Number of PIRQ links (A-H).</summary>
     public const int PirqCount = 8;
     /// <summary>Routing register bit 7: link disabled.</summary>
     public const byte PirqDisabled = 0x80;
-    private const int StateVersion = 1;
+    /// <inheritdoc/>
+    public string StateName => "pci-intx-router";
+    /// <inheritdoc/>
+    public int StateVersion => 1;
+    /// <inheritdoc/>
+    public int OldestStateVersion => 1;
     private const ushort PermittedIrqs = 0xdef8;
 
     private readonly byte[] _reg = new byte[PirqCount];
@@ -172,21 +175,30 @@ public sealed class PciIntxRouter
         }
     }
 
-    /// <summary>Captures the routing registers.</summary>
-    public PciIntxRouterState SaveState()
+    /// <summary>Writes the eight routing registers.</summary>
+    public void SaveState(BinaryWriter w)
     {
-        lock (_gate) return new PciIntxRouterState(StateVersion, (byte[])_reg.Clone());
+        lock (_gate) w.Write(_reg);
     }
 
-    /// <summary>Restores routing registers saved by <see cref="SaveState"/> (before devices restore their levels).</summary>
-    public void RestoreState(PciIntxRouterState state)
+    /// <summary>Reads the routing registers (before the functions restore their levels).</summary>
+    public void LoadState(BinaryReader r, int version)
     {
-        ArgumentNullException.ThrowIfNull(state);
-        if (state.Version != StateVersion || state.PirqRegisters.Length != PirqCount)
-            throw new InvalidDataException("PCI interrupt router state: unsupported version or size");
+        var regs = r.ReadBytes(PirqCount);
+        if (regs.Length != PirqCount) throw new EndOfStreamException();
+        SetRegisters(regs);
+    }
+
+    internal byte[] Registers()
+    {
+        lock (_gate) return (byte[])_reg.Clone();
+    }
+
+    internal void SetRegisters(byte[] regs)
+    {
         lock (_gate)
         {
-            for (int i = 0; i < PirqCount; i++) _reg[i] = (byte)(state.PirqRegisters[i] & (PirqDisabled | 0x0f));
+            for (int i = 0; i < PirqCount; i++) _reg[i] = (byte)(regs[i] & (PirqDisabled | 0x0f));
         }
     }
 }

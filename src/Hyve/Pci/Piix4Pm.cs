@@ -60,6 +60,9 @@ public sealed class Piix4Pm : PciDevice, IPortDevice
     /// <inheritdoc/>
     protected override void OnReset() => Remap();
 
+    /// <inheritdoc/>
+    protected override void OnRestored() => Remap();
+
     // Claims the block where PMBA points while PMIOSE is set; ports something else already owns stay with it
     // (a guest placing the block over another device must not take that device's ports away).
     private void Remap()

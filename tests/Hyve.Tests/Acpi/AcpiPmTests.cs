@@ -1,4 +1,6 @@
 // SPDX-License-Identifier: BSD-2-Clause
+using Hyve.Tests.State;
+using Hyve.Vmm.State;
 using Hyve.Devices;
 using Hyve.Vmm;
 using Xunit;
@@ -120,15 +122,15 @@ public class AcpiPmTests
         bus.Write(En, 2, 0x100);
         pm.PressPowerButton();
         bus.Write(Cnt, 2, 5 << 10);
-        var s = pm.Save();
+        var s = StateCopy.Save(pm);
 
         var (pm2, irq2, bus2, _) = Make();
-        pm2.Restore(s);
+        StateCopy.Load(pm2, s);
         Assert.Equal(1, irq2.Level[9]);
         Assert.Equal(0x100u, bus2.Read(Sts, 2));
         Assert.Equal((5u << 10) | 1, bus2.Read(Cnt, 2));
         pm2.Reset();
         Assert.Equal(0, irq2.Level[9]);
-        Assert.Throws<InvalidDataException>(() => pm2.Restore(s with { Version = 99 }));
+        Assert.Throws<InvalidDataException>(() => StateCopy.Load(pm2, s with { Version = 99 }));
     }
 }

@@ -115,6 +115,8 @@ public class KernelLoaderTests
         var elf = BootKit.Elf(false, 0x100000, 0x100000, new byte[64], 0x100000);
         yield return ["truncated ELF", elf[..60], null!, null!, 32, "truncated"];
         yield return ["ELF beyond memory", BootKit.Elf(false, 0x4000000, 0x4000000, new byte[64], 0x4000000), null!, null!, 32, "more memory"];
+        // issue 18 #8: a segment in the 3-4 GiB hole says so (it once said the kernel needed more memory).
+        yield return ["ELF in the PCI hole", BootKit.Elf(false, 0xc8000000, 0xc8000000, new byte[64], 0xc8000000), null!, null!, 32, "PCI hole between 3 GiB and 4 GiB"];
         yield return ["ELF over the boot data", BootKit.Elf(false, 0x7000, 0x7000, new byte[64], 0x7000), null!, null!, 32, "boot data"];
         var bigBss = BootKit.Elf(true, 0x100000, 0x100000, new byte[64], 0x100000, bss: 1ul << 40);
         yield return ["ELF with huge bss", bigBss, null!, null!, 32, "below 4 GiB"];

@@ -126,35 +126,57 @@ public class OptionsTests
     [InlineData("1GG")]
     public void BadMemorySizesAreRejected(string spec) => Assert.Equal($"invalid memsize '{spec}'", Fails("-m", spec, "vm"));
 
+    // issue 18 #2: beyond the maximum, or too small to boot anything: one line, never an exception out of Parse.
+    [Theory]
+    [InlineData("-m", "2T", "more than the supported maximum of 1T")]
+    [InlineData("-m", "99999T", "more than the supported maximum of 1T")]
+    [InlineData("-o", "memory.size=2T", "more than the supported maximum of 1T")]
+    [InlineData("-m", "1K", "less than the minimum of 1M")]
+    [InlineData("-m", "1048575B", "less than the minimum of 1M")]
+    public void MemorySizesOutsideTheSupportedRangeAreOneLine(string option, string value, string reason)
+        => Assert.Contains(reason, Fails(option, value, "vm"), StringComparison.Ordinal);
+
     // ---- -s ----
 
     [Fact]
     public void SlotWritesDeviceNodeWithDecimalBusSlotFunc()
     {
-        var r = Ok("-s", "0,hostbridge", "-s", "3:1,virtio-blk,/tmp/disk.img,ro", "-s", "1:4:2,virtio-rnd", "vm");
+        var r = Ok("-s", "0,hostbridge", "-s", "3:1,hostbridge,vendor=0x8086,quirk", "-s", "1:4:2,piix4-pm", "vm");
         Assert.Equal("hostbridge", r.Config.Get("pci.0.0.0.device"));
-        Assert.Equal("virtio-blk", r.Config.Get("pci.0.3.1.device"));
-        Assert.Equal("/tmp/disk.img", r.Config.Get("pci.0.3.1.path"));
-        Assert.Equal("true", r.Config.Get("pci.0.3.1.ro"));
-        Assert.Equal("virtio-rnd", r.Config.Get("pci.1.4.2.device"));
+        Assert.Equal("hostbridge", r.Config.Get("pci.0.3.1.device"));
+        Assert.Equal("0x8086", r.Config.Get("pci.0.3.1.vendor"));
+        Assert.Equal("true", r.Config.Get("pci.0.3.1.quirk"));
+        Assert.Equal("piix4-pm", r.Config.Get("pci.1.4.2.device"));
     }
 
     [Fact]
-    public void SlotConfPairsAndLegacyLeadingWords()
+    public void VirtioSlotsTakeBhyveLegacyLeadingWords()
     {
-        var r = Ok("-s", "2,virtio-net,tap0,mac=00:a0:98:00:00:01", "-s", "4,ahci-hd,/d.img,ser=X1", "-s", "5,uart,stdio",
-            "-s", "6,e1000,backend=tap1", "-s", "7,virtio-9p,share=/srv,ro", "vm");
-        Assert.Equal("tap0", r.Config.Get("pci.0.2.0.backend"));
-        Assert.Equal("00:a0:98:00:00:01", r.Config.Get("pci.0.2.0.mac"));
-        Assert.Equal("ahci", r.Config.Get("pci.0.4.0.device"));
-        Assert.Equal("hd", r.Config.Get("pci.0.4.0.port.0.type"));
-        Assert.Equal("/d.img", r.Config.Get("pci.0.4.0.port.0.path"));
-        Assert.Equal("X1", r.Config.Get("pci.0.4.0.port.0.ser"));
-        Assert.Equal("stdio", r.Config.Get("pci.0.5.0.path"));
-        Assert.Equal("tap1", r.Config.Get("pci.0.6.0.backend"));
-        Assert.Equal("share", r.Config.Get("pci.0.7.0.sharename"));
-        Assert.Equal("/srv", r.Config.Get("pci.0.7.0.path"));
-        Assert.Equal("true", r.Config.Get("pci.0.7.0.ro"));
+        var r = Ok("-s", "3:1,virtio-blk,/tmp/disk.img,ro,sectorsize=4096/4096", "-s", "4,virtio-console,con=stdio,log=/tmp/x", "-s", "5,virtio-rnd", "vm");
+        Assert.Equal("virtio-blk", r.Config.Get("pci.0.3.1.device"));
+        Assert.Equal("/tmp/disk.img", r.Config.Get("pci.0.3.1.path"));
+        Assert.Equal("true", r.Config.Get("pci.0.3.1.ro"));
+        Assert.Equal("4096/4096", r.Config.Get("pci.0.3.1.sectorsize"));
+        Assert.Equal("con", r.Config.Get("pci.0.4.0.port.0.name"));
+        Assert.Equal("stdio", r.Config.Get("pci.0.4.0.port.0.path"));
+        Assert.Equal("/tmp/x", r.Config.Get("pci.0.4.0.port.1.path"));
+        Assert.Equal("virtio-rnd", r.Config.Get("pci.0.5.0.device"));
+    }
+
+    [Theory]
+    [InlineData("ahci")]
+    [InlineData("ahci-hd")]
+    [InlineData("e1000")]
+    [InlineData("hda")]
+    [InlineData("nvme")]
+    [InlineData("passthru")]
+    [InlineData("virtio-9p")]
+    [InlineData("virtio-scsi")]
+    [InlineData("xhci")]
+    public void BhyveDevicesHyveLacksAreRefusedByName(string device)
+    {
+        Assert.Equal($"-s 3,{device}: hyve does not implement {device}", Fails("-s", $"3,{device},/d.img", "vm"));
+        Assert.DoesNotContain(device, Options.Parse(["-s", "help"]).HelpText);
     }
 
     [Theory]
@@ -171,7 +193,7 @@ public class OptionsTests
 
     [Fact]
     public void SlotUsedTwiceIsRejected()
-        => Assert.Equal("pci slot 0:3:0 already occupied!", Fails("-s", "3,virtio-rnd", "-s", "0:3:0,hostbridge", "vm"));
+        => Assert.Equal("pci slot 0:3:0 already occupied!", Fails("-s", "3,piix4-pm", "-s", "0:3:0,hostbridge", "vm"));
 
     // ---- -l ----
 
@@ -245,7 +267,11 @@ public class OptionsTests
         File.WriteAllText(file, "cpus=2\n# fine\nthis is not a key value\n");
         try
         {
-            Assert.Equal($"{file} line 3: invalid config option 'this is not a key value'", Fails("-k", file, "vm"));
+            Assert.Equal($"{file} line 3: not key=value: 'this is not a key value'", Fails("-k", file, "vm"));
+            // issue 18 #8: a bad line is quoted briefly, never echoed whole.
+            File.WriteAllText(file, new string('\u0001', 3) + new string('z', 5000) + "\n");
+            string e = Fails("-k", file, "vm");
+            Assert.Equal($"{file} line 1: not key=value: '???{new string('z', 37)}...'", e);
         }
         finally { File.Delete(file); }
     }

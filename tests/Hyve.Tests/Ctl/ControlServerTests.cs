@@ -124,6 +124,41 @@ public sealed class ControlServerTests : IDisposable
         Assert.Equal(TopologyLine, Topology(_dir, "stale"));
     }
 
+    // issue 18 #3: only a socket proven stale is replaced; a regular file or a symlink at the socket's path is an
+    // error naming the path, and neither it nor what a symlink points to is touched.
+    [Fact]
+    public void AFileOrSymlinkAtTheSocketPathIsNeverDeleted()
+    {
+        Directory.CreateDirectory(_dir);
+        string path = Path.Combine(_dir, "victim");
+        File.WriteAllText(path, "precious");
+        var e = Assert.Throws<ControlServerException>(() => ControlServer.Start(new FakeVm("victim"), _dir));
+        Assert.Contains(path, e.Message, StringComparison.Ordinal);
+        Assert.Contains("regular file", e.Message, StringComparison.Ordinal);
+        Assert.Equal("precious", File.ReadAllText(path));
+
+        string target = Path.Combine(_dir, "target");
+        File.WriteAllText(target, "also precious");
+        string link = Path.Combine(_dir, "linked");
+        File.CreateSymbolicLink(link, target);
+        e = Assert.Throws<ControlServerException>(() => ControlServer.Start(new FakeVm("linked"), _dir));
+        Assert.Contains(link, e.Message, StringComparison.Ordinal);
+        Assert.Contains("symbolic link", e.Message, StringComparison.Ordinal);
+        Assert.NotNull(new FileInfo(link).LinkTarget);
+        Assert.Equal("also precious", File.ReadAllText(target));
+
+        // A symlink to a dead socket is not followed either.
+        string dead = Path.Combine(_dir, "dead.sock");
+        using (var d = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified))
+        {
+            d.Bind(new UnixDomainSocketEndPoint(dead + ".tmp"));
+            File.Move(dead + ".tmp", dead);
+        }
+        File.CreateSymbolicLink(Path.Combine(_dir, "todead"), dead);
+        Assert.Throws<ControlServerException>(() => ControlServer.Start(new FakeVm("todead"), _dir));
+        Assert.True(File.Exists(dead));
+    }
+
     [Fact]
     public void LiveSocketRefusesSecondServer()
     {
@@ -269,36 +304,36 @@ public sealed class ControlServerTests : IDisposable
         Assert.Equal("VM:closing is not created.\n", o.ToString());
     }
 
+    // issue 18 #5: sixteen (or more) idle connections cannot lock the owner out: a new connection takes the slot of
+    // the one that has waited longest, and a connection that never sends a whole request is dropped at the deadline.
     [Fact]
-    public void ConnectionsBeyondTheLimitAreToldBusy()
+    public void IdleConnectionsCannotLockTheOwnerOut()
     {
         using var server = ControlServer.Start(new FakeVm("busy"), _dir);
         var held = new List<Socket>();
         try
         {
-            for (int i = 0; i < ControlServer.MaxConnections; i++)
+            for (int i = 0; i < ControlServer.MaxConnections + 4; i++)
             {
-                var s = Connect(server.SocketPath);
-                held.Add(s);
-                // A round trip proves the server has taken this connection on.
-                s.Send(Frame(ControlProtocol.Version, (ushort)ControlOp.GetCpuCount));
-                Assert.Equal(ControlStatus.Ok, ReadResponse(s).Status);
+                held.Add(Connect(server.SocketPath));
+                Thread.Sleep(5);
             }
-            using (var extra = Connect(server.SocketPath))
-                Assert.Equal(ControlStatus.Busy, ReadResponse(extra).Status);
-            held[0].Dispose();
-            held.RemoveAt(0);
-            // A freed slot serves again (the server notices the close asynchronously).
-            var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(5);
-            while (true)
+            // One of them sends half a request (a length, no body): still not a complete request.
+            held[^1].Send(new byte[] { 8, 0 });
+            var sw = System.Diagnostics.Stopwatch.StartNew();
+            for (int i = 0; i < 3; i++)
             {
                 using var c = Connect(server.SocketPath);
                 c.Send(Frame(ControlProtocol.Version, (ushort)ControlOp.GetCpuCount));
-                if (ReadResponse(c).Status == ControlStatus.Ok)
-                    break;
-                Assert.True(DateTime.UtcNow < deadline, "slot never freed");
-                Thread.Sleep(10);
+                Assert.Equal(ControlStatus.Ok, ReadResponse(c).Status);
             }
+            Assert.True(sw.Elapsed < TimeSpan.FromSeconds(2), $"the owner waited {sw.Elapsed}");
+            // hyvectl itself, as a user runs it.
+            var o = new StringWriter();
+            Assert.Equal(0, CtlMain.Run(["--vm=busy", "--get-cpu-topology"], o, new StringWriter(), _dir));
+            // Whoever never completes a request is dropped once the deadline passes.
+            Thread.Sleep(ControlServer.RequestDeadline + TimeSpan.FromSeconds(1));
+            foreach (var s in held) Assert.True(ClosedByPeer(s));
         }
         finally
         {
@@ -306,6 +341,50 @@ public sealed class ControlServerTests : IDisposable
                 s.Dispose();
         }
     }
+
+    // issue 18 #5: the peer's uid (SO_PEERCRED) is checked even when the socket's mode would let another user in.
+    // Needs root: a test thread takes another effective uid with the per-thread setresuid system call.
+    [Fact]
+    public void AnotherUsersConnectionIsRefused()
+    {
+        if (!OperatingSystem.IsLinux() || Hyve.Vmm.Native.Libc.Geteuid() != 0) return; // only root can take another uid for the test
+        using var server = ControlServer.Start(new FakeVm("peer"), _dir);
+        File.SetUnixFileMode(server.SocketPath, (UnixFileMode)0x1b6); // 0666: as a careless chmod would leave it
+        File.SetUnixFileMode(_dir, (UnixFileMode)0x1ff);
+        ControlStatus status = ControlStatus.Ok;
+        string message = "";
+        Exception? failure = null;
+        var t = new Thread(() =>
+        {
+            try
+            {
+                if (SetResUid(-1, 65534, -1) != 0) throw new InvalidOperationException("setresuid failed");
+                Socket s;
+                try { s = Connect(server.SocketPath); }
+                finally { SetResUid(-1, 0, -1); }
+                using (s)
+                {
+                    // The refusal comes at once, before any request (which would then meet a closed socket).
+                    var r = ReadResponse(s);
+                    status = r.Status;
+                    message = Message(r.Payload);
+                }
+            }
+            catch (Exception e) { failure = e; }
+        });
+        t.Start();
+        t.Join();
+        Assert.Null(failure);
+        Assert.Equal(ControlStatus.Failed, status);
+        Assert.Equal("uid 65534 may not control this VM", message);
+        Assert.Equal(TopologyLine, Topology(_dir, "peer"));
+    }
+
+    // The raw system call changes only the calling thread's credentials (glibc's wrapper would change every thread's).
+    private static int SetResUid(int r, int e, int s) => (int)Syscall(117, r, e, s);
+
+    [System.Runtime.InteropServices.DllImport("libc", EntryPoint = "syscall")]
+    private static extern long Syscall(long n, long a, long b, long c);
 
     [Fact]
     public void ClientImplementsIVmControl()

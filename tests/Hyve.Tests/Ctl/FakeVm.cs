@@ -165,6 +165,22 @@ internal sealed class FakeVm : IVmControl
             LvtAsserts.Add((vcpu, lvt));
     }
 
+    /// <summary>Checkpoint requests received: path and whether the VM was to end.</summary>
+    public List<(string Path, bool ThenExit)> Checkpoints { get; } = [];
+
+    /// <summary>Dump requests received.</summary>
+    public List<string> Dumps { get; } = [];
+
+    public void Checkpoint(string path, bool thenExit)
+    {
+        lock (_lock) Checkpoints.Add((path, thenExit));
+    }
+
+    public void DumpGuestMemory(string path)
+    {
+        lock (_lock) Dumps.Add(path);
+    }
+
     public (ulong Info1, ulong Info2) GetIntinfo(int vcpu)
     {
         Check(vcpu);

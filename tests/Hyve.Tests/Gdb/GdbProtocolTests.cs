@@ -11,14 +11,25 @@ public class GdbProtocolTests
 {
     private sealed class Client : IDisposable
     {
-        private readonly TcpClient _tcp;
+        private readonly Socket _sock;
         private readonly NetworkStream _s;
 
-        public Client(int port)
+        public Client(int port) : this(new TcpClient("127.0.0.1", port).Client) { }
+
+        public Client(string unixPath) : this(ConnectUnix(unixPath)) { }
+
+        private Client(Socket sock)
         {
-            _tcp = new TcpClient("127.0.0.1", port);
-            _s = _tcp.GetStream();
+            _sock = sock;
+            _s = new NetworkStream(sock, ownsSocket: true);
             _s.ReadTimeout = 10_000;
+        }
+
+        private static Socket ConnectUnix(string path)
+        {
+            var s = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
+            s.Connect(new UnixDomainSocketEndPoint(path));
+            return s;
         }
 
         public void SendRaw(string text) => _s.Write(Encoding.Latin1.GetBytes(text));
@@ -61,7 +72,11 @@ public class GdbProtocolTests
             return ReadPacket();
         }
 
-        public void Dispose() => _tcp.Dispose();
+        public void Dispose()
+        {
+            _s.Dispose();
+            _sock.Dispose();
+        }
     }
 
     [Fact]
@@ -118,6 +133,13 @@ public class GdbProtocolTests
             Assert.Equal("E22", c.Ask("Z2,9001,4")); // a misaligned watchpoint
             Assert.Equal("E22", c.Ask("vCont;x"));
             Assert.Equal("E22", c.Ask("vCont;"));
+            // issue 18 #1: an action with no letter once threw out of the server and killed hyve (status 134).
+            Assert.Equal("E22", c.Ask("vCont;:1"));
+            Assert.Equal("E22", c.Ask("vCont;c;:1"));
+            Assert.Equal("E22", c.Ask("vCont;:"));
+            Assert.Equal("E22", c.Ask("Hg"));
+            Assert.Equal("E22", c.Ask("Z1,8000"));
+            Assert.Equal("E22", c.Ask("qXfer:features:read:target.xml:"));
             Assert.Equal("E22", c.Ask("H"));
             Assert.Equal("E03", c.Ask("Hg99"));
             Assert.Equal("E03", c.Ask("T99"));
@@ -182,6 +204,32 @@ public class GdbProtocolTests
         vm.WaitForExit(30);
         Assert.Equal(1, vm.ExitCode);
         Assert.Equal("ready\n", vm.Stdout);
+    }
+
+    // issue 18 #1: -G unix:PATH listens on a mode-0600 UNIX socket (no TCP port anyone could reach), and a malformed
+    // packet there is answered E22 with the guest running on.
+    [Fact]
+    public void Soft_UnixSocketDebugServerIsPrivate()
+    {
+        if (!OperatingSystem.IsLinux()) return;
+        string name = GdbGuest.NewName();
+        string path = Path.Combine(Path.GetTempPath(), name + ".gdb");
+        using var vm = HyveProcess.Start("-o", "accel=soft", "-G", "unix:" + path,
+            "-l", $"bootrom,{GuestRom.ToFile(GdbGuest.Rom())}", "-l", "com1,stdio", name);
+        vm.WaitForOutput("ready\n");
+        Assert.Equal(UnixFileMode.UserRead | UnixFileMode.UserWrite, File.GetUnixFileMode(path));
+        using (var c = new Client(path))
+        {
+            Assert.Equal("T05thread:01;", c.Ask("?"));
+            Assert.Equal("E22", c.Ask("vCont;:1"));
+            Assert.Equal("66", c.Ask($"m{GdbGuest.RamRoutine:x},1"));
+            Assert.Equal("OK", c.Ask("D"));
+        }
+        Assert.False(vm.HasExited);
+        Assert.Equal(0, vm.Ctl($"--vm={name}", "--force-poweroff").Status);
+        vm.WaitForExit(30);
+        Assert.Equal(1, vm.ExitCode);
+        Assert.False(File.Exists(path), "the debug socket is removed when hyve ends");
     }
 
     private static void CtrlCAndExit(string accel)

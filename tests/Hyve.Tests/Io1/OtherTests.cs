@@ -1,4 +1,6 @@
 // SPDX-License-Identifier: BSD-2-Clause
+using Hyve.Tests.State;
+using Hyve.Vmm.State;
 using Hyve.Vmm;
 using Hyve.Vmm.Io;
 using Xunit;
@@ -32,13 +34,11 @@ public class VpmtmrTests
         var pm = new Vpmtmr(clock, 0xB008);
         clock.Advance(2_000_000_000);
         Assert.Equal(7_159_090u, pm.PortRead(0xB008, 4));
-        var ms = new MemoryStream();
-        pm.Save(new BinaryWriter(ms));
+        var saved = StateCopy.Save(pm);
         var clock2 = new ManualClock();
         clock2.Advance(5_000);
         var pm2 = new Vpmtmr(clock2, 0xB008);
-        ms.Position = 0;
-        pm2.Restore(new BinaryReader(ms));
+        StateCopy.Load(pm2, saved);
         Assert.Equal(7_159_090u, pm2.Counter);
         clock2.Advance(1_000_000_000);
         Assert.Equal(7_159_090u + 3_579_545u, pm2.Counter);

@@ -1,4 +1,6 @@
 // SPDX-License-Identifier: BSD-2-Clause
+using Hyve.Tests.State;
+using Hyve.Vmm.State;
 using Hyve.Vmm.Io;
 using Xunit;
 
@@ -295,11 +297,9 @@ public class VatpicTests
         _pic.InterruptAcknowledge();
         _pic.Pulse(6);
         _pic.PortWrite(0x21, 1, 0x80);
-        var ms = new MemoryStream();
-        _pic.Save(new BinaryWriter(ms));
+        var saved = StateCopy.Save(_pic);
         var pic2 = new Vatpic();
-        ms.Position = 0;
-        pic2.Restore(new BinaryReader(ms));
+        StateCopy.Load(pic2, saved);
         Assert.Equal(0x80u, pic2.PortRead(0x21, 1));
         pic2.PortWrite(0x20, 1, 0x20);
         Assert.Equal(0x26, pic2.InterruptAcknowledge());

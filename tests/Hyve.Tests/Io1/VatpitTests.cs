@@ -1,4 +1,6 @@
 // SPDX-License-Identifier: BSD-2-Clause
+using Hyve.Tests.State;
+using Hyve.Vmm.State;
 using Hyve.Vmm;
 using Hyve.Vmm.Io;
 using Xunit;
@@ -344,14 +346,12 @@ public class VatpitTests
     {
         Program(0, 2, 1000);
         _clock.ToPitTick(1500);
-        var ms = new MemoryStream();
-        _pit.Save(new BinaryWriter(ms));
+        var saved = StateCopy.Save(_pit);
         var clock2 = new ManualClock();
         clock2.Advance(777_777);
         var irq2 = new RecordingIrq();
         var pit2 = new Vatpit(clock2, irq2);
-        ms.Position = 0;
-        pit2.Restore(new BinaryReader(ms));
+        StateCopy.Load(pit2, saved);
         pit2.PortWrite(0x43, 1, 0x00);
         uint lo = pit2.PortRead(0x40, 1), hi = pit2.PortRead(0x40, 1);
         Assert.Equal(501u, lo | hi << 8);

@@ -1,4 +1,6 @@
 // SPDX-License-Identifier: BSD-2-Clause
+using Hyve.Tests.State;
+using Hyve.Vmm.State;
 using Hyve.Vmm.Io;
 using Xunit;
 
@@ -176,12 +178,10 @@ public class VioapicTests
     {
         Program(10, 0x3A, level: true, dest: 2);
         _io.Assert(10);
-        var ms = new MemoryStream();
-        _io.Save(new BinaryWriter(ms));
+        var saved = StateCopy.Save(_io);
         var apic2 = new RecordingApic();
         var io2 = new Vioapic(apic2);
-        ms.Position = 0;
-        io2.Restore(new BinaryReader(ms));
+        StateCopy.Load(io2, saved);
         Assert.Equal(_io.GetEntry(10), io2.GetEntry(10));
         io2.EndOfInterrupt(0x3A);
         Assert.Single(apic2.Messages);

@@ -1,4 +1,6 @@
 // SPDX-License-Identifier: BSD-2-Clause
+using Hyve.Tests.State;
+using Hyve.Vmm.State;
 using Hyve.Vmm;
 using Hyve.Vmm.Io;
 using Xunit;
@@ -27,7 +29,7 @@ public class FuzzTests
             if ((i & 4095) == 0) { r.TryNvramWrite(rng.Next(-5, 140), (byte)rng.Next()); r.GetTime(); }
             if ((i & 65535) == 0) r.Reset();
         }
-        r.Restore(r.Save());
+        StateCopy.Copy(r, r);
     }
 
     [Fact]
@@ -52,7 +54,7 @@ public class FuzzTests
             if ((i & 127) == 0) clock.Advance(rng.Next(2_000_000));
             if ((i & 65535) == 0) h.Reset();
         }
-        h.Restore(h.Save());
+        StateCopy.Copy(h, h);
     }
 
     [Fact]

@@ -1,4 +1,6 @@
 // SPDX-License-Identifier: BSD-2-Clause
+using Hyve.Tests.State;
+using Hyve.Vmm.State;
 using Hyve.Vmm;
 using Hyve.Vmm.Io;
 using Xunit;
@@ -207,13 +209,14 @@ public class VhpetTests
         _h.MmioWrite(TCmp(0), 4, 2000);
         _h.MmioWrite(Conf, 4, 1);
         _clock.Advance(Ns(1000));
-        var s = _h.Save();
+        uint counter = (uint)_h.MmioRead(Counter, 4);
+        var s = StateCopy.Save(_h);
         var clock2 = new ManualClock();
         clock2.Advance(12345);
         var irq2 = new RecordingIrqLines();
         var h2 = new Vhpet(clock2, irq2);
-        h2.Restore(s);
-        Assert.Equal(s.Counter, (uint)h2.MmioRead(Counter, 4));
+        StateCopy.Load(h2, s);
+        Assert.Equal(counter, (uint)h2.MmioRead(Counter, 4));
         clock2.Advance(Ns(1001));
         Assert.Equal(1, irq2.PinPulses(20));
     }

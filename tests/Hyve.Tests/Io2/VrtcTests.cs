@@ -1,4 +1,6 @@
 // SPDX-License-Identifier: BSD-2-Clause
+using Hyve.Tests.State;
+using Hyve.Vmm.State;
 using Hyve.Vmm;
 using Hyve.Vmm.Io;
 using Xunit;
@@ -290,16 +292,17 @@ public class VrtcTests
         var r = Make(Evening);
         r.NvramWrite(0x50, 0x33);
         _clock.Advance(1500 * Ms);
-        var s = r.Save();
+        var s = StateCopy.Save(r);
         var clock2 = new ManualClock();
         clock2.Advance(77 * Sec);
         var r2 = new Vrtc(clock2, new RecordingIrqLines(), 0);
-        r2.Restore(s);
+        StateCopy.Load(r2, s);
         Assert.Equal(Evening + 1, r2.GetTime());
         Assert.Equal(0x33, r2.NvramRead(0x50));
         clock2.Advance(500 * Ms);
         Assert.Equal(Evening + 2, r2.GetTime());
-        Assert.Throws<ArgumentException>(() => r2.Restore(new VrtcState { Version = 99, Ram = new byte[128] }));
+        Assert.Throws<InvalidDataException>(() => StateCopy.Load(r2, s with { Version = 99 }));
+        Assert.Throws<InvalidDataException>(() => StateCopy.Load(r2, s with { Data = s.Data[..100] }));
     }
 
     [Fact]

@@ -1,4 +1,6 @@
 // SPDX-License-Identifier: BSD-2-Clause
+using Hyve.Tests.State;
+using Hyve.Vmm.State;
 using Hyve.Devices;
 using Hyve.Tests.Io2;
 using Xunit;
@@ -84,6 +86,24 @@ public class I8042Tests
     }
 
     [Fact]
+    public void EveryQueuedByteRaisesItsOwnInterruptEdge()
+    {
+        // Linux's i8042 handler reads one byte per interrupt: each byte behind the first needs a new rising edge.
+        Data(0xF2); // identify: 0xFA, 0xAB, 0x83
+        Assert.Equal(1, _irq.IsaAsserts(1));
+        Assert.Equal(new byte[] { 0xFA, 0xAB, 0x83 }, Drain());
+        Assert.Equal(3, _irq.IsaAsserts(1));
+        Assert.Equal(0, _irq.IsaLevel[1]);
+        Command(0xD4);
+        Data(0xFF); // mouse reset: 0xFA, 0xAA, 0x00 on IRQ 12 (enable it in the command byte first)
+        int before = _irq.IsaAsserts(12);
+        Command(0x60);
+        Data(0x47);
+        Assert.Equal(new byte[] { 0xFA, 0xAA, 0x00 }, Drain());
+        Assert.Equal(before + 3, _irq.IsaAsserts(12));
+    }
+
+    [Fact]
     public void MouseBytesArriveWithTheAuxiliaryStatusBit()
     {
         Command(0xD4);
@@ -157,15 +177,15 @@ public class I8042Tests
     {
         Data(0xF2); // ACK, 0xAB, 0x83 waiting
         Assert.Equal(0xFA, Read());
-        var saved = _kbc.SaveState();
+        var saved = StateCopy.Save(_kbc);
         var lines = new RecordingIrqLines();
         var other = new I8042(lines, () => { });
-        other.RestoreState(saved);
+        StateCopy.Load(other, saved);
         Assert.Equal(1, lines.IsaLevel[1]);
         Assert.Equal(0xABu, other.PortRead(I8042.DataPort, 1));
         Assert.Equal(0x83u, other.PortRead(I8042.DataPort, 1));
         Assert.Equal(0, lines.IsaLevel[1]);
-        Assert.Throws<ArgumentException>(() => other.RestoreState(saved with { Version = 2 }));
-        Assert.Throws<ArgumentException>(() => other.RestoreState(saved with { Ram = new byte[3] }));
+        Assert.Throws<InvalidDataException>(() => StateCopy.Load(other, saved with { Version = 3 }));
+        Assert.Throws<InvalidDataException>(() => StateCopy.Load(other, saved with { Data = saved.Data[..3] }));
     }
 }

@@ -14,6 +14,17 @@ public class HyveHostErrorTests
         Assert.DoesNotContain("   at ", p.Stderr, StringComparison.Ordinal);
     }
 
+    // issue 18 #8: messages are sentences, never the runtime's resource keys (NativeAOT's UseSystemResourceKeys).
+    [Fact]
+    public void MessagesAreSentencesNotResourceKeys()
+    {
+        string rom = GuestRom.ToFile(new byte[4096]);
+        using var p = HyveProcess.Run("-l", $"bootrom,{rom}", "-l", "com1,/nonexistent/dir/console.log", "vm1");
+        AssertRefused(p, "/nonexistent/dir/console.log");
+        Assert.DoesNotContain("IO_PathNotFound", p.Stderr, StringComparison.Ordinal);
+        Assert.Contains("Could not find a part of the path", p.Stderr, StringComparison.Ordinal);
+    }
+
     [Fact]
     public void MissingRomIsRefused()
     {

@@ -1,4 +1,6 @@
 // SPDX-License-Identifier: BSD-2-Clause
+using Hyve.Tests.State;
+using Hyve.Vmm.State;
 using Hyve.Pci;
 using Hyve.Vmm;
 using Xunit;
@@ -215,11 +217,13 @@ public class PciBarTests
         rig.Bus.Build();
         ulong a = f.Bars[0]!.Address;
         rig.Cf8Write(0, 2, 0, 0x10, 4, 0xd000_0000);
-        var saved = rig.Bus.SaveState();
+        var inventory = new DeviceInventory();
+        rig.Bus.JoinInventory(inventory);
+        var saved = inventory.Save();
         rig.Bus.Reset();
         Assert.True(rig.Mmio.TryFind(a, out _));
         Assert.False(rig.Mmio.TryFind(0xd000_0000, out _));
-        rig.Bus.RestoreState(saved);
+        inventory.Restore(saved);
         Assert.True(rig.Mmio.TryFind(0xd000_0000, out _));
         Assert.False(rig.Mmio.TryFind(a, out _));
     }

@@ -1,4 +1,6 @@
 // SPDX-License-Identifier: BSD-2-Clause
+using Hyve.Tests.State;
+using Hyve.Vmm.State;
 using Hyve.Pci;
 using Xunit;
 
@@ -56,6 +58,24 @@ public class PciDeviceTests
     }
 
     [Fact]
+    public void UnimplementedBhyveTypeFromConfigKeysIsAHostErrorNamingIt()
+    {
+        using var rig = new PciTestRig();
+        var e = Assert.Throws<HostConfigException>(() =>
+            rig.Bus.AddFromConfig([Slot(0, 4, 0, "nvme")], PciDeviceRegistry.CreateDefault()));
+        Assert.Equal("pci.0.4.0: hyve does not implement nvme", e.Message);
+    }
+
+    [Fact]
+    public void EveryDeviceTypeIsNamedOnce()
+    {
+        var names = PciDeviceTypes.All.Select(t => t.Name).ToList();
+        Assert.Equal(names.Count, names.Distinct().Count());
+        Assert.True(PciDeviceRegistry.CreateDefault().Contains("hostbridge"));
+        Assert.False(PciDeviceRegistry.CreateDefault().Contains("nvme"));
+    }
+
+    [Fact]
     public void LpcOnlyOnceAndOnlyOnBusZero()
     {
         using var rig = new PciTestRig();
@@ -99,10 +119,12 @@ public class PciDeviceTests
         rig.Bus.Build();
         rig.Cf8Write(0, 31, 0, 0x60, 4, 0x0e0b_0a09);
         rig.Cf8Write(0, 3, 0, 0x3c, 1, 0x0e);
-        var saved = rig.Bus.SaveState();
+        var inventory = new DeviceInventory();
+        rig.Bus.JoinInventory(inventory);
+        var saved = inventory.Save();
         rig.Bus.Reset();
         Assert.NotEqual(0x0e0b_0a09u, rig.Cf8Read(0, 31, 0, 0x60, 4));
-        rig.Bus.RestoreState(saved);
+        inventory.Restore(saved);
         Assert.Equal(0x0e0b_0a09u, rig.Cf8Read(0, 31, 0, 0x60, 4));
         Assert.Equal(0x0eu, rig.Cf8Read(0, 3, 0, 0x3c, 1));
     }

@@ -1,4 +1,6 @@
 // SPDX-License-Identifier: BSD-2-Clause
+using Hyve.Tests.State;
+using Hyve.Vmm.State;
 using Hyve.Devices;
 using Xunit;
 
@@ -291,12 +293,10 @@ public class Uart16550Tests
         a.Out(LCR, 0x80); a.Out(DLL, 3); a.Out(LCR, 0x1B);
         a.Out(FCR, 0x81); a.Out(SCR, 0x99); a.Out(IER, 0x05);
         a.Backend.Inject("xyz");
-        var ms = new MemoryStream();
-        a.Uart.SaveState(new BinaryWriter(ms));
+        var saved = StateCopy.Save(a.Uart);
 
         var b = new Rig();
-        ms.Position = 0;
-        b.Uart.RestoreState(new BinaryReader(ms));
+        StateCopy.Load(b.Uart, saved);
         Assert.Equal(3, b.Uart.Divisor);
         Assert.Equal(0x1B, b.In(LCR));
         Assert.Equal(0x99, b.In(SCR));
@@ -304,10 +304,11 @@ public class Uart16550Tests
         Assert.True(b.Level);
         Assert.Equal("xyz", $"{(char)b.In(RBR)}{(char)b.In(RBR)}{(char)b.In(RBR)}");
 
-        ms.Position = 0;
-        ms.WriteByte(99);
-        ms.Position = 0;
-        Assert.Throws<InvalidDataException>(() => b.Uart.RestoreState(new BinaryReader(ms)));
+        Assert.Throws<InvalidDataException>(() => StateCopy.Load(b.Uart, saved with { Version = 99 }));
+        // 20 received bytes where the FIFO holds 16.
+        var tooMany = (byte[])saved.Data.Clone();
+        tooMany[11] = 20;
+        Assert.Throws<InvalidDataException>(() => StateCopy.Load(b.Uart, saved with { Data = tooMany }));
     }
 
     [Fact]

@@ -1,0 +1,19 @@
+// SPDX-License-Identifier: BSD-2-Clause
+
+namespace Hyve.Display;
+
+/// <summary>What the VNC server reads a picture from: a mode and the memory it describes (the standard VGA, or a test's array).</summary>
+public interface IDisplaySurface
+{
+    /// <summary>The scan-out now.</summary>
+    DisplayMode Mode { get; }
+
+    /// <summary>Changes whenever the mode may have changed.</summary>
+    int ModeGeneration { get; }
+
+    /// <summary>The framebuffer memory the mode's offsets index.</summary>
+    ReadOnlySpan<byte> Memory { get; }
+
+    /// <summary>The 256-entry palette (0x00RRGGBB) of 8-bit modes.</summary>
+    void CopyPalette(Span<uint> palette);
+}
