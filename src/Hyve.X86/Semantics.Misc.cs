@@ -250,4 +250,20 @@ public sealed unsafe partial class InstructionEngine
             }
         }
     }
+
+    /// <summary>
+    /// RDPMC (SDM Vol. 2): #GP(0) at CPL &gt; 0 with CR4.PCE clear, and #GP(0) for an ECX that names no counter. The model's
+    /// CPUID reports no performance monitoring (leaf 0xA reads zero), so every counter index is invalid.
+    /// </summary>
+    private static Exec Rdpmc(InstructionEngine e, ref Instruction i) => e.Raise(PendingException.Gp0);
+
+    /// <summary>
+    /// XGETBV/XSETBV (SDM Vol. 2): #UD while CR4.OSXSAVE is clear, which is how kernels probe them. With OSXSAVE set
+    /// the extended-state components are not modelled yet, so the instruction stays an honest stop.
+    /// </summary>
+    private static Exec XcrAccess(InstructionEngine e, ref Instruction i)
+    {
+        if ((e._cpu.Cr4 & 1ul << 18 /* OSXSAVE */) == 0) return e.Raise(PendingException.Ud);
+        return Exec.Unsupported;
+    }
 }

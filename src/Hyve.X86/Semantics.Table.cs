@@ -133,7 +133,17 @@ public sealed unsafe partial class InstructionEngine
                 return &Undefined;
             case Code.Nopw: case Code.Nopd: case Code.Nopq: case Code.Nop_rm16: case Code.Nop_rm32: case Code.Nop_rm64:
                 return &Nop;
+            case Code.Rdpmc: return &Rdpmc;
+            case Code.Xgetbv: case Code.Xsetbv: return &XcrAccess;
+            case Code.Xbegin_rel16: case Code.Xbegin_rel32: case Code.Xabort_imm8: case Code.Xend: case Code.Xtest:
+                return &Undefined; // TSX (HLE/RTM) is not reported in CPUID.7:EBX, so each raises #UD (SDM Vol. 2 XBEGIN..XTEST)
         }
+        // 0F 0D and 0F 18-0F 1F with no assigned meaning are hint NOPs (SDM Vol. 2 NOP, "reserved NOP"): they decode and
+        // do nothing, whatever the CPU model.
+        if (c.Mnemonic() == Mnemonic.Reservednop) return &Nop;
+        // VMX and SVM instructions: the model reports neither CPUID.1:ECX.VMX nor CPUID.80000001:ECX.SVM, so each is #UD
+        // (SDM Vol. 3 31.3 "VMX instructions ... #UD if not in VMX operation"; APM Vol. 3 VMRUN, VMMCALL).
+        if (IsVirtualizationInstruction(c.Mnemonic())) return &Undefined;
         var sse = SelectSse(c);
         if (sse != null) return sse;
         var x87 = SelectX87(c);
@@ -197,4 +207,9 @@ public sealed unsafe partial class InstructionEngine
             _ => null,
         };
     }
+
+    private static bool IsVirtualizationInstruction(Mnemonic m) => m is Mnemonic.Vmcall or Mnemonic.Vmlaunch or Mnemonic.Vmresume
+        or Mnemonic.Vmxoff or Mnemonic.Vmxon or Mnemonic.Vmclear or Mnemonic.Vmptrld or Mnemonic.Vmptrst or Mnemonic.Vmread
+        or Mnemonic.Vmwrite or Mnemonic.Vmfunc or Mnemonic.Invept or Mnemonic.Invvpid or Mnemonic.Vmrun or Mnemonic.Vmmcall
+        or Mnemonic.Vmload or Mnemonic.Vmsave or Mnemonic.Stgi or Mnemonic.Clgi or Mnemonic.Skinit or Mnemonic.Invlpga;
 }

@@ -375,10 +375,13 @@ public class EngineTests
         Assert.Equal(Vector.PF, r.Exception.Vector);
         Assert.Equal(0x10u, r.Exception.ErrorCode);
         cpu.Rip = Code;
-        _mem.Write(Code, new byte[] { 0x0f, 0x01, 0xc1 }); // VMCALL: valid, but not the engine's business -> Unsupported with #UD ready
+        _mem.Write(Code, new byte[] { 0x0f, 0x01, 0xc1 }); // VMCALL without VMX in the model: a real #UD
+        Assert.Equal(StepStatus.Exception, _engine.Step(cpu).Status);
+        cpu.Cr4 |= 1ul << 18; // OSXSAVE: XGETBV with extended state not modelled yet -> Unsupported with #UD ready
+        _mem.Write(Code, new byte[] { 0x0f, 0x01, 0xd0 });
         r = _engine.Step(cpu);
         Assert.Equal(StepStatus.Unsupported, r.Status);
-        Assert.Equal(IcedCode.Vmcall, r.Code);
+        Assert.Equal(IcedCode.Xgetbv, r.Code);
         Assert.Equal(Vector.UD, r.Exception.Vector);
         _mem.Write(Code, new byte[] { 0x0f, 0x0b }); // UD2 is a real #UD
         Assert.Equal(StepStatus.Exception, _engine.Step(cpu).Status);

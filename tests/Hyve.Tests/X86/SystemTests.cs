@@ -638,4 +638,42 @@ public class SystemTests
         l.Gpr[0] = 0x0000800000000000;
         AssertGp0(Run(l, a => a.wrgsbase(rax)));
     }
+
+    /// <summary>Probing instructions the model does not report raise #UD as hardware does, instead of stopping the VM.</summary>
+    [Theory]
+    [InlineData(new byte[] { 0x0f, 0x01, 0xc1 }, "VMCALL")]
+    [InlineData(new byte[] { 0x0f, 0x01, 0xd9 }, "VMMCALL")]
+    [InlineData(new byte[] { 0x0f, 0x01, 0xc4 }, "VMXOFF")]
+    [InlineData(new byte[] { 0x0f, 0x01, 0xd8 }, "VMRUN")]
+    [InlineData(new byte[] { 0x0f, 0x01, 0xd0 }, "XGETBV with CR4.OSXSAVE clear")]
+    [InlineData(new byte[] { 0x0f, 0x01, 0xd1 }, "XSETBV with CR4.OSXSAVE clear")]
+    [InlineData(new byte[] { 0xc6, 0xf8, 0x00 }, "XABORT")]
+    [InlineData(new byte[] { 0x0f, 0x01, 0xd6 }, "XTEST")]
+    public void UnreportedInstructionsRaiseUd(byte[] code, string what)
+    {
+        var r = Run(Protected32(), code);
+        Assert.True(r.Status == StepStatus.Exception && r.Exception.Vector == Vector.UD, $"{what}: {r.Status} {r.Exception.Vector}");
+    }
+
+    /// <summary>0F 18 /4-7, 0F 19-0F 1E and 0F 0D with a register operand are reserved hint NOPs: they execute and advance RIP.</summary>
+    [Theory]
+    [InlineData(new byte[] { 0x0f, 0x18, 0x20 })]
+    [InlineData(new byte[] { 0x0f, 0x19, 0x00 })]
+    [InlineData(new byte[] { 0x0f, 0x1c, 0xc0 })]
+    [InlineData(new byte[] { 0x0f, 0x1e, 0x00 })]
+    [InlineData(new byte[] { 0x0f, 0x0d, 0xc0 })]
+    public void HintNopsExecute(byte[] code)
+    {
+        var cpu = Protected32();
+        Assert.True(Run(cpu, code).IsOk);
+        Assert.Equal(0x1000ul + (ulong)code.Length, cpu.Rip);
+    }
+
+    /// <summary>RDPMC: #GP(0) at CPL 3 without CR4.PCE, and #GP(0) for a counter the model (no PMU in CPUID leaf 0xA) lacks.</summary>
+    [Fact]
+    public void RdpmcFaultsWithoutCounters()
+    {
+        AssertGp0(Run(Protected32(cpl: 3), 0x0f, 0x33));
+        AssertGp0(Run(Protected32(), 0x0f, 0x33));
+    }
 }
