@@ -32,7 +32,7 @@ public sealed class ControlServer : IDisposable
     private readonly IVmControl _vm;
     private readonly Socket _listener;
     private readonly CancellationTokenSource _cts = new();
-    private readonly object _vmLock = new();
+    private readonly SemaphoreSlim _vmLock = new(1, 1);
     private readonly object _connLock = new();
     private readonly List<Connection> _connections = new();
     private Task _acceptTask = Task.CompletedTask;
@@ -330,8 +330,9 @@ public sealed class ControlServer : IDisposable
             w.Begin(ControlProtocol.Version, (ushort)ControlStatus.Ok);
             var r = new FrameReader(frame[ControlProtocol.HeaderSize..]);
             bool known;
-            lock (_vmLock)
-                known = Dispatch((ControlOp)op, ref r, w);
+            _vmLock.Wait();
+            try { known = Dispatch((ControlOp)op, ref r, w); }
+            finally { _vmLock.Release(); }
             return known ? w.Finish() : Error(w, ControlStatus.UnknownOp, $"unknown control operation {op}");
         }
         catch (ControlProtocolException e)
