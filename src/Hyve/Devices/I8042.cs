@@ -6,7 +6,7 @@ namespace Hyve.Devices;
 
 /// <summary>
 /// The 8042 keyboard controller of a PC (bhyve's atkbdc) with a PS/2 keyboard on its first port and a PS/2 mouse on
-/// the auxiliary one, neither with a host input source. Status at 0x64, data at 0x60; the controller's RAM (byte 0 is
+/// the auxiliary one; the keyboard takes host keys from the VNC server, the mouse has no host source. Status at 0x64, data at 0x60; the controller's RAM (byte 0 is
 /// the command byte), its self and interface tests, port enables, the output port (bit 0 low resets the machine, as
 /// does pulsing it with 0xFE), and the devices' command protocols (ACK 0xFA, reset's 0xAA, identify) are as the IBM
 /// PS/2 technical reference describes them. A byte for the guest waits in one output buffer; while it holds keyboard

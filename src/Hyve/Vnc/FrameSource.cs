@@ -9,7 +9,7 @@ namespace Hyve.Vnc;
 public readonly record struct ScrollEvent(long PrevGeneration, long Generation, int SrcY, int DstY, int Height);
 
 /// <summary>
-/// The server's copy of the guest's screen (0x00RRGGBB pixels) and what changed in it. <see cref="Tick"/> compares the
+/// The server's copy of the guest's screen (0x00RRGGBB pixels) and what changed in it. <see cref="Tick()"/> compares the
 /// guest's framebuffer with the copy line by line (a memcmp when nothing moved, so an idle screen costs one read of
 /// the visible area per tick) and brings changed 64x64 tiles over, stamping each with the generation it changed in;
 /// clients send the tiles stamped after what they last sent. A change covering many lines is first checked for a
@@ -82,7 +82,15 @@ public sealed class FrameSource
     }
 
     /// <summary>Brings the copy up to date with the guest; true when anything changed.</summary>
-    public bool Tick()
+    public bool Tick() => Tick(1, 0);
+
+    /// <summary>
+    /// As <see cref="Tick()"/>, but first looks only at every <paramref name="rowStep"/>-th line from
+    /// <paramref name="phase"/> and stops there when none of them changed: the refresher's cheap look at a screen that
+    /// has been still for a while (a character cell is 16 lines high, so new text is seen at once; a change confined to
+    /// fewer lines is seen within <paramref name="rowStep"/> looks).
+    /// </summary>
+    public bool Tick(int rowStep, int phase)
     {
         lock (Gate)
         {
@@ -109,6 +117,12 @@ public sealed class FrameSource
             if (!_mode.Enabled) return changed;
             var mem = _surface.Memory;
             if (_mode.Bpp == 8) _surface.CopyPalette(_palette);
+            if (rowStep > 1 && !changed)
+            {
+                bool any = false;
+                for (int y = phase % rowStep; y < Height && !any; y += rowStep) any = !GuestLine(mem, y).SequenceEqual(Row(y));
+                if (!any) return false;
+            }
 
             int first = -1, last = -1, count = 0;
             for (int y = 0; y < Height; y++)

@@ -141,7 +141,7 @@ public sealed class RfbServer : IDisposable
 
     private void RefreshLoop()
     {
-        int still = 0;
+        int still = 0, phase = 0;
         while (!_disposed)
         {
             RfbClient[] clients;
@@ -151,7 +151,8 @@ public sealed class RfbServer : IDisposable
                 if (_disposed) return;
                 clients = [.. _clients];
             }
-            bool changed = Source.Tick();
+            // A screen still for ~5 s is looked at one line in eight per refresh (see FrameSource.Tick(int, int)).
+            bool changed = still > 70 ? Source.Tick(8, phase++) : Source.Tick();
             if (_input) { _input = false; still = 0; }
             if (changed)
             {

@@ -64,3 +64,25 @@ public class FbufOptionsTests
         Assert.False(File.Exists(path));
     }
 }
+
+/// <summary>The frame source's cheap look at a still screen.</summary>
+public class FrameSourceTests
+{
+    [Fact]
+    public void AnInterlacedLookSeesTextAtOnceAndAOneLineChangeWithinEightLooks()
+    {
+        var surface = new FakeSurface(128, 128);
+        surface.Pattern(8);
+        var src = new FrameSource(surface, 128, 128);
+        Assert.True(src.Tick());
+        Assert.False(src.Tick(8, 0));
+        for (int y = 40; y < 56; y++) surface.Put(5, y, 0xffffff); // a glyph-high stroke
+        Assert.True(src.Tick(8, 3));
+        Assert.Equal(0xffffffu, src.Pixels[50 * 128 + 5] & 0xffffff);
+        surface.Put(9, 61, 0x123456);                             // one line only
+        int looks = 0;
+        while (!src.Tick(8, looks)) looks++;
+        Assert.True(looks < 8);
+        Assert.Equal(0x123456u, src.Pixels[61 * 128 + 9] & 0xffffff);
+    }
+}
