@@ -50,7 +50,7 @@ public sealed class HostTsc : ITscSource
 
 /// <summary>
 /// A minimal CPUID: GenuineIntel, family 6, with the features the engine and <see cref="CpuState"/> model
-/// (FPU, TSC, MSR, PAE, CX8, APIC, SEP, PGE, CMOV, PAT, FXSR, SSE/SSE2, long mode, NX, SYSCALL). Leaves above the
+/// (FPU, TSC, MSR, PAE, CX8, APIC, SEP, PGE, CMOV, PAT, MMX, FXSR, SSE/SSE2, long mode, NX, SYSCALL). Leaves above the
 /// maxima return zeros.
 /// </summary>
 public sealed class MinimalCpuidModel : ICpuidModel
@@ -75,7 +75,7 @@ public sealed class MinimalCpuidModel : ICpuidModel
             case 1:
             {
                 const uint edx = 1u << 0 | 1u << 3 | 1u << 4 | 1u << 5 | 1u << 6 | 1u << 8 | 1u << 9 | 1u << 11 | 1u << 13
-                    | 1u << 15 | 1u << 16 | 1u << 19 | 1u << 24 | 1u << 25 | 1u << 26;
+                    | 1u << 15 | 1u << 16 | 1u << 19 | 1u << 23 /* MMX */ | 1u << 24 | 1u << 25 | 1u << 26;
                 const uint ecx = 1u << 23; // POPCNT
                 uint ebx = (uint)ApicId << 24 | 1u << 16 | 8u << 8; // one logical processor, CLFLUSH line 64 bytes
                 bool osxsave = (cpu.Cr4 & (1ul << 18)) != 0;

@@ -327,8 +327,14 @@ public sealed unsafe partial class InstructionEngine
             if (!e.ReadVec(ref i, 1, 16, true, s)) return Exec.Fault;
             count = BinaryPrimitives.ReadUInt64LittleEndian(s);
         }
-        var d = e.XmmOf(i.Op0Register);
-        switch (i.Code)
+        ShiftLanes(i.Code, e.XmmOf(i.Op0Register), count);
+        return Exec.Next;
+    }
+
+    /// <summary>The shift of 128-bit form <paramref name="code"/> by <paramref name="count"/> applied to the 16 bytes of <paramref name="d"/>.</summary>
+    private static void ShiftLanes(Code code, Span<byte> d, ulong count)
+    {
+        switch (code)
         {
             case Code.Pslldq_xmm_imm8:
             case Code.Psrldq_xmm_imm8:
@@ -336,60 +342,60 @@ public sealed unsafe partial class InstructionEngine
                 int n = (int)Math.Min(count, 16);
                 Span<byte> r = stackalloc byte[16];
                 r.Clear();
-                if (i.Code == Code.Pslldq_xmm_imm8) d[..(16 - n)].CopyTo(r[n..]);
+                if (code == Code.Pslldq_xmm_imm8) d[..(16 - n)].CopyTo(r[n..]);
                 else d[n..].CopyTo(r);
                 r.CopyTo(d);
-                return Exec.Next;
+                return;
             }
             case Code.Psllw_xmm_imm8: case Code.Psllw_xmm_xmmm128:
             {
                 var w = MemoryMarshal.Cast<byte, ushort>(d);
                 for (int k = 0; k < 8; k++) w[k] = count > 15 ? (ushort)0 : (ushort)(w[k] << (int)count);
-                return Exec.Next;
+                return;
             }
             case Code.Psrlw_xmm_imm8: case Code.Psrlw_xmm_xmmm128:
             {
                 var w = MemoryMarshal.Cast<byte, ushort>(d);
                 for (int k = 0; k < 8; k++) w[k] = count > 15 ? (ushort)0 : (ushort)(w[k] >> (int)count);
-                return Exec.Next;
+                return;
             }
             case Code.Psraw_xmm_imm8: case Code.Psraw_xmm_xmmm128:
             {
                 var w = MemoryMarshal.Cast<byte, short>(d);
                 int c = (int)Math.Min(count, 15);
                 for (int k = 0; k < 8; k++) w[k] = (short)(w[k] >> c);
-                return Exec.Next;
+                return;
             }
             case Code.Pslld_xmm_imm8: case Code.Pslld_xmm_xmmm128:
             {
                 var v = MemoryMarshal.Cast<byte, uint>(d);
                 for (int k = 0; k < 4; k++) v[k] = count > 31 ? 0 : v[k] << (int)count;
-                return Exec.Next;
+                return;
             }
             case Code.Psrld_xmm_imm8: case Code.Psrld_xmm_xmmm128:
             {
                 var v = MemoryMarshal.Cast<byte, uint>(d);
                 for (int k = 0; k < 4; k++) v[k] = count > 31 ? 0 : v[k] >> (int)count;
-                return Exec.Next;
+                return;
             }
             case Code.Psrad_xmm_imm8: case Code.Psrad_xmm_xmmm128:
             {
                 var v = MemoryMarshal.Cast<byte, int>(d);
                 int c = (int)Math.Min(count, 31);
                 for (int k = 0; k < 4; k++) v[k] >>= c;
-                return Exec.Next;
+                return;
             }
             case Code.Psllq_xmm_imm8: case Code.Psllq_xmm_xmmm128:
             {
                 var v = MemoryMarshal.Cast<byte, ulong>(d);
                 for (int k = 0; k < 2; k++) v[k] = count > 63 ? 0 : v[k] << (int)count;
-                return Exec.Next;
+                return;
             }
             default: // PSRLQ
             {
                 var v = MemoryMarshal.Cast<byte, ulong>(d);
                 for (int k = 0; k < 2; k++) v[k] = count > 63 ? 0 : v[k] >> (int)count;
-                return Exec.Next;
+                return;
             }
         }
     }
@@ -408,11 +414,22 @@ public sealed unsafe partial class InstructionEngine
         if (!e.ReadVec(ref i, 1, 16, true, s)) return Exec.Fault;
         var d = e.XmmOf(i.Op0Register);
         Span<byte> r = stackalloc byte[16];
+        IntegerLanes(i.Code, d, s, r);
+        r.CopyTo(d);
+        return Exec.Next;
+    }
+
+    /// <summary>
+    /// The element-wise operation of 128-bit form <paramref name="code"/> on <paramref name="d"/> (destination) and
+    /// <paramref name="s"/> (source) into <paramref name="r"/>, all 16 bytes; the MMX forms reuse it on the low half.
+    /// </summary>
+    private static void IntegerLanes(Code code, ReadOnlySpan<byte> d, ReadOnlySpan<byte> s, Span<byte> r)
+    {
         var db = d; var sb = s; var rb = r;
         var dw = MemoryMarshal.Cast<byte, ushort>(d); var sw = MemoryMarshal.Cast<byte, ushort>(s); var rw = MemoryMarshal.Cast<byte, ushort>(r);
         var dd = MemoryMarshal.Cast<byte, uint>(d); var sd = MemoryMarshal.Cast<byte, uint>(s); var rd = MemoryMarshal.Cast<byte, uint>(r);
         var dq = MemoryMarshal.Cast<byte, ulong>(d); var sq = MemoryMarshal.Cast<byte, ulong>(s); var rq = MemoryMarshal.Cast<byte, ulong>(r);
-        switch (i.Code)
+        switch (code)
         {
             case Code.Paddb_xmm_xmmm128: for (int k = 0; k < 16; k++) rb[k] = (byte)(db[k] + sb[k]); break;
             case Code.Paddw_xmm_xmmm128: for (int k = 0; k < 8; k++) rw[k] = (ushort)(dw[k] + sw[k]); break;
@@ -486,8 +503,6 @@ public sealed unsafe partial class InstructionEngine
                 for (int k = 0; k < 4; k++) { rw[k] = (ushort)SatI16((int)dd[k]); rw[4 + k] = (ushort)SatI16((int)sd[k]); }
                 break;
         }
-        r.CopyTo(d);
-        return Exec.Next;
     }
 
     // ---- floating point ----------------------------------------------------------------------------------------

@@ -16,7 +16,8 @@ public sealed unsafe partial class InstructionEngine
         foreach (var c in codes)
         {
             if ((int)c >= t.Length) continue;
-            t[(int)c] = Select(c);
+            var h = Select(c);
+            t[(int)c] = h != null ? h : Unreported(c);
         }
         return t;
     }
@@ -144,6 +145,8 @@ public sealed unsafe partial class InstructionEngine
         // VMX and SVM instructions: the model reports neither CPUID.1:ECX.VMX nor CPUID.80000001:ECX.SVM, so each is #UD
         // (SDM Vol. 3 31.3 "VMX instructions ... #UD if not in VMX operation"; APM Vol. 3 VMRUN, VMMCALL).
         if (IsVirtualizationInstruction(c.Mnemonic())) return &Undefined;
+        var mmx = SelectMmx(c);
+        if (mmx != null) return mmx;
         var sse = SelectSse(c);
         if (sse != null) return sse;
         var x87 = SelectX87(c);
@@ -212,4 +215,31 @@ public sealed unsafe partial class InstructionEngine
         or Mnemonic.Vmxoff or Mnemonic.Vmxon or Mnemonic.Vmclear or Mnemonic.Vmptrld or Mnemonic.Vmptrst or Mnemonic.Vmread
         or Mnemonic.Vmwrite or Mnemonic.Vmfunc or Mnemonic.Invept or Mnemonic.Invvpid or Mnemonic.Vmrun or Mnemonic.Vmmcall
         or Mnemonic.Vmload or Mnemonic.Vmsave or Mnemonic.Stgi or Mnemonic.Clgi or Mnemonic.Skinit or Mnemonic.Invlpga;
+
+    // The CPUID features the model reports (MinimalCpuidModel: leaf 1 EDX/ECX, leaf 0x80000001), as Iced names them.
+    // Built on first use (the handler table's own static initializer runs first).
+    private static HashSet<CpuidFeature>? s_reportedSet;
+    private static HashSet<CpuidFeature> s_reported => s_reportedSet ??= new()
+    {
+        CpuidFeature.INTEL8086, CpuidFeature.INTEL186, CpuidFeature.INTEL286, CpuidFeature.INTEL386, CpuidFeature.INTEL486,
+        CpuidFeature.X64, CpuidFeature.CPUID, CpuidFeature.FPU, CpuidFeature.FPU287, CpuidFeature.FPU387, CpuidFeature.CMOV,
+        CpuidFeature.CX8, CpuidFeature.MSR, CpuidFeature.TSC, CpuidFeature.SYSCALL, CpuidFeature.SEP, CpuidFeature.FXSR,
+        CpuidFeature.SSE, CpuidFeature.SSE2, CpuidFeature.MMX, CpuidFeature.PAUSE, CpuidFeature.CLFSH, CpuidFeature.POPCNT,
+        CpuidFeature.MULTIBYTENOP,
+    };
+
+    /// <summary>True when every CPUID feature <paramref name="c"/> needs is one the model reports.</summary>
+    internal static bool IsReported(Code c)
+    {
+        foreach (var f in c.CpuidFeatures())
+            if (!s_reported.Contains(f)) return false;
+        return true;
+    }
+
+    // An instruction with no semantics here: #UD when it needs a feature the model's CPUID does not report (SSE3 and
+    // later, AVX and every VEX/EVEX/XOP form, 3DNow!, AES, SHA, the 8086/286-only forms, ...), as a CPU without the feature
+    // raises (SDM Vol. 2 each instruction's "#UD if CPUID.xx.yy = 0"). An instruction the model does report stays without
+    // a handler (the "not implemented" stop); the engine test enumerates every Code so that there are none.
+    private static delegate*<InstructionEngine, ref Instruction, Exec> Unreported(Code c)
+        => c == Code.INVALID || IsReported(c) ? null : &Undefined;
 }
