@@ -165,7 +165,8 @@ public sealed unsafe partial class InstructionEngine
         var c = e._cpu;
         var r = i.Op0Register;
         int size = r.GetSize();
-        if (size == 2) return Exec.Unsupported; // 16-bit BSWAP is undefined
+        // BSWAP r16 is undefined in the SDM; Intel and AMD processors clear the low word (the upper bits are kept).
+        if (size == 2) { SetGpr(c, r, 0); return Exec.Next; }
         ulong v = GetGpr(c, r);
         SetGpr(c, r, size == 8 ? BinaryPrimitives.ReverseEndianness(v) : BinaryPrimitives.ReverseEndianness((uint)v));
         return Exec.Next;

@@ -149,6 +149,8 @@ public sealed unsafe partial class InstructionEngine
         if (mmx != null) return mmx;
         var sse = SelectSse(c);
         if (sse != null) return sse;
+        var x87env = SelectX87Env(c);
+        if (x87env != null) return x87env;
         var x87 = SelectX87(c);
         if (x87 != null) return x87;
         // Only legacy/VEX general-purpose forms below; SSE/AVX variants sharing a mnemonic stay unsupported.
