@@ -384,6 +384,8 @@ public sealed unsafe partial class InstructionEngine
     private static Exec Bextr(InstructionEngine e, ref Instruction i)
     {
         var c = e._cpu;
+        // A VEX prefix in real-address or virtual-8086 mode is #UD (SDM Vol. 2 2.3.2).
+        if (c.Mode is CpuMode.Real or CpuMode.Virtual8086) return e.Raise(PendingException.Ud);
         int size = OpSize(ref i, 0);
         if (!e.ReadOp(ref i, 1, size, out ulong src)) return Exec.Fault;
         ulong ctl = GetGpr(c, i.Op2Register);

@@ -130,4 +130,33 @@ public sealed class InstructionCoverageTests
         Assert.True(failures.Length == 0, $"{failures}\n(executed {executed}, raised {raised}, not reached by the sweep {unreached})");
         Assert.True(reached.Count > 3000, $"the sweep reached only {reached.Count} forms");
     }
+
+    [Fact]
+    public void Vex_forms_are_ud_without_avx_and_a_vex_prefix_is_ud_in_real_mode()
+    {
+        var mem = new TestMemory(4 << 20);
+        mem.Write64(0x10000, 0x11000 | 3);
+        mem.Write64(0x11000, 0x12000 | 3);
+        mem.Write64(0x12000, 0x83);
+        var engine = new InstructionEngine(mem);
+        // VPADDD xmm0, xmm1, xmm2 (C5 F1 FE C2) and VZEROUPPER (C5 F8 77): CPUID.1:ECX.AVX is clear.
+        foreach (var bytes in new[] { new byte[] { 0xc5, 0xf1, 0xfe, 0xc2 }, new byte[] { 0xc5, 0xf8, 0x77 } })
+        {
+            var cpu = Prepared(64);
+            var r = engine.Step(cpu, null, bytes);
+            Assert.Equal(StepStatus.Exception, r.Status);
+            Assert.Equal(Vector.UD, r.Exception.Vector);
+            Assert.Equal(0x1000ul, cpu.Rip);
+        }
+        // BEXTR eax, ecx, eax (C4 E2 78 F7 C1) runs in 64-bit mode but is #UD in real mode.
+        var bextr = new byte[] { 0xc4, 0xe2, 0x78, 0xf7, 0xc1 };
+        var lm = Prepared(64);
+        lm.Gpr[0] = 0x0404; lm.Gpr[1] = 0xabcd;
+        Assert.True(engine.Step(lm, null, bextr).IsOk);
+        Assert.Equal(0xcul, lm.Gpr[0]);
+        var rm = Prepared(16);
+        var rr = engine.Step(rm, null, bextr);
+        Assert.Equal(StepStatus.Exception, rr.Status);
+        Assert.Equal(Vector.UD, rr.Exception.Vector);
+    }
 }
