@@ -21,7 +21,7 @@ public class GraphicalConsoleTests(ITestOutputHelper output)
     /// <summary>Where the screenshots go.</summary>
     public static readonly string ScreenDir = Path.Combine(Path.GetTempPath(), "hyve-vnc-screens");
 
-    private static int FreeVncDisplay()
+    internal static int FreeVncDisplay()
     {
         for (int d = 40 + Random.Shared.Next(50); ; d++)
         {
