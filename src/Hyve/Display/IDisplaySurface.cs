@@ -16,4 +16,8 @@ public interface IDisplaySurface
 
     /// <summary>The 256-entry palette (0x00RRGGBB) of 8-bit modes.</summary>
     void CopyPalette(Span<uint> palette);
+
+    /// <summary>Which pages of <see cref="Memory"/> the guest wrote (null: unknown, so every line is compared). The
+    /// surface pokes it when the mode or palette changes, so a reader sleeping on it wakes.</summary>
+    Hyve.Vmm.DirtyLog? Dirty => null;
 }

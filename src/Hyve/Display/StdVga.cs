@@ -115,7 +115,7 @@ public sealed class StdVga : PciDevice, IMmioDevice, IDisplaySurface, IDeviceSta
         foreach (var d in ctx.Bus.Devices)
             if (d is StdVga) throw new HostConfigException($"{ctx.Where}: only one fbuf device is supported");
         var seg = ctx.Bus.Memory.CreateDevMem("framebuffer", DefaultVramSize);
-        var vga = new StdVga(seg, opts.Width, opts.Height) { Options = opts };
+        var vga = new StdVga(seg, opts.Width, opts.Height) { Options = opts, Dirty = ctx.Bus.Memory.EnableDirtyLog(seg) };
         if (opts.Vga == FbufVga.Io)
         {
             var ports = vga.LegacyPorts;
@@ -123,6 +123,16 @@ public sealed class StdVga : PciDevice, IMmioDevice, IDisplaySurface, IDeviceSta
             ctx.Bus.Ports.Register(VgaPortBase, 0x20, ports);
         }
         return vga;
+    }
+
+    /// <summary>The framebuffer's dirty-page log (the VNC server reads only what the guest wrote).</summary>
+    public DirtyLog? Dirty { get; private init; }
+
+    // A change the dirty log cannot see (mode, palette, endianness): wake a refresher that sleeps on the log.
+    private void ModeChanged()
+    {
+        Interlocked.Increment(ref _modeGeneration);
+        Dirty?.Poke();
     }
 
     /// <summary>The fbuf options it was created with (the machine starts the VNC server from them).</summary>
@@ -143,7 +153,7 @@ public sealed class StdVga : PciDevice, IMmioDevice, IDisplaySurface, IDeviceSta
         _dispiIndex = 0;
         _bigEndian = false;
         Vga.Reset();
-        Interlocked.Increment(ref _modeGeneration);
+        ModeChanged();
     }
 
     private DisplayMode ComputeMode()
@@ -211,7 +221,7 @@ public sealed class StdVga : PciDevice, IMmioDevice, IDisplaySurface, IDeviceSta
                     return; // VIDEO_MEMORY_64K and unknown indexes are read-only
             }
             FixupRegisters();
-            Interlocked.Increment(ref _modeGeneration);
+            ModeChanged();
         }
     }
 
@@ -304,6 +314,7 @@ public sealed class StdVga : PciDevice, IMmioDevice, IDisplaySurface, IDeviceSta
             lock (_gate)
                 for (int i = 0; i < size && offset + (ulong)i < 0x420; i++)
                     Vga.Write((int)(offset - 0x400) + i, (byte)(value >> (i * 8)));
+            Dirty?.Poke(); // the palette may have changed
             return;
         }
         if (offset >= 0x500 && offset < 0x500 + IndexCount * 2 && size >= 2 && (offset & 1) == 0)
@@ -316,7 +327,7 @@ public sealed class StdVga : PciDevice, IMmioDevice, IDisplaySurface, IDeviceSta
             bool big = (uint)value == BigEndianMagic;
             if ((uint)value != BigEndianMagic && (uint)value != LittleEndianMagic) return;
             lock (_gate) _bigEndian = big;
-            Interlocked.Increment(ref _modeGeneration);
+            ModeChanged();
         }
     }
 
@@ -343,6 +354,7 @@ public sealed class StdVga : PciDevice, IMmioDevice, IDisplaySurface, IDeviceSta
             lock (vga._gate)
                 for (int i = 0; i < size && port + i < VgaPortBase + 0x20; i++)
                     vga.Vga.Write(port + i - VgaPortBase, (byte)(value >> (i * 8)));
+            vga.Dirty?.Poke(); // the palette may have changed
         }
     }
 
@@ -387,7 +399,7 @@ public sealed class StdVga : PciDevice, IMmioDevice, IDisplaySurface, IDeviceSta
             _dispi[IndexVideoMemory64K] = (ushort)(Framebuffer.Length >> 16);
             _dispiIndex = index;
             _bigEndian = big;
-            Interlocked.Increment(ref _modeGeneration);
+            ModeChanged();
         }
     }
 }

@@ -265,7 +265,7 @@ internal sealed class RfbClient
                     _immediate = false;
                 }
                 // A full request gets a fresh look first, so it is answered with the newest picture.
-                if (immediate) _server.Source.Tick();
+                if (immediate && _server.Source.Tick()) _server.PictureChanged();
                 if (!BuildUpdate()) continue;
                 lock (_lock)
                 {
