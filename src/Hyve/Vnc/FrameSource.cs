@@ -118,6 +118,7 @@ public sealed class FrameSource
         lock (Gate)
         {
             bool changed = false;
+            if (_surface.Prepare()) _compareAll = true;
             int mg = _surface.ModeGeneration;
             if (mg != _seenModeGeneration)
             {
@@ -145,6 +146,12 @@ public sealed class FrameSource
                 return changed;
             }
             var mem = _surface.Memory;
+            if (_mode.Offset + (long)(Height - 1) * _mode.Stride + (long)Width * ((_mode.Bpp + 7) / 8) > mem.Length)
+            {
+                // The memory changed under a mode not yet seen (text <-> graphics): look again at the next tick.
+                _seenModeGeneration = int.MinValue;
+                return changed;
+            }
             if (_mode.Bpp == 8)
             {
                 _surface.CopyPalette(_palette);
@@ -158,7 +165,7 @@ public sealed class FrameSource
                 bool any = _log.Harvest(_dirtyNow);
                 if (!any && !_prevAny && !_compareAll)
                 {
-                    _quiet = true;
+                    _quiet = !_surface.Polled;
                     return changed;
                 }
                 all = _compareAll;
