@@ -158,6 +158,9 @@ public sealed class MachineSnapshots(Vm vm, ConfigTree config, TimerQueue clock)
         if (m.Cpus != vm.CpuCount) throw new HostConfigException($"-r {snapshot.Path}: the snapshot has {m.Cpus} vCPUs, this machine {vm.CpuCount}");
         var devices = new List<StateSection>();
         var cpus = new VcpuState[vm.CpuCount];
+        // Guest memory first: a device's loader may look at its rings, and nothing may see the empty memory built here.
+        int fd = (int)snapshot.File.DangerousGetHandle();
+        foreach (var e in m.Segments) vm.Memory.MapFromFile(segs[e.Id], fd, e.Offset);
         try
         {
             foreach (var s in snapshot.ReadSections())
@@ -177,8 +180,8 @@ public sealed class MachineSnapshots(Vm vm, ConfigTree config, TimerQueue clock)
         {
             throw new HostConfigException($"-r {snapshot.Path}: {e.Message}");
         }
-        int fd = (int)snapshot.File.DangerousGetHandle();
-        foreach (var e in m.Segments) vm.Memory.MapFromFile(segs[e.Id], fd, e.Offset);
         vm.RestoredCpus = cpus;
+        // Devices with queues stay quiesced (their loaders leave them so) until every vCPU has its state.
+        vm.AfterRestore = vm.Devices.Resume;
     }
 }
