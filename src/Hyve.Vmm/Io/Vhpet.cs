@@ -129,7 +129,7 @@ public sealed class Vhpet : IMmioDevice, IDeviceState
         {
             w.Write(_config);
             w.Write(_status);
-            w.Write(Counter(_clock.NowNs));
+            w.Write(SavedCounter(_clock.NowNs));
             for (int i = 0; i < TimerCount; i++)
             {
                 w.Write(_t[i].Config);
@@ -138,6 +138,25 @@ public sealed class Vhpet : IMmioDevice, IDeviceState
                 w.Write(_t[i].FsbRoute);
             }
         }
+    }
+
+    // The counter a snapshot records. A snapshot holds the clock's callbacks while it writes, so a timer may fall due in
+    // that window without having fired; saving the counter past its comparator would make the restored timer wait a
+    // whole wrap (about 5 minutes: a 32-bit comparator matches only on equality), and a guest using it as its
+    // clockevent would sleep that long. So the counter is saved as it stood just before the earliest such match; the
+    // guest cannot have read a later value, as its vCPUs paused before the callbacks were held.
+    private uint SavedCounter(long now)
+    {
+        uint counter = Counter(now);
+        if (!Enabled) return counter;
+        uint back = 0;
+        for (int i = 0; i < TimerCount; i++)
+        {
+            if (!_timers[i].IsPending || _timers[i].DeadlineNs > now) continue;
+            uint late = unchecked(counter - (_t[i].Comparator - 1));
+            if (late < 0x8000_0000u && late > back) back = late;
+        }
+        return unchecked(counter - back);
     }
 
     /// <summary>Reads what <see cref="SaveState"/> wrote: the counter continues from its saved value, timers re-arm on

@@ -757,3 +757,4 @@ public abstract class VirtioPciDevice : PciDevice, IDisposable, IDeviceState, IQ
         public void MmioWrite(ulong offset, int size, ulong value) => d.LegacyWrite(offset, size, value);
     }
 }
+

@@ -220,4 +220,28 @@ public class VhpetTests
         clock2.Advance(Ns(1001));
         Assert.Equal(1, irq2.PinPulses(20));
     }
+
+    // A snapshot holds the clock's callbacks while it writes: a one-shot timer that falls due in that window has not
+    // fired. Its interrupt must come soon after the restore, not one 32-bit wrap (5 minutes) later; and the counter the
+    // restored guest reads never goes below what it read before the pause.
+    [Fact]
+    public void A_one_shot_match_that_fell_due_while_a_snapshot_held_the_clock_fires_soon_after_the_restore()
+    {
+        _h.MmioWrite(TConf(1), 8, IntEnb | Route(20));
+        _h.MmioWrite(TCmp(1), 4, 2000);
+        _h.MmioWrite(Conf, 4, 1);
+        _clock.Advance(Ns(1990));
+        uint seenByGuest = (uint)_h.MmioRead(Counter, 4);
+        _clock.AdvanceHeld(Ns(500)); // the match at 2000 passes while held
+        Assert.Equal(0, _irq.PinPulses(20));
+        var s = StateCopy.Save(_h);
+        var clock2 = new ManualClock();
+        var irq2 = new RecordingIrqLines();
+        var h2 = new Vhpet(clock2, irq2);
+        StateCopy.Load(h2, s);
+        uint restored = (uint)h2.MmioRead(Counter, 4);
+        Assert.InRange(restored, seenByGuest, 1999u);
+        clock2.Advance(1_000_000); // 1 ms
+        Assert.Equal(1, irq2.PinPulses(20));
+    }
 }
