@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: BSD-2-Clause
 using System.Globalization;
 using Hyve.Config;
+using Hyve.Virtio;
 using Hyve.Vmm;
 using Hyve.Vmm.Control;
 using Hyve.Vmm.State;
@@ -73,9 +74,19 @@ public sealed class MachineSnapshots(Vm vm, ConfigTree config, TimerQueue clock)
         };
         foreach (var kv in config.Entries())
             if (!IsHostOnly(kv.Key)) manifest.Config.Add(kv);
+        // The disks were flushed by the quiesce: their identity now is the one the guest's state goes with.
+        foreach (var b in Disks()) manifest.Disks.Add(DiskIdentity.Compute(b.Where, b.DiskPath, b.SizeBytes));
         var header = new SnapshotHeader(SnapshotHeader.CurrentMajor, SnapshotHeader.CurrentMinor, HyveVersion, SnapshotHeader.ThisArch,
             engine, CpuFingerprint.Vendor(), CpuFingerprint.Features(), 0, 0, 0);
         SnapshotWriter.Write(path, header, manifest, sections, vm.Memory);
+    }
+
+    private List<VirtioBlock> Disks()
+    {
+        var list = new List<VirtioBlock>();
+        foreach (var e in vm.Devices.Entries)
+            if (e.Device is VirtioBlock b && !list.Contains(b)) list.Add(b);
+        return list;
     }
 
     /// <inheritdoc/>
@@ -156,6 +167,15 @@ public sealed class MachineSnapshots(Vm vm, ConfigTree config, TimerQueue clock)
                 throw new HostConfigException($"-r {snapshot.Path}: memory segment {e.Name} ({e.Length} bytes) does not match this machine's");
         }
         if (m.Cpus != vm.CpuCount) throw new HostConfigException($"-r {snapshot.Path}: the snapshot has {m.Cpus} vCPUs, this machine {vm.CpuCount}");
+        // A disk whose size or sampled contents changed since the checkpoint would not match the guest's caches.
+        var disks = Disks();
+        foreach (var d in m.Disks)
+        {
+            var b = disks.Find(x => x.Where == d.Device)
+                ?? throw new HostConfigException($"-r {snapshot.Path}: the snapshot has disk {d.Device} ({d.Path}), this machine has none there");
+            if (DiskIdentity.Differs(d, DiskIdentity.Compute(b.Where, b.DiskPath, b.SizeBytes)) is { } why)
+                throw new HostConfigException($"-r {snapshot.Path}: disk {b.Where} ({b.DiskPath}) is not the one the snapshot was taken with: {why}");
+        }
         var devices = new List<StateSection>();
         var cpus = new VcpuState[vm.CpuCount];
         // Guest memory first: a device's loader may look at its rings, and nothing may see the empty memory built here.
