@@ -74,6 +74,7 @@ public sealed class MachineSnapshots(Vm vm, ConfigTree config, TimerQueue clock)
         };
         foreach (var kv in config.Entries())
             if (!IsHostOnly(kv.Key)) manifest.Config.Add(kv);
+        manifest.GuestCpuid.AddRange(GuestCpuid.ForEngine(engine, vm.Topology));
         // The disks were flushed by the quiesce: their identity now is the one the guest's state goes with.
         foreach (var b in Disks()) manifest.Disks.Add(DiskIdentity.Compute(b.Where, b.DiskPath, b.SizeBytes));
         var header = new SnapshotHeader(SnapshotHeader.CurrentMajor, SnapshotHeader.CurrentMinor, HyveVersion, SnapshotHeader.ThisArch,
@@ -125,19 +126,23 @@ public sealed class MachineSnapshots(Vm vm, ConfigTree config, TimerQueue clock)
     /// </summary>
     public static ParseResult MergeOptions(ParseResult given, SnapshotReader snapshot)
     {
-        var defaults = Options.Parse(["x"]).Config;
+        ArgumentNullException.ThrowIfNull(given);
+        ArgumentNullException.ThrowIfNull(snapshot);
         var merged = new ConfigTree();
         foreach (var (k, v) in snapshot.Manifest.Config) merged.Set(k, v);
         var differ = new List<string>();
+        var written = given.Config.Written;
         foreach (var (k, v) in given.Config.Entries())
         {
-            if (k == "name" ? false : defaults.GetRaw(k) == v) continue; // a default the options did not change
+            // Only what the command line (or -k file) gave is compared: a default it did not write is the snapshot's to
+            // decide, while a value it gave is compared even when it equals the default (-m 256M against a 1G snapshot).
+            if (!written.Contains(k)) continue;
             if (IsRepointable(k))
             {
                 if (!IsHostOnly(k)) merged.Set(k, v);
                 continue;
             }
-            if (merged.GetRaw(k) != v) differ.Add(k);
+            if (!SameValue(k, merged.GetRaw(k), v)) differ.Add(k);
         }
         if (differ.Count > 0)
             throw new HostConfigException($"-r {snapshot.Path}: the options disagree with the snapshot's configuration on {string.Join(", ", differ)}");
@@ -152,11 +157,28 @@ public sealed class MachineSnapshots(Vm vm, ConfigTree config, TimerQueue clock)
         }
     }
 
+    // memory.size is compared as a size (-m 1024 and 1G are the same machine); everything else as written.
+    private static bool SameValue(string key, string? snapshot, string given)
+    {
+        if (snapshot == given) return true;
+        if (snapshot is null || key != "memory.size") return false;
+        var a = new ConfigTree();
+        var b = new ConfigTree();
+        a.Set(key, snapshot);
+        b.Set(key, given);
+        try { return a.GetMemorySize() == b.GetMemorySize(); }
+        catch (ConfigException) { return false; }
+    }
+
     /// <summary>Loads a checked snapshot into a machine built from its configuration: guest memory mapped copy-on-write,
     /// device sections into the inventory, vCPU states for the first run.</summary>
-    public void Restore(SnapshotReader snapshot)
+    public void Restore(SnapshotReader snapshot, string engine)
     {
+        ArgumentNullException.ThrowIfNull(snapshot);
         var m = snapshot.Manifest;
+        // The guest may use every CPU feature it saw: an engine (or host) without one of them cannot run it.
+        if (m.GuestCpuid.Count > 0 && GuestCpuid.Missing(m.GuestCpuid, GuestCpuid.ForEngine(engine, vm.Topology)) is { Count: > 0 } missing)
+            throw new HostConfigException($"-r {snapshot.Path}: the guest saw CPU features that this host's {engine} engine lacks: {string.Join(" ", missing)}");
         var segs = vm.Memory.Segments;
         if (m.Segments.Count != segs.Count)
             throw new HostConfigException($"-r {snapshot.Path}: the snapshot has {m.Segments.Count} memory segments, this machine {segs.Count}");
