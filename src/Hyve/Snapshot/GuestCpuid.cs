@@ -50,11 +50,21 @@ public static class GuestCpuid
         return Collect((leaf, sub) => { var r = model.Query(cpu, leaf, sub); return (r.Eax, r.Ebx, r.Ecx, r.Edx); });
     }
 
-    /// <summary>The feature words KVM gives a guest with <paramref name="topology"/> on this host.</summary>
+    /// <summary>The feature words a guest can use under KVM on this host: what KVM offers, plus the scalar
+    /// instructions of leaves 1 and 0x80000001 that the host CPU executes (KVM can clear their CPUID bits, as kvm-pvm
+    /// does with POPCNT, but cannot stop a guest from running them). Features with register state (AVX, XSAVE, ...)
+    /// or that KVM must virtualize (VMX, SVM, x2APIC, TSC deadline) count only when KVM offers them.</summary>
     public static List<KeyValuePair<string, string>> Kvm(CpuTopology topology)
     {
         var kvm = KvmSystem.Open();
-        return Collect((leaf, sub) => kvm.GuestCpuid(topology, leaf, sub));
+        return Collect((leaf, sub) =>
+        {
+            var r = kvm.GuestCpuid(topology, leaf, sub);
+            if (!System.Runtime.Intrinsics.X86.X86Base.IsSupported || (leaf != 1 && leaf != 0x8000_0001)) return r;
+            var (_, _, hc, hd) = System.Runtime.Intrinsics.X86.X86Base.CpuId(unchecked((int)leaf), 0);
+            uint stateful = leaf == 1 ? (1u << 5 | 1u << 6 | 1u << 12 | 1u << 21 | 1u << 24 | 1u << 26 | 1u << 27 | 1u << 28 | 1u << 29) : 1u << 2;
+            return (r.Eax, r.Ebx, r.Ecx | ((uint)hc & ~stateful), r.Edx | (leaf == 1 ? (uint)hd & (1u << 23 | 1u << 19) : 0));
+        });
     }
 
     /// <summary>The words of the engine named <paramref name="engine"/> ("soft" or "kvm").</summary>
