@@ -11,7 +11,8 @@ namespace Hyve.Snapshot;
 /// The CPUID feature words a guest sees on an engine (leaves 1, 7.0, 0xD.1, 0x80000001), recorded in a snapshot's
 /// manifest (<c>guest_cpuid</c>) and compared at a restore: a guest that saw a feature (AVX2, say) may be using it, so a
 /// restore on an engine or host that lacks it is refused, naming the missing features. Bits that follow the guest's
-/// own control registers (OSXSAVE, OSPKE) and the topology's HTT are not compared.
+/// own control registers (OSXSAVE, OSPKE) and the topology's HTT are not compared. <c>-o snapshot.check_cpuid=false</c>
+/// given with <c>-r</c> skips the check (the user vouches that the guest uses none of the missing features).
 /// </summary>
 public static class GuestCpuid
 {
@@ -37,7 +38,8 @@ public static class GuestCpuid
         new("80000001.ecx", 0x8000_0001, 0, 2, 0, ["lahf_lm", "cmp_legacy", "svm", "extapic", "cr8_legacy", "abm", "sse4a", "misalignsse",
             "3dnowprefetch", "osvw", "ibs", "xop", "skinit", "wdt", null, "lwp", "fma4", "tce", null, "nodeid_msr", null, "tbm",
             "topoext"]),
-        new("80000001.edx", 0x8000_0001, 0, 3, 0, [null, null, null, null, null, null, null, null, null, null, null, "syscall", null, null,
+        // AMD repeats leaf 1's EDX bits here (0-9, 12-17, 23, 24); they are compared as leaf 1's.
+        new("80000001.edx", 0x8000_0001, 0, 3, 0x0183_F3FF, [null, null, null, null, null, null, null, null, null, null, null, "syscall", null, null,
             null, null, null, null, null, "mp", "nx", null, "mmxext", null, null, "fxsr_opt", "pdpe1gb", "rdtscp", null, "lm",
             "3dnowext", "3dnow"]),
     ];

@@ -111,12 +111,12 @@ public sealed class MachineSnapshots(Vm vm, ConfigTree config, TimerQueue clock)
     }
 
     // Keys that describe this run rather than the machine.
-    private static bool IsHostOnly(string key) => key is "restore_file" or "config.dump";
+    private static bool IsHostOnly(string key) => key is "restore_file" or "config.dump" or "snapshot.check_cpuid";
 
     /// <summary>Keys a restore may give other values than the snapshot's: the VM's name, the CPU engine (snapshots move
     /// between KVM and the software CPU), consoles, disk and socket paths, the debug server.</summary>
     public static bool IsRepointable(string key) =>
-        key is "name" or "restore_file" or "config.dump" or "accel" || key.StartsWith("gdb.", StringComparison.Ordinal)
+        key is "name" or "restore_file" or "config.dump" or "accel" or "snapshot.check_cpuid" || key.StartsWith("gdb.", StringComparison.Ordinal)
         || (key.StartsWith("lpc.com", StringComparison.Ordinal) && key.EndsWith(".path", StringComparison.Ordinal))
         || (key.StartsWith("pci.", StringComparison.Ordinal) && key.EndsWith(".path", StringComparison.Ordinal));
 
@@ -139,7 +139,7 @@ public sealed class MachineSnapshots(Vm vm, ConfigTree config, TimerQueue clock)
             if (!written.Contains(k)) continue;
             if (IsRepointable(k))
             {
-                if (!IsHostOnly(k)) merged.Set(k, v);
+                if (!IsHostOnly(k) || k == "snapshot.check_cpuid") merged.Set(k, v); // that one is for this run only
                 continue;
             }
             if (!SameValue(k, merged.GetRaw(k), v)) differ.Add(k);
@@ -177,8 +177,8 @@ public sealed class MachineSnapshots(Vm vm, ConfigTree config, TimerQueue clock)
         ArgumentNullException.ThrowIfNull(snapshot);
         var m = snapshot.Manifest;
         // The guest may use every CPU feature it saw: an engine (or host) without one of them cannot run it.
-        if (m.GuestCpuid.Count > 0 && GuestCpuid.Missing(m.GuestCpuid, GuestCpuid.ForEngine(engine, vm.Topology)) is { Count: > 0 } missing)
-            throw new HostConfigException($"-r {snapshot.Path}: the guest saw CPU features that this host's {engine} engine lacks: {string.Join(" ", missing)}");
+        if (m.GuestCpuid.Count > 0 && config.GetBool("snapshot.check_cpuid", true) && GuestCpuid.Missing(m.GuestCpuid, GuestCpuid.ForEngine(engine, vm.Topology)) is { Count: > 0 } missing)
+            throw new HostConfigException($"-r {snapshot.Path}: the guest saw CPU features that this host's {engine} engine lacks: {string.Join(" ", missing)} (-o snapshot.check_cpuid=false restores anyway)");
         var segs = vm.Memory.Segments;
         if (m.Segments.Count != segs.Count)
             throw new HostConfigException($"-r {snapshot.Path}: the snapshot has {m.Segments.Count} memory segments, this machine {segs.Count}");
