@@ -205,13 +205,15 @@ public sealed unsafe class SlirpBackend : INetBackend
         {
             int mine = LibSlirp.StateVersion();
             if (version < 1 || version > mine) throw new InvalidDataException($"slirp state version {version}; this libslirp loads 1 to {mine}");
-            var src = new MemoryStream(state, writable: false);
+            var src = new StateSource(state);
             var h = GCHandle.Alloc(src);
             try
             {
                 int r = LibSlirp.StateLoad(_slirp, version, &CbStateRead, GCHandle.ToIntPtr(h));
                 if (r < 0) throw new InvalidDataException($"slirp refused its saved state ({r})");
-                if (src.Position != src.Length) throw new InvalidDataException($"slirp left {src.Length - src.Position} bytes of its saved state unread");
+                // Not every libslirp read checks its length: a short one is caught here.
+                if (src.Short) throw new InvalidDataException("slirp's saved state is truncated");
+                if (src.Stream.Position != state.Length) throw new InvalidDataException($"slirp left {state.Length - src.Stream.Position} bytes of its saved state unread");
             }
             finally { h.Free(); }
             return 0;
@@ -228,8 +230,20 @@ public sealed unsafe class SlirpBackend : INetBackend
     [UnmanagedCallersOnly]
     private static nint CbStateRead(byte* buf, nuint len, nint opaque)
     {
-        // A short read makes libslirp fail the load (it checks every read's length).
-        return ((MemoryStream)GCHandle.FromIntPtr(opaque).Target!).Read(new Span<byte>(buf, (int)len));
+        var src = (StateSource)GCHandle.FromIntPtr(opaque).Target!;
+        int n = src.Stream.Read(new Span<byte>(buf, (int)len));
+        if (n < (int)len)
+        {
+            src.Short = true;
+            new Span<byte>(buf + n, (int)len - n).Clear();
+        }
+        return n;
+    }
+
+    private sealed class StateSource(byte[] state)
+    {
+        public readonly MemoryStream Stream = new(state, writable: false);
+        public bool Short;
     }
 
     private readonly System.Collections.Concurrent.ConcurrentQueue<Action> _work = new();
