@@ -151,10 +151,12 @@ public sealed class Vm : IVmControl
         {
             backend = createBackend(this);
             Backend = backend;
+            StartupTrace.Mark("engine created");
             var restored = RestoredCpus;
             _restoresPending = restored is null ? 0 : _slots.Length;
             foreach (var s in _slots) s.Start(backend.CreateVcpu(s.Id), restored?[s.Id]);
             _running = true;
+            StartupTrace.Mark("vcpus created");
             for (int i = 0; i < threads.Length; i++)
             {
                 var slot = _slots[i];

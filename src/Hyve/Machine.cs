@@ -113,6 +113,7 @@ public sealed class Machine : IDisposable
                 devices.Add("kernel", "0", memory, DevicePhase.Memory, () => LoadKernel(kernel!));
             }
             if (_config.Get("accel") == "kvm" && !KvmSystem.IsAvailable(out var reason)) throw new HostConfigException(reason);
+            StartupTrace.Mark("devices built");
             if (restore is not null) ((MachineSnapshots)Vm.Snapshots).Restore(restore, EngineName(_config.Get("accel") ?? "auto"));
         }
         catch

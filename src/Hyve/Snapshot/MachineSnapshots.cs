@@ -198,6 +198,7 @@ public sealed class MachineSnapshots(Vm vm, ConfigTree config, TimerQueue clock)
             if (DiskIdentity.Differs(d, DiskIdentity.Compute(b.Where, b.DiskPath, b.SizeBytes)) is { } why)
                 throw new HostConfigException($"-r {snapshot.Path}: disk {b.Where} ({b.DiskPath}) is not the one the snapshot was taken with: {why}");
         }
+        StartupTrace.Mark("cpuid and disks checked");
         var devices = new List<StateSection>();
         var cpus = new VcpuState[vm.CpuCount];
         // Guest memory first: a device's loader may look at its rings, and nothing may see the empty memory built here.
@@ -222,6 +223,7 @@ public sealed class MachineSnapshots(Vm vm, ConfigTree config, TimerQueue clock)
         {
             throw new HostConfigException($"-r {snapshot.Path}: {e.Message}");
         }
+        StartupTrace.Mark("sections loaded");
         vm.RestoredCpus = cpus;
         // Devices with queues stay quiesced (their loaders leave them so) until every vCPU has its state.
         vm.AfterRestore = vm.Devices.Resume;
