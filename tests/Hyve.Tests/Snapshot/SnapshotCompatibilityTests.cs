@@ -15,7 +15,8 @@ namespace Hyve.Tests.Snapshot;
 /// counter-virtio-v1.hyvesnap and counter-virtio-v2.hyvesnap: the same machine (2 MiB) with virtio-rnd (slot 2),
 /// virtio-blk on a 1 MiB zero-filled image (slot 3), virtio-net on slirp (slot 4) and virtio-console on a file (slot 5),
 /// which the ROM never drives; v1 taken with virtio-pci section version 1 (format 1.0), v2 with version 2 (the device's
-/// own state: libslirp's), format 1.1 (the disk's identity and the guest's CPUID words in the manifest).
+/// own state: libslirp's) and vhpet section version 2 (matches due but not yet delivered), format 1.1 (the disk's
+/// identity and the guest's CPUID words in the manifest).
 /// </summary>
 public partial class SnapshotCompatibilityTests
 {
