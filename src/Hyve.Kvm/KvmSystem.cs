@@ -103,6 +103,17 @@ public sealed unsafe class KvmSystem
     /// <summary>True when KVM_CHECK_EXTENSION reports the capability.</summary>
     public bool Has(int cap) => Libc.Ioctl(Fd, KvmApi.CheckExtension, cap) > 0;
 
+    /// <summary>The CPUID leaf a vCPU of a VM with <paramref name="topology"/> is given (KVM's supported entries with
+    /// Hyve's topology applied, as KvmVcpu sets them), as (eax, ebx, ecx, edx); zeros for a leaf KVM does not list.</summary>
+    public (uint Eax, uint Ebx, uint Ecx, uint Edx) GuestCpuid(Hyve.Vmm.Control.CpuTopology topology, uint leaf, uint subleaf)
+    {
+        var entries = SupportedCpuid();
+        CpuidTopology.Apply(entries, topology, 0);
+        foreach (var e in entries)
+            if (e.Function == leaf && (e.Index == subleaf || (e.Flags & 1) == 0)) return (e.Eax, e.Ebx, e.Ecx, e.Edx);
+        return default;
+    }
+
     /// <summary>A copy of KVM_GET_SUPPORTED_CPUID's entries.</summary>
     internal KvmCpuidEntry2[] SupportedCpuid() => (KvmCpuidEntry2[])_cpuid.Clone();
 

@@ -448,7 +448,7 @@ internal sealed partial class SoftVcpu : IVcpuBackend, ILapicCpu
 
     public VcpuState GetState()
     {
-        var s = new VcpuState { Xcr0 = 1, Tsc = _tsc.ReadTsc(_cpu), TscHz = 1_000_000_000, Lapic = Lapic.Save() };
+        var s = new VcpuState { Xcr0 = 1, Tsc = _tsc.ReadTsc(_cpu), TscHz = _tsc.Hz, Lapic = Lapic.Save() };
         _cpu.CopyTo(s.Cpu);
         _msrs.Export(s.Msrs);
         s.Activity = _waitForSipi ? VcpuActivity.WaitingForSipi : _halted ? VcpuActivity.Halted : VcpuActivity.Running;
@@ -463,10 +463,11 @@ internal sealed partial class SoftVcpu : IVcpuBackend, ILapicCpu
         ArgumentNullException.ThrowIfNull(s);
         ClearRunState();
         s.Cpu.CopyTo(_cpu);
-        // The guest's TSC continues from the saved value (this engine counts at 1 GHz: a state from an engine with
-        // another rate keeps its value, not its rate).
-        _tsc.Offset += (long)(s.Tsc - _tsc.ReadTsc(_cpu));
+        // The guest's TSC continues from the saved value at the saved rate (a KVM host's, say: the guest calibrated its
+        // clocks against it), and the TSC-deadline timer converts at that rate too.
+        _tsc.Rebase(s.Tsc, s.TscHz);
         _msrs.Import(s.Msrs);
+        Lapic.TscHz = s.TscHz;
         Lapic.Restore(s.Lapic);
         _waitForSipi = s.Activity == VcpuActivity.WaitingForSipi;
         _halted = s.Activity == VcpuActivity.Halted;

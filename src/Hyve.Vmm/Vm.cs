@@ -116,6 +116,11 @@ public sealed class Vm : IVmControl
     /// <see cref="BootState"/>; used by the next <see cref="Run"/> only (a later guest reset starts from power-on).</summary>
     public VcpuState[]? RestoredCpus { get; set; }
 
+    /// <summary>Runs once, on the last vCPU thread to load its <see cref="RestoredCpus"/> state, before that vCPU's
+    /// first instruction: devices held since their restore start work here, when every LAPIC can take their interrupts.</summary>
+    public Action? AfterRestore { get; set; }
+    private int _restoresPending;
+
     /// <summary>What the control socket's snapshot requests call (set by the machine), or null when it offers none.</summary>
     public ISnapshotHandler? Snapshots { get; set; }
 
@@ -146,9 +151,12 @@ public sealed class Vm : IVmControl
         {
             backend = createBackend(this);
             Backend = backend;
+            StartupTrace.Mark("engine created");
             var restored = RestoredCpus;
+            _restoresPending = restored is null ? 0 : _slots.Length;
             foreach (var s in _slots) s.Start(backend.CreateVcpu(s.Id), restored?[s.Id]);
             _running = true;
+            StartupTrace.Mark("vcpus created");
             for (int i = 0; i < threads.Length; i++)
             {
                 var slot = _slots[i];
@@ -247,7 +255,16 @@ public sealed class Vm : IVmControl
         {
             PinThread(slot.Id);
             vcpu.AttachThread();
-            if (slot.Restored is { } restored) vcpu.SetState(restored);
+            if (slot.Restored is { } restored)
+            {
+                vcpu.SetState(restored);
+                if (Interlocked.Decrement(ref _restoresPending) == 0)
+                {
+                    var after = AfterRestore;
+                    AfterRestore = null;
+                    after?.Invoke();
+                }
+            }
             else if (slot.Id == 0) BootState?.Apply(vcpu);
             Debugger?.VcpuStarted(slot.Id, vcpu);
             while (_suspendHow < 0)

@@ -33,19 +33,46 @@ public interface ITscSource
     ulong ReadTsc(CpuState cpu);
 }
 
-/// <summary>A TSC that counts host monotonic time in nanoseconds (a 1 GHz invariant TSC) from an offset.</summary>
+/// <summary>
+/// An invariant TSC that counts host monotonic time at <see cref="Hz"/> (1 GHz unless a restore says otherwise) from an
+/// offset. A snapshot taken on KVM carries the host's TSC rate, which the guest calibrated against; restored here, the
+/// TSC goes on at that rate from the saved value (<see cref="Rebase"/>), so the guest's clocks keep their speed.
+/// </summary>
 public sealed class HostTsc : ITscSource
 {
-    private readonly double _scale = 1e9 / Stopwatch.Frequency;
+    /// <summary>1 GHz: the rate this engine's TSC has from power-on.</summary>
+    public const long DefaultHz = 1_000_000_000;
+    private static readonly double NsPerTick = 1e9 / Stopwatch.Frequency;
 
-    /// <summary>Added to the host time (as a VMCS TSC offset is).</summary>
+    /// <summary>Added to the scaled host time (as a VMCS TSC offset is).</summary>
     public long Offset { get; set; }
+
+    /// <summary>Ticks per second.</summary>
+    public long Hz { get; private set; } = DefaultHz;
 
     /// <summary>The default source.</summary>
     public static HostTsc Shared { get; } = new();
 
+    /// <summary>Host monotonic time in nanoseconds.</summary>
+    public static long HostNs => (long)(Stopwatch.GetTimestamp() * NsPerTick);
+
+    /// <summary>The TSC at host time <paramref name="hostNs"/> for a rate and an offset.</summary>
+    public static ulong Value(long hostNs, long hz, long offset) =>
+        (ulong)((hz == DefaultHz ? hostNs : (long)((Int128)hostNs * hz / DefaultHz)) + offset);
+
+    /// <summary>The offset that makes the TSC read <paramref name="tsc"/> at host time <paramref name="hostNs"/> at rate <paramref name="hz"/>.</summary>
+    public static long OffsetFor(ulong tsc, long hz, long hostNs) => (long)tsc - (long)Value(hostNs, hz, 0);
+
+    /// <summary>Continues from <paramref name="tsc"/> now, counting at <paramref name="hz"/> from here on.</summary>
+    public void Rebase(ulong tsc, long hz)
+    {
+        ArgumentOutOfRangeException.ThrowIfLessThan(hz, 1_000_000);
+        Hz = hz;
+        Offset = OffsetFor(tsc, hz, HostNs);
+    }
+
     /// <inheritdoc />
-    public ulong ReadTsc(CpuState cpu) => (ulong)((long)(Stopwatch.GetTimestamp() * _scale) + Offset);
+    public ulong ReadTsc(CpuState cpu) => Value(HostNs, Hz, Offset);
 }
 
 /// <summary>

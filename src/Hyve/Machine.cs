@@ -115,7 +115,8 @@ public sealed class Machine : IDisposable
                 devices.Add("kernel", "0", memory, DevicePhase.Memory, () => LoadKernel(kernel!));
             }
             if (_config.Get("accel") == "kvm" && !KvmSystem.IsAvailable(out var reason)) throw new HostConfigException(reason);
-            if (restore is not null) ((MachineSnapshots)Vm.Snapshots).Restore(restore);
+            StartupTrace.Mark("devices built");
+            if (restore is not null) ((MachineSnapshots)Vm.Snapshots).Restore(restore, EngineName(_config.Get("accel") ?? "auto"));
         }
         catch
         {
@@ -229,6 +230,14 @@ public sealed class Machine : IDisposable
             return stop.ExitStatus;
         }
     }
+
+    // The engine ChooseBackend's factory will build ("kvm" or "soft").
+    private static string EngineName(string accel) => accel switch
+    {
+        "kvm" => "kvm",
+        "auto" when KvmSystem.HostHasHardwareVirtualization() && KvmSystem.IsAvailable(out _) => "kvm",
+        _ => "soft",
+    };
 
     private static Func<Vm, ICpuBackend> ChooseBackend(string accel)
     {

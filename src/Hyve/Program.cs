@@ -43,7 +43,9 @@ public static class Program
             if (restoreFile is not null)
             {
                 snapshot = SnapshotReader.Open(restoreFile);
+                StartupTrace.Mark("snapshot checked");
                 r = MachineSnapshots.MergeOptions(r, snapshot);
+                StartupTrace.Mark("options merged");
             }
             using var machine = new Machine(r, snapshot);
             StartupTrace.Mark("machine built");

@@ -9,7 +9,7 @@ namespace Hyve.Vmm.Io;
 /// (LEG_RT_CAP reads 0), so every timer routes to an IOAPIC pin named in its route capability or signals
 /// an MSI through its FSB route register. Timers run on <see cref="ITimer"/>s, one per HPET timer.
 /// </summary>
-public sealed class Vhpet : IMmioDevice, IDeviceState
+public sealed class Vhpet : IMmioDevice, IDeviceState, Hyve.Vmm.State.IQuiescent
 {
     /// <summary>The conventional guest-physical base (what ACPI's HPET table names).</summary>
     public const ulong DefaultBase = 0xFED0_0000;
@@ -54,6 +54,7 @@ public sealed class Vhpet : IMmioDevice, IDeviceState
         public uint Comparator;
         public uint Period;     // the periodic increment
         public ulong FsbRoute;  // address in 63:32, data in 31:0
+        public bool Matched;    // the match at Comparator was handled (a one-shot timer delivered it)
         public bool Asserted;   // level interrupt raised on AssertedPin
         public int AssertedPin;
     }
@@ -117,19 +118,20 @@ public sealed class Vhpet : IMmioDevice, IDeviceState
     /// <inheritdoc/>
     public string StateName => "vhpet";
     /// <inheritdoc/>
-    public int StateVersion => 1;
+    public int StateVersion => 2;
     /// <inheritdoc/>
     public int OldestStateVersion => 1;
 
     /// <summary>Writes the general configuration and status, the main counter now, then each timer's configuration,
-    /// comparator, period and FSB route.</summary>
+    /// comparator, period and FSB route; version 2 adds a byte per timer: 1 when its match has come and not been handled.</summary>
     public void SaveState(BinaryWriter w)
     {
         lock (_lock)
         {
+            uint counter = Counter(_clock.NowNs);
             w.Write(_config);
             w.Write(_status);
-            w.Write(Counter(_clock.NowNs));
+            w.Write(counter);
             for (int i = 0; i < TimerCount; i++)
             {
                 w.Write(_t[i].Config);
@@ -137,11 +139,26 @@ public sealed class Vhpet : IMmioDevice, IDeviceState
                 w.Write(_t[i].Period);
                 w.Write(_t[i].FsbRoute);
             }
+            for (int i = 0; i < TimerCount; i++) w.Write(Enabled && MatchDue(i, counter) ? (byte)1 : (byte)0);
         }
     }
 
+    // A snapshot holds the clock's callbacks while it writes, so a match may come in that window (or be late under load)
+    // without its callback having run. As the comparator matches only on equality, a restored timer would then wait a
+    // whole 32-bit wrap (about 5 minutes), and a guest using it as its clockevent would sleep that long: such a match
+    // is saved as due and delivered once the restored vCPUs run (Resume).
+    private bool MatchDue(int i, uint counter)
+    {
+        ref var t = ref _t[i];
+        bool wanted = (t.Config & TnIntEnable) != 0 || (t.Config & TnPeriodic) != 0;
+        return wanted && !t.Matched && unchecked(counter - t.Comparator) < 0x8000_0000u;
+    }
+
+    private readonly bool[] _dueAfterRestore = new bool[TimerCount];
+
     /// <summary>Reads what <see cref="SaveState"/> wrote: the counter continues from its saved value, timers re-arm on
-    /// this clock, and level interrupts whose status bit was set are raised again.</summary>
+    /// this clock, level interrupts whose status bit was set are raised again, and matches saved as due are delivered at
+    /// <see cref="Resume"/> (when the vCPUs have their state).</summary>
     public void LoadState(BinaryReader r, int version)
     {
         ulong config = r.ReadUInt64();
@@ -149,6 +166,9 @@ public sealed class Vhpet : IMmioDevice, IDeviceState
         uint counter = r.ReadUInt32();
         var timers = new (ulong Config, uint Comparator, uint Period, ulong Fsb)[TimerCount];
         for (int i = 0; i < TimerCount; i++) timers[i] = (r.ReadUInt64(), r.ReadUInt32(), r.ReadUInt32(), r.ReadUInt64());
+        var due = new bool[TimerCount];
+        if (version >= 2)
+            for (int i = 0; i < TimerCount; i++) due[i] = r.ReadByte() != 0;
         lock (_lock)
         {
             ResetLocked();
@@ -163,10 +183,31 @@ public sealed class Vhpet : IMmioDevice, IDeviceState
                 _t[i].Comparator = timers[i].Comparator;
                 _t[i].Period = timers[i].Period;
                 _t[i].FsbRoute = timers[i].Fsb;
+                // A comparator the counter has passed was handled, unless the file says its match is still due.
+                _t[i].Matched = !due[i] && unchecked(counter - timers[i].Comparator) < 0x8000_0000u;
+                _dueAfterRestore[i] = due[i];
             }
             for (int i = 0; i < TimerCount; i++)
                 if ((status & (1u << i)) != 0 && IsLevelToPin(i)) RaiseLevel(i);
             for (int i = 0; i < TimerCount; i++) Arm(i, now);
+        }
+    }
+
+    /// <summary>Nothing to finish before a snapshot (timer callbacks are held by the clock).</summary>
+    public void Quiesce() { }
+
+    /// <summary>Delivers the matches a restore found due (see <see cref="SaveState"/>).</summary>
+    public void Resume()
+    {
+        for (int i = 0; i < TimerCount; i++)
+        {
+            bool due;
+            lock (_lock)
+            {
+                due = _dueAfterRestore[i];
+                _dueAfterRestore[i] = false;
+            }
+            if (due) OnTimer(i, _clock.NowNs);
         }
     }
 
@@ -283,6 +324,7 @@ public sealed class Vhpet : IMmioDevice, IDeviceState
                 {
                     t.Comparator = v;
                 }
+                t.Matched = false;
                 t.Config &= ~TnValSet;
                 Arm(n, now);
                 return;
@@ -329,6 +371,7 @@ public sealed class Vhpet : IMmioDevice, IDeviceState
             }
             else
             {
+                t.Matched = true;
                 Arm(n, now); // comparator == counter now, so the next match is one full wrap away
             }
         }

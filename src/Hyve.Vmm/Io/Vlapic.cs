@@ -36,7 +36,7 @@ public sealed class Vlapic : IMmioDevice
     private readonly ITimer _timer;
     private readonly Func<ulong>? _readTsc;
     private readonly long _busHz;
-    private readonly long _tscHz;
+    private long _tscHz;
     private readonly bool _eoiSuppression;
     private readonly uint _initialId;
     private readonly bool _bsp;
@@ -83,6 +83,18 @@ public sealed class Vlapic : IMmioDevice
         _eoiSuppression = eoiBroadcastSuppression;
         _timer = clock.CreateTimer(OnTimer);
         PowerOnReset();
+    }
+
+    /// <summary>The TSC rate the TSC-deadline timer converts with (the vCPU's TSC rate); set before <see cref="Restore"/>
+    /// when a restore changes it.</summary>
+    public long TscHz
+    {
+        get { lock (_lock) return _tscHz; }
+        set
+        {
+            ArgumentOutOfRangeException.ThrowIfLessThan(value, 1);
+            lock (_lock) _tscHz = value;
+        }
     }
 
     /// <summary>The initial (hardware) APIC ID.</summary>

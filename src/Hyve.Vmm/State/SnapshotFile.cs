@@ -31,8 +31,8 @@ public sealed record SnapshotHeader(int Major, int Minor, string HyveVersion, st
     public const int Size = 512;
     /// <summary>The format major version this Hyve writes and the newest it reads.</summary>
     public const int CurrentMajor = 1;
-    /// <summary>The format minor version this Hyve writes.</summary>
-    public const int CurrentMinor = 0;
+    /// <summary>The format minor version this Hyve writes (1: the manifest's <c>disks</c> and <c>guest_cpuid</c>).</summary>
+    public const int CurrentMinor = 1;
     /// <summary>The only architecture there is so far.</summary>
     public const string ThisArch = "x86_64";
 
@@ -94,6 +94,13 @@ public sealed record SnapshotHeader(int Major, int Minor, string HyveVersion, st
 /// <summary>One entry of the section table.</summary>
 public sealed record SectionEntry(string Name, string Instance, int Version, int Oldest, long Offset, long Length, uint Crc32C);
 
+/// <summary>A disk as it was when the snapshot was taken: what a restore compares with the disk it opens.</summary>
+/// <param name="Device">The device's config node ("pci.0.3.0").</param>
+/// <param name="Path">The disk's path then (it may be re-pointed at a restore).</param>
+/// <param name="Size">Its size in bytes.</param>
+/// <param name="Sample">SHA-256 of sampled blocks (see Hyve.Snapshot.DiskIdentity), lower-case hex.</param>
+public sealed record DiskEntry(string Device, string Path, long Size, string Sample);
+
 /// <summary>A memory segment's contents in the file: page-aligned, zero pages left as holes.</summary>
 public sealed record SegmentEntry(int Id, string Name, bool SysMem, ulong Length, long Offset);
 
@@ -124,6 +131,10 @@ public sealed class SnapshotManifest
     public List<SegmentEntry> Segments { get; } = [];
     /// <summary>Guest-physical ranges.</summary>
     public List<RangeEntry> Ranges { get; } = [];
+    /// <summary>The disks' identities (format 1.1; empty in older files).</summary>
+    public List<DiskEntry> Disks { get; } = [];
+    /// <summary>CPUID feature words the guest saw, by name ("1.ecx", "7.0.ebx", ...), in hex (format 1.1; empty in older files).</summary>
+    public List<KeyValuePair<string, string>> GuestCpuid { get; } = [];
 
     /// <summary>The manifest as indented JSON (UTF-8).</summary>
     public byte[] ToJson()
@@ -178,6 +189,20 @@ public sealed class SnapshotManifest
                 w.WriteEndObject();
             }
             w.WriteEndArray();
+            w.WriteStartArray("disks");
+            foreach (var d in Disks)
+            {
+                w.WriteStartObject();
+                w.WriteString("device", d.Device);
+                w.WriteString("path", d.Path);
+                w.WriteNumber("size", d.Size);
+                w.WriteString("sample_sha256", d.Sample);
+                w.WriteEndObject();
+            }
+            w.WriteEndArray();
+            w.WriteStartObject("guest_cpuid");
+            foreach (var (k, v) in GuestCpuid) w.WriteString(k, v);
+            w.WriteEndObject();
             w.WriteEndObject();
         }
         return ms.ToArray();
@@ -215,6 +240,12 @@ public sealed class SnapshotManifest
                     r.GetProperty("length").GetUInt64(), r.GetProperty("segment").GetInt32(), r.GetProperty("segment_offset").GetUInt64(),
                     r.GetProperty("prot").GetInt32()));
             }
+            if (root.TryGetProperty("disks", out var disks))
+                foreach (var d in disks.EnumerateArray())
+                    m.Disks.Add(new DiskEntry(Str(d, "device"), Str(d, "path"), d.GetProperty("size").GetInt64(), Str(d, "sample_sha256")));
+            if (root.TryGetProperty("guest_cpuid", out var cpuid))
+                foreach (var p in cpuid.EnumerateObject())
+                    m.GuestCpuid.Add(new(p.Name, p.Value.GetString() ?? throw new SnapshotFormatException($"manifest: guest_cpuid {p.Name} is not a string")));
             return m;
         }
         catch (Exception e) when (e is JsonException or KeyNotFoundException or InvalidOperationException or FormatException or OverflowException)

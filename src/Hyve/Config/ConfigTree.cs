@@ -19,6 +19,14 @@ public sealed class ConfigTree
     }
 
     private readonly Node _root = new() { Children = new(StringComparer.Ordinal) };
+    private HashSet<string>? _written;
+
+    /// <summary>From now on remembers every key set (<see cref="Written"/>): the options call it after the defaults, so a
+    /// restore can tell a value the command line gave from a default, even when the two are equal.</summary>
+    public void TrackWrites() => _written = new(StringComparer.Ordinal);
+
+    /// <summary>Keys set since <see cref="TrackWrites"/> (empty when not tracking).</summary>
+    public IReadOnlySet<string> Written => _written ?? (IReadOnlySet<string>)new HashSet<string>();
 
     /// <summary>Sets <paramref name="path"/> to <paramref name="value"/>, creating the nodes above it.
     /// Throws <see cref="ConfigException"/> when the path is malformed or collides with a node or value.</summary>
@@ -41,6 +49,7 @@ public sealed class ConfigTree
             node = next;
         }
         string leaf = parts[^1];
+        _written?.Add(string.Join('.', parts));
         if (node.Children!.TryGetValue(leaf, out var existing))
         {
             if (existing.Children is not null)

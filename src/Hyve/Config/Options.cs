@@ -108,6 +108,7 @@ public static class Options
         config.Set("memory.size", "256M");
         config.SetBool("x86.strictmsr", true);
         config.Set("lpc.fwcfg", "bhyve");
+        config.TrackWrites();
         var result = new ParseResult(config);
         int fwcfgItems = 0;
         try

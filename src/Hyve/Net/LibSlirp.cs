@@ -84,6 +84,11 @@ internal static unsafe partial class LibSlirp
     public static delegate* unmanaged<nint, byte*, int, void> Input;
     public static delegate* unmanaged<nint, int, uint, int, uint, int, int> AddHostFwd;
     public static delegate* unmanaged<byte*> VersionString;
+    // slirp_state_save(slirp, write_cb, opaque), slirp_state_load(slirp, version, read_cb, opaque), slirp_state_version();
+    // the callbacks are ssize_t (*)(void *buf, size_t len, void *opaque).
+    public static delegate* unmanaged<nint, delegate* unmanaged<byte*, nuint, nint, nint>, nint, int> StateSave;
+    public static delegate* unmanaged<nint, int, delegate* unmanaged<byte*, nuint, nint, nint>, nint, int> StateLoad;
+    public static delegate* unmanaged<int> StateVersion;
 
     private static readonly Lock Sync = new();
 
@@ -104,6 +109,9 @@ internal static unsafe partial class LibSlirp
                 Input = (delegate* unmanaged<nint, byte*, int, void>)NativeLibrary.GetExport(lib, "slirp_input");
                 AddHostFwd = (delegate* unmanaged<nint, int, uint, int, uint, int, int>)NativeLibrary.GetExport(lib, "slirp_add_hostfwd");
                 VersionString = (delegate* unmanaged<byte*>)NativeLibrary.GetExport(lib, "slirp_version_string");
+                StateSave = (delegate* unmanaged<nint, delegate* unmanaged<byte*, nuint, nint, nint>, nint, int>)NativeLibrary.GetExport(lib, "slirp_state_save");
+                StateLoad = (delegate* unmanaged<nint, int, delegate* unmanaged<byte*, nuint, nint, nint>, nint, int>)NativeLibrary.GetExport(lib, "slirp_state_load");
+                StateVersion = (delegate* unmanaged<int>)NativeLibrary.GetExport(lib, "slirp_state_version");
             }
             catch (EntryPointNotFoundException e)
             {

@@ -176,6 +176,103 @@ public sealed unsafe class SlirpBackend : INetBackend
         }
     }
 
+    // ---- state (snapshots) -----------------------------------------------------------------------------------
+
+    /// <summary>libslirp's own saved state (slirp_state_save) and the version it is in (slirp_state_version): its DHCP
+    /// leases (MAC to address) and IP identification counter, plus guestfwd connections, which hyve does not create.
+    /// Connections the guest made through the NAT are not in it: each is a host socket, which a new process cannot take
+    /// over, so after a restore the guest's old TCP connections are reset or time out and new ones work; hostfwd
+    /// listeners are opened again from the configuration.</summary>
+    public (int Version, byte[] State) SaveState() => OnLoop(() =>
+    {
+        var buf = new MemoryStream();
+        var h = GCHandle.Alloc(buf);
+        try
+        {
+            int r = LibSlirp.StateSave(_slirp, &CbStateWrite, GCHandle.ToIntPtr(h));
+            if (r < 0) throw new IOException($"slirp: slirp_state_save failed ({r})");
+        }
+        finally { h.Free(); }
+        return (LibSlirp.StateVersion(), buf.ToArray());
+    });
+
+    /// <summary>Loads <see cref="SaveState"/>'s bytes into this (fresh) instance; throws <see cref="InvalidDataException"/>
+    /// when libslirp refuses them or they come from a newer libslirp.</summary>
+    public void LoadState(int version, byte[] state)
+    {
+        ArgumentNullException.ThrowIfNull(state);
+        OnLoop(() =>
+        {
+            int mine = LibSlirp.StateVersion();
+            if (version < 1 || version > mine) throw new InvalidDataException($"slirp state version {version}; this libslirp loads 1 to {mine}");
+            var src = new StateSource(state);
+            var h = GCHandle.Alloc(src);
+            try
+            {
+                int r = LibSlirp.StateLoad(_slirp, version, &CbStateRead, GCHandle.ToIntPtr(h));
+                if (r < 0) throw new InvalidDataException($"slirp refused its saved state ({r})");
+                // Not every libslirp read checks its length: a short one is caught here.
+                if (src.Short) throw new InvalidDataException("slirp's saved state is truncated");
+                if (src.Stream.Position != state.Length) throw new InvalidDataException($"slirp left {state.Length - src.Stream.Position} bytes of its saved state unread");
+            }
+            finally { h.Free(); }
+            return 0;
+        });
+    }
+
+    [UnmanagedCallersOnly]
+    private static nint CbStateWrite(byte* buf, nuint len, nint opaque)
+    {
+        ((MemoryStream)GCHandle.FromIntPtr(opaque).Target!).Write(new ReadOnlySpan<byte>(buf, (int)len));
+        return (nint)len;
+    }
+
+    [UnmanagedCallersOnly]
+    private static nint CbStateRead(byte* buf, nuint len, nint opaque)
+    {
+        var src = (StateSource)GCHandle.FromIntPtr(opaque).Target!;
+        int n = src.Stream.Read(new Span<byte>(buf, (int)len));
+        if (n < (int)len)
+        {
+            src.Short = true;
+            new Span<byte>(buf + n, (int)len - n).Clear();
+        }
+        return n;
+    }
+
+    private sealed class StateSource(byte[] state)
+    {
+        public readonly MemoryStream Stream = new(state, writable: false);
+        public bool Short;
+    }
+
+    private readonly System.Collections.Concurrent.ConcurrentQueue<Action> _work = new();
+
+    // libslirp is not thread-safe: runs f on the slirp thread and waits for it.
+    private T OnLoop<T>(Func<T> f)
+    {
+        if (Thread.CurrentThread == _thread) return f();
+        if (_stopping) throw new IOException("slirp: the network thread has stopped");
+        T result = default!;
+        Exception? error = null;
+        using var done = new ManualResetEventSlim();
+        _work.Enqueue(() =>
+        {
+            try { result = f(); }
+            catch (Exception e) { error = e; }
+            finally { done.Set(); }
+        });
+        VirtioNative.Signal(_txFd);
+        if (!done.Wait(5000)) throw new IOException("slirp: the network thread did not answer within 5 s");
+        if (error is not null) throw error;
+        return result;
+    }
+
+    private void RunWork()
+    {
+        while (_work.TryDequeue(out var a)) a();
+    }
+
     // ---- the slirp thread ---------------------------------------------------------------------------------
 
     private void Loop()
@@ -205,6 +302,7 @@ public sealed unsafe class SlirpBackend : INetBackend
             LibSlirp.PollfdsPoll(_slirp, n < 0 ? 1 : 0, &GetREvents, GCHandle.ToIntPtr(_self));
             RunTimers();
             if (n > 0 && _fds[0].Revents != 0) VirtioNative.Drain(_txFd);
+            RunWork();
             FeedGuestFrames();
             if (_rxSignal)
             {
@@ -212,6 +310,7 @@ public sealed unsafe class SlirpBackend : INetBackend
                 VirtioNative.Signal(_rxFd);
             }
         }
+        RunWork();
         LibSlirp.Cleanup(_slirp);
         _slirp = 0;
     }

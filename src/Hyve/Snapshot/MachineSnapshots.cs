@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: BSD-2-Clause
 using System.Globalization;
 using Hyve.Config;
+using Hyve.Virtio;
 using Hyve.Vmm;
 using Hyve.Vmm.Control;
 using Hyve.Vmm.State;
@@ -73,9 +74,20 @@ public sealed class MachineSnapshots(Vm vm, ConfigTree config, TimerQueue clock)
         };
         foreach (var kv in config.Entries())
             if (!IsHostOnly(kv.Key)) manifest.Config.Add(kv);
+        manifest.GuestCpuid.AddRange(GuestCpuid.ForEngine(engine, vm.Topology));
+        // The disks were flushed by the quiesce: their identity now is the one the guest's state goes with.
+        foreach (var b in Disks()) manifest.Disks.Add(DiskIdentity.Compute(b.Where, b.DiskPath, b.SizeBytes));
         var header = new SnapshotHeader(SnapshotHeader.CurrentMajor, SnapshotHeader.CurrentMinor, HyveVersion, SnapshotHeader.ThisArch,
             engine, CpuFingerprint.Vendor(), CpuFingerprint.Features(), 0, 0, 0);
         SnapshotWriter.Write(path, header, manifest, sections, vm.Memory);
+    }
+
+    private List<VirtioBlock> Disks()
+    {
+        var list = new List<VirtioBlock>();
+        foreach (var e in vm.Devices.Entries)
+            if (e.Device is VirtioBlock b && !list.Contains(b)) list.Add(b);
+        return list;
     }
 
     /// <inheritdoc/>
@@ -99,12 +111,12 @@ public sealed class MachineSnapshots(Vm vm, ConfigTree config, TimerQueue clock)
     }
 
     // Keys that describe this run rather than the machine.
-    private static bool IsHostOnly(string key) => key is "restore_file" or "config.dump";
+    private static bool IsHostOnly(string key) => key is "restore_file" or "config.dump" or "snapshot.check_cpuid";
 
     /// <summary>Keys a restore may give other values than the snapshot's: the VM's name, the CPU engine (snapshots move
     /// between KVM and the software CPU), consoles, disk and socket paths, the debug server.</summary>
     public static bool IsRepointable(string key) =>
-        key is "name" or "restore_file" or "config.dump" or "accel" || key.StartsWith("gdb.", StringComparison.Ordinal)
+        key is "name" or "restore_file" or "config.dump" or "accel" or "snapshot.check_cpuid" || key.StartsWith("gdb.", StringComparison.Ordinal)
         || (key.StartsWith("lpc.com", StringComparison.Ordinal) && key.EndsWith(".path", StringComparison.Ordinal))
         || (key.StartsWith("pci.", StringComparison.Ordinal) && key.EndsWith(".path", StringComparison.Ordinal));
 
@@ -114,19 +126,23 @@ public sealed class MachineSnapshots(Vm vm, ConfigTree config, TimerQueue clock)
     /// </summary>
     public static ParseResult MergeOptions(ParseResult given, SnapshotReader snapshot)
     {
-        var defaults = Options.Parse(["x"]).Config;
+        ArgumentNullException.ThrowIfNull(given);
+        ArgumentNullException.ThrowIfNull(snapshot);
         var merged = new ConfigTree();
         foreach (var (k, v) in snapshot.Manifest.Config) merged.Set(k, v);
         var differ = new List<string>();
+        var written = given.Config.Written;
         foreach (var (k, v) in given.Config.Entries())
         {
-            if (k == "name" ? false : defaults.GetRaw(k) == v) continue; // a default the options did not change
+            // Only what the command line (or -k file) gave is compared: a default it did not write is the snapshot's to
+            // decide, while a value it gave is compared even when it equals the default (-m 256M against a 1G snapshot).
+            if (!written.Contains(k)) continue;
             if (IsRepointable(k))
             {
-                if (!IsHostOnly(k)) merged.Set(k, v);
+                if (!IsHostOnly(k) || k == "snapshot.check_cpuid") merged.Set(k, v); // that one is for this run only
                 continue;
             }
-            if (merged.GetRaw(k) != v) differ.Add(k);
+            if (!SameValue(k, merged.GetRaw(k), v)) differ.Add(k);
         }
         if (differ.Count > 0)
             throw new HostConfigException($"-r {snapshot.Path}: the options disagree with the snapshot's configuration on {string.Join(", ", differ)}");
@@ -141,11 +157,28 @@ public sealed class MachineSnapshots(Vm vm, ConfigTree config, TimerQueue clock)
         }
     }
 
+    // memory.size is compared as a size (-m 1024 and 1G are the same machine); everything else as written.
+    private static bool SameValue(string key, string? snapshot, string given)
+    {
+        if (snapshot == given) return true;
+        if (snapshot is null || key != "memory.size") return false;
+        var a = new ConfigTree();
+        var b = new ConfigTree();
+        a.Set(key, snapshot);
+        b.Set(key, given);
+        try { return a.GetMemorySize() == b.GetMemorySize(); }
+        catch (ConfigException) { return false; }
+    }
+
     /// <summary>Loads a checked snapshot into a machine built from its configuration: guest memory mapped copy-on-write,
     /// device sections into the inventory, vCPU states for the first run.</summary>
-    public void Restore(SnapshotReader snapshot)
+    public void Restore(SnapshotReader snapshot, string engine)
     {
+        ArgumentNullException.ThrowIfNull(snapshot);
         var m = snapshot.Manifest;
+        // The guest may use every CPU feature it saw: an engine (or host) without one of them cannot run it.
+        if (m.GuestCpuid.Count > 0 && config.GetBool("snapshot.check_cpuid", true) && GuestCpuid.Missing(m.GuestCpuid, GuestCpuid.ForEngine(engine, vm.Topology)) is { Count: > 0 } missing)
+            throw new HostConfigException($"-r {snapshot.Path}: the guest saw CPU features that this host's {engine} engine lacks: {string.Join(" ", missing)} (-o snapshot.check_cpuid=false restores anyway)");
         var segs = vm.Memory.Segments;
         if (m.Segments.Count != segs.Count)
             throw new HostConfigException($"-r {snapshot.Path}: the snapshot has {m.Segments.Count} memory segments, this machine {segs.Count}");
@@ -156,8 +189,21 @@ public sealed class MachineSnapshots(Vm vm, ConfigTree config, TimerQueue clock)
                 throw new HostConfigException($"-r {snapshot.Path}: memory segment {e.Name} ({e.Length} bytes) does not match this machine's");
         }
         if (m.Cpus != vm.CpuCount) throw new HostConfigException($"-r {snapshot.Path}: the snapshot has {m.Cpus} vCPUs, this machine {vm.CpuCount}");
+        // A disk whose size or sampled contents changed since the checkpoint would not match the guest's caches.
+        var disks = Disks();
+        foreach (var d in m.Disks)
+        {
+            var b = disks.Find(x => x.Where == d.Device)
+                ?? throw new HostConfigException($"-r {snapshot.Path}: the snapshot has disk {d.Device} ({d.Path}), this machine has none there");
+            if (DiskIdentity.Differs(d, DiskIdentity.Compute(b.Where, b.DiskPath, b.SizeBytes)) is { } why)
+                throw new HostConfigException($"-r {snapshot.Path}: disk {b.Where} ({b.DiskPath}) is not the one the snapshot was taken with: {why}");
+        }
+        StartupTrace.Mark("cpuid and disks checked");
         var devices = new List<StateSection>();
         var cpus = new VcpuState[vm.CpuCount];
+        // Guest memory first: a device's loader may look at its rings, and nothing may see the empty memory built here.
+        int fd = (int)snapshot.File.DangerousGetHandle();
+        foreach (var e in m.Segments) vm.Memory.MapFromFile(segs[e.Id], fd, e.Offset);
         try
         {
             foreach (var s in snapshot.ReadSections())
@@ -177,8 +223,9 @@ public sealed class MachineSnapshots(Vm vm, ConfigTree config, TimerQueue clock)
         {
             throw new HostConfigException($"-r {snapshot.Path}: {e.Message}");
         }
-        int fd = (int)snapshot.File.DangerousGetHandle();
-        foreach (var e in m.Segments) vm.Memory.MapFromFile(segs[e.Id], fd, e.Offset);
+        StartupTrace.Mark("sections loaded");
         vm.RestoredCpus = cpus;
+        // Devices with queues stay quiesced (their loaders leave them so) until every vCPU has its state.
+        vm.AfterRestore = vm.Devices.Resume;
     }
 }

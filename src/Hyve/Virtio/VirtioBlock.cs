@@ -76,6 +76,7 @@ public sealed unsafe class VirtioBlock : VirtioPciDevice
         _blockDevice = blockDevice;
         _direct = o.NoCache;
         ReadOnly = o.ReadOnly;
+        DiskPath = o.Path;
         SizeBytes = size;
         LogicalSectorSize = o.Logical;
         System.Text.Encoding.ASCII.GetBytes(o.Serial, _serial);
@@ -98,6 +99,8 @@ public sealed unsafe class VirtioBlock : VirtioPciDevice
 
     /// <summary>True for <c>ro</c>.</summary>
     public bool ReadOnly { get; }
+    /// <summary>The disk's path (an image file or a block device).</summary>
+    public string DiskPath { get; }
     /// <summary>Disk size in bytes.</summary>
     public long SizeBytes { get; }
     /// <summary>Logical sector size the guest is told.</summary>

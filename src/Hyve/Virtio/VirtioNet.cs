@@ -319,6 +319,41 @@ public sealed unsafe class VirtioNet : VirtioPciDevice
         if (q.NeedsInterrupt(oldUsed)) InterruptQueue(q);
     }
 
+    // ---- state ----------------------------------------------------------------------------------------------
+
+    // The device's own state: 0 (a tap: the host kernel keeps nothing of the guest's) or 1 and libslirp's state (its
+    // version, length and bytes: DHCP leases and the IP ID counter; see SlirpBackend.SaveState for what does not
+    // survive). Frames queued between the backend and the guest are not saved: a network may drop frames.
+    /// <inheritdoc/>
+    protected override void SaveDeviceState(BinaryWriter writer)
+    {
+        if (_backend is not SlirpBackend slirp)
+        {
+            writer.Write((byte)0);
+            return;
+        }
+        var (version, state) = slirp.SaveState();
+        writer.Write((byte)1);
+        writer.Write(version);
+        writer.Write(state.Length);
+        writer.Write(state);
+    }
+
+    /// <inheritdoc/>
+    protected override void LoadDeviceState(BinaryReader reader, int length)
+    {
+        if (length == 0) return; // a version-1 section: nothing of the backend's was saved
+        byte kind = reader.ReadByte();
+        if (kind == 0) return;
+        if (kind != 1) throw new InvalidDataException($"virtio-net {Where}: unknown backend state kind {kind}");
+        int version = reader.ReadInt32(), n = reader.ReadInt32();
+        if (n < 0 || n > length) throw new InvalidDataException($"virtio-net {Where}: slirp state of {n} bytes");
+        var state = reader.ReadBytes(n);
+        if (state.Length != n) throw new EndOfStreamException();
+        // A slirp snapshot restored onto a tap (or the reverse) has nothing to carry over: the link is simply new.
+        if (_backend is SlirpBackend slirp) slirp.LoadState(version, state);
+    }
+
     /// <inheritdoc/>
     public override void Dispose()
     {

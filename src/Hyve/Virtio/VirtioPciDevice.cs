@@ -641,12 +641,24 @@ public abstract class VirtioPciDevice : PciDevice, IDisposable, IDeviceState, IQ
 
     // ---- snapshot section (IDeviceState) ----------------------------------------------------------------
 
+    // Version 2 adds the device's own state after the queues (a length-prefixed blob: a slirp network's state, say).
     /// <inheritdoc/>
     public string StateName => "virtio-pci";
     /// <inheritdoc/>
-    public int StateVersion => 1;
+    public int StateVersion => 2;
     /// <inheritdoc/>
     public int OldestStateVersion => 1;
+
+    /// <summary>Writes the device's own state (beyond the transport and queues); runs quiesced, under the transport lock.
+    /// Default: none.</summary>
+    protected virtual void SaveDeviceState(BinaryWriter writer) { }
+
+    /// <summary>Reads what <see cref="SaveDeviceState"/> wrote (<paramref name="length"/> bytes, 0 for a version-1 section or
+    /// a device that saved nothing); an unusable value throws <see cref="InvalidDataException"/>. Default: none expected.</summary>
+    protected virtual void LoadDeviceState(BinaryReader reader, int length)
+    {
+        if (length != 0) throw new InvalidDataException($"virtio {Where}: {length} bytes of device state this device does not have");
+    }
 
     /// <inheritdoc/>
     public void SaveState(BinaryWriter writer)
@@ -661,6 +673,11 @@ public abstract class VirtioPciDevice : PciDevice, IDisposable, IDeviceState, IQ
             writer.Write(q.Size); writer.Write(q.Enabled); writer.Write(q.Desc); writer.Write(q.Driver); writer.Write(q.Device);
             writer.Write(q.MsixVector); writer.Write(q.LastAvail); writer.Write(q.UsedIdx); writer.Write(q.ResetPending);
         }
+        using var ms = new MemoryStream();
+        using (var dw = new BinaryWriter(ms, System.Text.Encoding.UTF8, leaveOpen: true))
+            lock (_lock) SaveDeviceState(dw);
+        writer.Write((int)ms.Length);
+        writer.Write(ms.GetBuffer(), 0, (int)ms.Length);
     }
 
     /// <inheritdoc/>
@@ -679,9 +696,21 @@ public abstract class VirtioPciDevice : PciDevice, IDisposable, IDeviceState, IQ
         for (int i = 0; i < n; i++)
             qs[i] = new VirtqueueState(reader.ReadUInt16(), reader.ReadBoolean(), reader.ReadUInt64(), reader.ReadUInt64(), reader.ReadUInt64(),
                 reader.ReadUInt16(), reader.ReadUInt16(), reader.ReadUInt16(), reader.ReadBoolean());
+        int length = version >= 2 ? reader.ReadInt32() : 0;
+        if (length < 0 || length > reader.BaseStream.Length - reader.BaseStream.Position)
+            throw new InvalidDataException($"virtio {Where}: device state of {length} bytes runs past its section");
         RestoreTransport(new VirtioTransportState(TransportStateVersion, status, drv, dsel, gsel, qsel, cvec, gen, (byte)(isr & 3), legacy, qs));
-        // Buffers the driver made available after the device quiesced for the save are served now.
-        foreach (var q in _queues) Notify((uint)q.Index);
+        long start = reader.BaseStream.Position;
+        lock (_lock)
+        {
+            LoadDeviceState(reader, length);
+            // The device stays quiesced until the VM's vCPUs have their state (the restore resumes the inventory then):
+            // buffers the driver made available after the save are served from that moment, and no interrupt reaches a
+            // LAPIC that is still to be loaded.
+            _quiesced = true;
+        }
+        if (reader.BaseStream.Position != start + length)
+            throw new InvalidDataException($"virtio {Where}: the device read {reader.BaseStream.Position - start} of its {length} bytes of state");
     }
 
     /// <inheritdoc/>
@@ -730,3 +759,4 @@ public abstract class VirtioPciDevice : PciDevice, IDisposable, IDeviceState, IQ
         public void MmioWrite(ulong offset, int size, ulong value) => d.LegacyWrite(offset, size, value);
     }
 }
+

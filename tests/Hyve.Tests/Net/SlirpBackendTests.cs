@@ -47,6 +47,40 @@ public sealed class SlirpBackendTests
         Assert.False(s.HasVnetHeader);
     }
 
+    // libslirp's saved state (what a snapshot keeps of a slirp network) holds its DHCP leases: restored into a new
+    // instance, the address leased before stays taken, so another machine is offered the next one.
+    [Fact]
+    public void SavedStateKeepsTheDhcpLeasesAndBrokenStateIsRefused()
+    {
+        byte[] other = [0x52, 0x54, 0x00, 0x12, 0x34, 0x99];
+        static byte[] Offered(SlirpBackend s, byte[] mac, uint xid)
+        {
+            Assert.True(s.SendFrame(DhcpDiscover(mac, xid)));
+            var f = WaitFrame(s, x => !DhcpReply(x).IsEmpty);
+            return DhcpReply(f).ToArray()[16..20];
+        }
+        (int Version, byte[] State) saved;
+        using (var a = new SlirpBackend([]))
+        {
+            Assert.Equal(Ip("10.0.2.15"), Offered(a, GuestMac, 1));
+            saved = a.SaveState();
+        }
+        Assert.Equal(4, saved.Version);
+        using (var fresh = new SlirpBackend([]))
+            Assert.Equal(Ip("10.0.2.15"), Offered(fresh, other, 2));
+        using (var b = new SlirpBackend([]))
+        {
+            b.LoadState(saved.Version, saved.State);
+            Assert.Equal(Ip("10.0.2.16"), Offered(b, other, 3));
+            Assert.Equal(Ip("10.0.2.15"), Offered(b, GuestMac, 4));
+        }
+        using (var c = new SlirpBackend([]))
+        {
+            Assert.Throws<InvalidDataException>(() => c.LoadState(saved.Version, saved.State[..^3]));
+            Assert.Throws<InvalidDataException>(() => c.LoadState(99, saved.State));
+        }
+    }
+
     [Fact]
     public void DhcpDiscoverGetsAnOfferOf10_0_2_15WithRouterAndDns()
     {

@@ -9,8 +9,9 @@ namespace Hyve.Tests.Snapshot;
 
 /// <summary>
 /// Linux across a checkpoint, a suspend and a restore in a new process, on the software CPU: Debian's cloud kernel with
-/// a busybox initramfs (tests/guests/counter-init) printing "tick N" on COM1 once a second and running a shell on COM2,
-/// which hyve serves on a UNIX socket. The count must go on where it stopped (no reboot) and the shell must answer.
+/// a busybox initramfs (tests/guests/snapshot-guest) printing "tick N" on COM1 once a second after writing it to a virtio
+/// disk, and running a shell on COM2, which hyve serves on a UNIX socket. The count must go on where it stopped (no
+/// reboot), the shell must answer, and the virtio disk, network, entropy device and console must go on working.
 /// </summary>
 public partial class LinuxSnapshotTests
 {
@@ -48,46 +49,98 @@ public partial class LinuxSnapshotTests
         }
     }
 
+    private static int FreePort()
+    {
+        using var l = new System.Net.Sockets.TcpListener(System.Net.IPAddress.Loopback, 0);
+        l.Start();
+        return ((System.Net.IPEndPoint)l.LocalEndpoint).Port;
+    }
+
+    // One boot checks the whole machine across the snapshot: the counter on COM1, the shell on COM2, and the virtio
+    // devices with their queues in the state the guest left them: the disk the counter writes every tick to (every tick
+    // must be on it, before and after the restore), the network (slirp; a fetch from a host HTTP server at 10.0.2.2),
+    // the entropy device and a virtio console (re-pointed to another file by the restore).
     [Fact]
-    public void Linux_keeps_counting_and_its_shell_answers_after_checkpoint_suspend_and_restore_in_a_new_process()
+    public void Linux_keeps_counting_writing_its_disk_and_using_its_network_after_checkpoint_suspend_and_restore_in_a_new_process()
     {
         string? kernel = FirmwareTests.CloudKernel();
         Assert.True(kernel is not null, "no /boot/vmlinuz-*-cloud-amd64: scripts/test installs linux-image-cloud-amd64");
         string dir = Directory.CreateTempSubdirectory("hyve-lnxsnap").FullName;
         string initrd = Path.Combine(dir, "initrd.gz");
-        var psi = new System.Diagnostics.ProcessStartInfo(Path.Combine(HyveProcess.RepoRoot, "tests", "guests", "busybox-initramfs"), initrd);
-        psi.Environment["INIT"] = Path.Combine(HyveProcess.RepoRoot, "tests", "guests", "counter-init");
-        var build = System.Diagnostics.Process.Start(psi)!;
+        var build = System.Diagnostics.Process.Start(Path.Combine(HyveProcess.RepoRoot, "tests", "guests", "snapshot-guest"), initrd);
         build.WaitForExit();
-        Assert.True(build.ExitCode == 0, "tests/guests/busybox-initramfs failed: scripts/test installs busybox-static");
-        string name = "ls" + Guid.NewGuid().ToString("N")[..8];
-        string cp = Path.Combine(dir, "checkpoint.hyvesnap"), sus = Path.Combine(dir, "suspend.hyvesnap");
-        string sock1 = Path.Combine(dir, "shell1.sock"), sock2 = Path.Combine(dir, "shell2.sock");
-        using var vm = HyveProcess.Start(Backends.Args("soft", "-m", "256M", "-o", $"boot.kernel={kernel}", "-o", $"boot.initrd={initrd}",
-            "-o", "boot.cmdline=console=ttyS0 quiet", "-l", "com1,stdio", "-l", $"com2,unix:{sock1}", name));
-        vm.WaitForOutput("tick 2\n", 300);
-        Shell(sock1, "echo first $((6*7))", "first 42");
+        Assert.True(build.ExitCode == 0, "tests/guests/snapshot-guest failed: scripts/test installs busybox-static and linux-image-cloud-amd64");
+        string disk = Path.Combine(dir, "disk.img");
+        using (var f = File.Create(disk)) f.SetLength(4 << 20);
+        string token = "HYVE-HTTP-" + Guid.NewGuid().ToString("N")[..12];
+        Directory.CreateDirectory(Path.Combine(dir, "www"));
+        File.WriteAllText(Path.Combine(dir, "www", "hello"), token + "\n");
+        int httpPort = FreePort();
+        using var httpd = System.Diagnostics.Process.Start(new System.Diagnostics.ProcessStartInfo("busybox",
+            $"httpd -f -p 127.0.0.1:{httpPort} -h {Path.Combine(dir, "www")}"))!;
+        try
+        {
+            string name = "ls" + Guid.NewGuid().ToString("N")[..8];
+            string cp = Path.Combine(dir, "checkpoint.hyvesnap"), sus = Path.Combine(dir, "suspend.hyvesnap");
+            string sock1 = Path.Combine(dir, "shell1.sock"), sock2 = Path.Combine(dir, "shell2.sock");
+            string hvc1 = Path.Combine(dir, "hvc1.txt"), hvc2 = Path.Combine(dir, "hvc2.txt");
+            string wget = $"wget -q -O - http://10.0.2.2:{httpPort}/hello";
+            using var vm = HyveProcess.Start(Backends.Args("soft", "-m", "256M", "-s", "0,hostbridge", "-s", "1,lpc",
+                "-s", $"3,virtio-blk,{disk}", "-s", "4,virtio-net,slirp", "-s", "5,virtio-rnd", "-s", $"6,virtio-console,con={hvc1}",
+                "-o", $"boot.kernel={kernel}", "-o", $"boot.initrd={initrd}",
+                "-o", "boot.cmdline=console=ttyS0 quiet", "-l", "com1,stdio", "-l", $"com2,unix:{sock1}", name));
+            vm.WaitForOutput("tick 2\n", 300);
+            Assert.Contains("HYVE-LEASE ip=10.0.2.15", vm.Stdout, StringComparison.Ordinal);
+            Shell(sock1, "echo first $((6*7))", "first 42");
+            Shell(sock1, wget, token);
 
-        var c = vm.Ctl($"--vm={name}", $"--checkpoint={cp}");
-        Assert.True(c.Status == 0, c.Err);
-        int atCheckpoint = LastTick(vm);
-        // The VM goes on after a checkpoint.
-        vm.WaitForOutput($"tick {atCheckpoint + 2}\n", 60);
-        c = vm.Ctl($"--vm={name}", $"--suspend={sus}");
-        Assert.True(c.Status == 0, c.Err);
-        vm.WaitForExit(60);
-        Assert.True(vm.ExitCode == 0, $"status {vm.ExitCode}: {vm.Stderr}");
-        int last = LastTick(vm);
+            var c = vm.Ctl($"--vm={name}", $"--checkpoint={cp}");
+            Assert.True(c.Status == 0, c.Err);
+            int atCheckpoint = LastTick(vm);
+            // The VM goes on after a checkpoint, disk and network too.
+            vm.WaitForOutput($"tick {atCheckpoint + 2}\n", 60);
+            Shell(sock1, wget, token);
+            c = vm.Ctl($"--vm={name}", $"--suspend={sus}");
+            Assert.True(c.Status == 0, c.Err);
+            vm.WaitForExit(60);
+            Assert.True(vm.ExitCode == 0, $"status {vm.ExitCode}: {vm.Stderr}");
+            int last = LastTick(vm);
 
-        using var r = HyveProcess.Start(Backends.Args("soft", "-r", sus, "-l", $"com2,unix:{sock2}", name));
-        r.WaitForOutput($"tick {last + 2}\n", 60);
-        Assert.DoesNotContain("Linux version", r.Stdout, StringComparison.Ordinal); // no reboot
-        Assert.DoesNotContain("HYVE-COUNTER-START", r.Stdout, StringComparison.Ordinal);
-        var ticks = Ticks(vm.Stdout + r.Stdout);
-        for (int i = 1; i < ticks.Count; i++) Assert.True(ticks[i] == ticks[i - 1] + 1, $"tick {ticks[i]} follows {ticks[i - 1]}");
-        Shell(sock2, "echo again $((2+3)) $(cat /proc/uptime)", "again 5");
-        Assert.True(r.Ctl($"--vm={name}", "--force-poweroff").Status == 0);
-        r.WaitForExit(30);
+            using var r = HyveProcess.Start(Backends.Args("soft", "-r", sus, "-l", $"com2,unix:{sock2}",
+                "-s", $"6,virtio-console,con={hvc2}", name));
+            r.WaitForOutput($"tick {last + 3}\n", 60);
+            Assert.DoesNotContain("Linux version", r.Stdout, StringComparison.Ordinal); // no reboot
+            Assert.DoesNotContain("HYVE-COUNTER-START", r.Stdout, StringComparison.Ordinal);
+            var ticks = Ticks(vm.Stdout + r.Stdout);
+            for (int i = 1; i < ticks.Count; i++) Assert.True(ticks[i] == ticks[i - 1] + 1, $"tick {ticks[i]} follows {ticks[i - 1]}");
+            Shell(sock2, "echo again $((2+3)) $(cat /proc/uptime)", "again 5");
+            // The disk reads back what was written before the suspend; the network fetches again; the entropy device
+            // answers; the virtio console writes to the file the restore pointed it at.
+            Shell(sock2, "echo disk-$(dd if=/dev/vda bs=512 skip=1 count=1 2>/dev/null | head -c 6)-end", "disk-tick 1-end");
+            Shell(sock2, wget, token);
+            Shell(sock2, "echo rng $(head -c 8 /dev/hwrng | wc -c)", "rng 8");
+            Shell(sock2, "echo HYVE-HVC-AFTER >/dev/hvc0; echo hvc-written", "hvc-written");
+            for (int i = 0; i < 100 && !File.ReadAllText(hvc2).Contains("HYVE-HVC-AFTER", StringComparison.Ordinal); i++) Thread.Sleep(100);
+            Assert.Contains("HYVE-HVC-AFTER", File.ReadAllText(hvc2), StringComparison.Ordinal);
+            Assert.True(r.Ctl($"--vm={name}", "--force-poweroff").Status == 0);
+            r.WaitForExit(30);
+            Assert.DoesNotContain("needs reset", vm.Stderr + r.Stderr, StringComparison.Ordinal);
+            Assert.DoesNotContain("HYVE-DISK-WRITE-FAILED", vm.Stdout + r.Stdout, StringComparison.Ordinal);
+
+            // Every tick the console showed, before and after the restore, is in its sector of the disk.
+            int final = LastTick(r);
+            var bytes = File.ReadAllBytes(disk);
+            for (int t = 1; t <= final; t++)
+            {
+                string want = $"tick {t}\n";
+                string got = Encoding.ASCII.GetString(bytes, 512 * t, want.Length);
+                Assert.True(got == want, $"sector {t} holds '{got.TrimEnd('\0', '\n')}', not '{want.TrimEnd()}' (last tick {final}, suspended at {last})");
+            }
+        }
+        finally
+        {
+            httpd.Kill();
+        }
         Directory.Delete(dir, true);
     }
 }

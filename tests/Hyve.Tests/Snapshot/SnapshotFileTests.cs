@@ -82,7 +82,7 @@ public class SnapshotFileTests
 /// <summary>hyve -r with files it must refuse: one line, status 4, nothing started.</summary>
 public class SnapshotRefusalTests
 {
-    private static (string Dir, string File, string Name) TakeSnapshot()
+    internal static (string Dir, string File, string Name) TakeSnapshot()
     {
         string rom = GuestRom.ToFile(SnapshotRomTests.CounterRom());
         string name = "s" + Guid.NewGuid().ToString("N")[..10];
@@ -97,7 +97,7 @@ public class SnapshotRefusalTests
         return (dir, file, name);
     }
 
-    private static void AssertRefused(string[] args, string expected)
+    internal static void AssertRefused(string[] args, string expected)
     {
         using var p = HyveProcess.Run(["-o", "accel=soft", .. args]);
         Assert.True(p.ExitCode == 4, $"status {p.ExitCode}: {p.Stderr}");
@@ -129,11 +129,59 @@ public class SnapshotRefusalTests
         AssertRefused(["-r", Variant("flipped-header", b => b[100] ^= 1), name], "header checksum mismatch");
         AssertRefused(["-r", Variant("flipped-manifest", b => b[manifestOffset(b) + 20] ^= 1), name], "manifest checksum mismatch");
         AssertRefused(["-r", Variant("arch", b => { Encoding.ASCII.GetBytes("riscv64\0").CopyTo(b, 48); Reseal(b); }), name], "architecture riscv64");
-        AssertRefused(["-r", Variant("major", b => { BinaryPrimitives.WriteUInt16LittleEndian(b.AsSpan(8), 9); Reseal(b); }), name], "format version 9.0 is newer");
+        AssertRefused(["-r", Variant("major", b => { BinaryPrimitives.WriteUInt16LittleEndian(b.AsSpan(8), 9); BinaryPrimitives.WriteUInt16LittleEndian(b.AsSpan(10), 0); Reseal(b); }), name], "format version 9.0 is newer");
         AssertRefused(["-r", Path.Combine(dir, "absent"), name], "cannot open");
         // Options must agree with the snapshot's configuration; the reply names every key that does not.
         AssertRefused(["-r", file, "-m", "128M", "-c", "2", name], "on cpus, memory.size");
+        // A value given explicitly is compared even when it is the default (256M; strictmsr true, which -w clears).
+        AssertRefused(["-r", file, "-m", "256M", name], "on memory.size");
+        AssertRefused(["-r", file, "-w", name], "on x86.strictmsr");
+        // The guest saw CPU features this engine lacks (as if taken on a host with AVX-512): refused, naming them.
+        AssertRefused(["-r", WithManifest(good, Path.Combine(dir, "cpuid"), m =>
+        {
+            int i = m.GuestCpuid.FindIndex(kv => kv.Key == "7.0.ebx");
+            uint v = uint.Parse(m.GuestCpuid[i].Value, System.Globalization.NumberStyles.HexNumber, System.Globalization.CultureInfo.InvariantCulture);
+            m.GuestCpuid[i] = new("7.0.ebx", (v | 1u << 16 | 1u << 30).ToString("x8", System.Globalization.CultureInfo.InvariantCulture));
+        }), name], "lacks: avx512f avx512bw");
         Directory.Delete(dir, true);
+    }
+
+    // The options a restore runs with: the snapshot's configuration plus what the command line re-points.
+    [Fact]
+    public void Options_equal_to_the_snapshot_in_another_spelling_agree_and_repointed_paths_are_taken()
+    {
+        var (dir, file, name) = TakeSnapshot();
+        using (var r = SnapshotReader.Open(file))
+        {
+            var merged = Hyve.Snapshot.MachineSnapshots.MergeOptions(Hyve.Config.Options.Parse(["-r", file, "-m", "64", "-l", "com1,/tmp/x.log", name]), r);
+            Assert.Equal("/tmp/x.log", merged.Config.Get("lpc.com1.path"));
+            Assert.Equal(64ul << 20, merged.MemorySize);
+            // Nothing given but the file: the snapshot's values, defaults included, stand.
+            merged = Hyve.Snapshot.MachineSnapshots.MergeOptions(Hyve.Config.Options.Parse(["-r", file]), r);
+            Assert.Equal(name, merged.Config.Get("name"));
+            Assert.Equal("64M", merged.Config.Get("memory.size"));
+            var e = Assert.Throws<Hyve.HostConfigException>(() =>
+                Hyve.Snapshot.MachineSnapshots.MergeOptions(Hyve.Config.Options.Parse(["-r", file, "-o", "lpc.fwcfg=bhyve", "-m", "256M", name]), r));
+            Assert.EndsWith("on memory.size", e.Message, StringComparison.Ordinal); // fwcfg=bhyve is the snapshot's too
+        }
+        Directory.Delete(dir, true);
+    }
+
+    // Writes a copy of a snapshot whose manifest was edited (the manifest is the file's tail), resealed.
+    internal static string WithManifest(byte[] good, string path, Action<SnapshotManifest> edit)
+    {
+        long at = BinaryPrimitives.ReadInt64LittleEndian(good.AsSpan(104)), len = BinaryPrimitives.ReadInt64LittleEndian(good.AsSpan(112));
+        var m = SnapshotManifest.Parse(good.AsSpan((int)at, (int)len));
+        edit(m);
+        var json = m.ToJson();
+        var b = new byte[at + json.Length];
+        good.AsSpan(0, (int)at).CopyTo(b);
+        json.CopyTo(b, at);
+        BinaryPrimitives.WriteInt64LittleEndian(b.AsSpan(112), json.Length);
+        BinaryPrimitives.WriteUInt32LittleEndian(b.AsSpan(120), Crc32C.Compute(json));
+        Reseal(b);
+        File.WriteAllBytes(path, b);
+        return path;
     }
 
     private static long manifestOffset(byte[] b) => BinaryPrimitives.ReadInt64LittleEndian(b.AsSpan(104));
@@ -144,7 +192,7 @@ public class SnapshotRefusalTests
         return r.Manifest;
     }
 
-    private static void Reseal(byte[] b)
+    internal static void Reseal(byte[] b)
     {
         BinaryPrimitives.WriteUInt32LittleEndian(b.AsSpan(124), 0);
         BinaryPrimitives.WriteUInt32LittleEndian(b.AsSpan(124), Crc32C.Compute(b.AsSpan(0, 512)));
