@@ -21,8 +21,8 @@ namespace Hyve;
 /// the control, GDB and VNC servers accept connections, slirp opens the guest's outbound sockets, a guest reset reads
 /// the kernel again, and the .NET runtime (GC, thread pool, timers) creates threads and maps memory. What no thread
 /// may do: execute programs, create processes, trace, mount, load modules, change credentials, open raw or packet
-/// sockets, use 32-bit or x32 system calls. The vCPU threads additionally may not create, bind, connect or accept
-/// sockets. ioctl is allowed by number only (KVM, terminal, FIONBIO), as is openat (a file's checks are the kernel's).
+/// sockets, use 32-bit or x32 system calls. The vCPU threads (and threads they start) additionally may not create,
+/// bind or connect sockets. ioctl is allowed by number only (KVM, terminal, FIONBIO), as is openat (a file's checks are the kernel's).
 /// </remarks>
 public static partial class HostSandbox
 {
@@ -36,7 +36,8 @@ public static partial class HostSandbox
     [
         // Memory and the runtime
         "futex", "mmap", "munmap", "mprotect", "madvise", "mremap", "brk", "membarrier", "mlock", "munlock", "mincore",
-        "rt_sigaction", "rt_sigprocmask", "rt_sigreturn", "sigaltstack", "tgkill", "tkill", "gettid", "getpid", "getppid",
+        "rt_sigaction", "rt_sigprocmask", "rt_sigreturn", "rt_sigtimedwait", "rt_sigpending", "rt_sigsuspend",
+        "sigaltstack", "tgkill", "tkill", "gettid", "getpid", "getppid",
         "clock_gettime", "clock_getres", "gettimeofday", "time", "clock_nanosleep", "nanosleep", "sched_yield",
         "sched_getaffinity", "sched_setaffinity", "sched_getparam", "sched_getscheduler", "getcpu", "set_robust_list",
         "rseq", "exit", "exit_group", "restart_syscall", "getrandom", "uname", "sysinfo", "getrusage", "times",
@@ -57,8 +58,8 @@ public static partial class HostSandbox
         "getsockopt", "setsockopt",
     ];
 
-    // Creating and joining sockets: the control, GDB and VNC servers accept, slirp connects the guest's sockets.
-    private static readonly string[] Networking = ["connect", "bind", "listen", "accept", "accept4"];
+    // Creating, binding and connecting sockets: slirp connects the guest's sockets, and a console or server may bind.
+    private static readonly string[] Networking = ["connect", "bind", "listen"];
 
     /// <summary>The allow-list every thread of hyve gets once the VM is about to run.</summary>
     public static List<SyscallRule> ProcessRules()
@@ -71,7 +72,11 @@ public static partial class HostSandbox
         return rules;
     }
 
-    /// <summary>The narrower list each vCPU thread adds: no socket is created, bound, connected or accepted there.</summary>
+    /// <summary>The narrower list each vCPU thread adds: no socket is created, bound or connected there. A thread
+    /// inherits its creator's filters, and the .NET runtime starts thread-pool and timer threads from whichever thread
+    /// needs one first, a vCPU thread included; so this list keeps what those threads do for the control server and the
+    /// consoles (accepting connections, reading and writing files and sockets). A filter per I/O or control thread kind
+    /// would leak into runtime threads the same way, which is why there are two lists and not four.</summary>
     public static List<SyscallRule> VcpuRules() => Common();
 
     private static List<SyscallRule> Common()
@@ -86,6 +91,10 @@ public static partial class HostSandbox
         rules.Add(new("prctl", new ArgCheck(0, [PrSetName, PrGetName, PrSetVma, PrGetDumpable, PrSetNoNewPrivs])));
         // seccomp itself: a vCPU thread stacks its own filter (filters only ever narrow).
         rules.Add(new("seccomp"));
+        // Accepting a connection on a socket bound at start-up (control, GDB, VNC): on their threads or on a
+        // thread-pool thread, which may have been born on a vCPU thread.
+        rules.Add(new("accept"));
+        rules.Add(new("accept4"));
         return rules;
     }
 
