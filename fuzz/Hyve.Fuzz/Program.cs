@@ -33,8 +33,14 @@ public static class Program
             using var mem = new GuestMemory(64ul << 20);
             try { KernelLoader.Load(mem, f, null, "console=ttyS0"); }
             catch (HostConfigException) { }
+            catch (Exception e) when (MoreTargets.IsHostError(e)) { }
         },
     };
+
+    static Program()
+    {
+        foreach (var (name, body) in MoreTargets.All) Targets[name] = body;
+    }
 
     private static string? _temp;
 
@@ -58,6 +64,7 @@ public static class Program
             try { target(data); }
             catch (ConfigException) { }
             catch (HostConfigException) { }
+            catch (Exception e) when (MoreTargets.IsHostError(e)) { }
         }
         if (args.Length > 1)
         {

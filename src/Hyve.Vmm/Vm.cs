@@ -127,6 +127,10 @@ public sealed class Vm : IVmControl
     /// <summary>Every device of the VM: built here and by the machine, reset, saved and restored in one stated order.</summary>
     public DeviceInventory Devices { get; } = new();
 
+    /// <summary>Called on each vCPU thread, after it is pinned and attached and before its first instruction (the
+    /// machine's syscall sandbox narrows the thread's filter there).</summary>
+    public Action<int>? VcpuThreadStarting { get; set; }
+
     /// <summary>Raised once, on the thread that called the first <see cref="Run"/>, when the vCPUs have run for
     /// <see cref="SettleProbes"/> halt-monitor intervals: start-up is over.</summary>
     public event Action? SettledAfterStart;
@@ -255,6 +259,7 @@ public sealed class Vm : IVmControl
         {
             PinThread(slot.Id);
             vcpu.AttachThread();
+            VcpuThreadStarting?.Invoke(slot.Id);
             if (slot.Restored is { } restored)
             {
                 vcpu.SetState(restored);

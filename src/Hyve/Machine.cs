@@ -207,6 +207,8 @@ public sealed class Machine : IDisposable
         bool exitOnReboot = _config.GetBool("exit_on_reboot", false);
         // Start-up is over once the vCPUs run: let go of the code that only it needed (see StartupPages).
         Vm.SettledAfterStart += () => StartupPages.Trim();
+        // Start-up is over and the VM is about to run: from here on only the calls a running VM needs (HostSandbox).
+        HostSandbox.Enter(_config, Vm);
         while (true)
         {
             var stop = Vm.Run(_createBackend);

@@ -16,6 +16,7 @@ public static class Program
     public static int Main(string[] args)
     {
         StartupTrace.Mark("main");
+        HostSignals.IgnoreFileSizeLimitSignal();
         var r = Options.Parse(args);
         StartupTrace.Mark("options parsed");
         if (r.Error is not null)

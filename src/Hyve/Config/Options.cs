@@ -150,6 +150,7 @@ public static class Options
                 return UsageError(result, "missing VM name");
 
             RefuseUnimplemented(config);
+            HostSandbox.Wanted(config); // sandbox=on|off, checked before anything starts
 
             if (config.GetBool("config.dump", false))
             {

@@ -102,7 +102,7 @@ public abstract class ConsoleBackend : IConsoleBackend
             if (_outputClosed) return;
             if (_count == OutputCapacity)
             {
-                _dropped++;
+                Interlocked.Increment(ref _dropped);
                 Interlocked.Increment(ref _totalDropped);
                 return;
             }
@@ -186,7 +186,10 @@ public abstract class ConsoleBackend : IConsoleBackend
                 }
                 catch (Exception e) when (e is IOException or ObjectDisposedException or System.Net.Sockets.SocketException or InvalidOperationException)
                 {
-                    // The host side went away; guest output is dropped, as a serial line with nothing attached drops it.
+                    // The host side went away or refused the bytes (a full disk, a file-size limit): the chunk is
+                    // dropped, as a serial line with nothing attached drops it, and counted with the rest.
+                    Interlocked.Add(ref _dropped, n);
+                    Interlocked.Add(ref _totalDropped, n);
                 }
             }
         }
