@@ -47,6 +47,9 @@ public sealed unsafe partial class InstructionEngine
     private bool RunTranslated(CpuState cpu, Translator jit, JitBlock jb, int budget, Tlb tlb, ref int executed)
     {
         var s = cpu.Block;
+        // The interpreter may have changed a base since the last block (WRFSBASE/WRGSBASE do not end a Run call).
+        s->FsBase = cpu.Segs[(int)Seg.Fs].Descriptor.Base;
+        s->GsBase = cpu.Segs[(int)Seg.Gs].Descriptor.Base;
         if (tlb.Epoch != _jitTlbEpoch || !tlb.MapUnchanged)
         {
             JitTlb.FlushAll(s);
