@@ -19,7 +19,7 @@ if (what is "startup" or "all") Startup();
 if (what is "footprint" or "all") Footprint();
 if (what is "mips" or "all") Mips();
 if (what is "snapshot" or "all") Snapshots();
-if (what is "vnc" or "all") VncBench.Run(hyve, Rom);
+if (what is "vnc" or "vnc-idle" or "all") VncBench.Run(hyve, Rom, idleOnly: what == "vnc-idle");
 return 0;
 
 // 200,000 reads of COM1's line status register, then the debug-exit port: every read is a VM exit

@@ -21,6 +21,8 @@ internal static class KvmApi
     public static readonly nuint GetSupportedCpuid = Iowr(0x05, 8);
     public static readonly nuint CreateVcpu = Io(0x41);
     public static readonly nuint SetUserMemoryRegion = Iow(0x46, 32);
+    /// <summary>KVM_GET_DIRTY_LOG: a slot's dirty bitmap since the last call, cleared as it is read (struct kvm_dirty_log).</summary>
+    public static readonly nuint GetDirtyLog = Iow(0x42, 16);
     public static readonly nuint SetTssAddr = Io(0x47);
     public static readonly nuint SetIdentityMapAddr = Iow(0x48, 8);
     public static readonly nuint SetGsiRouting = Iow(0x6a, 8);
@@ -75,6 +77,8 @@ internal static class KvmApi
     public const uint MsrExitReasonUnknown = 1u << 1;
 
     public const uint MemReadonly = 1u << 1;
+    /// <summary>KVM_MEM_LOG_DIRTY_PAGES: KVM write-protects the slot and logs the pages the guest writes.</summary>
+    public const uint MemLogDirtyPages = 1u << 0;
 
     public const uint ExitUnknown = 0, ExitException = 1, ExitIo = 2, ExitHypercall = 3, ExitDebug = 4, ExitHlt = 5,
         ExitMmio = 6, ExitIrqWindowOpen = 7, ExitShutdown = 8, ExitFailEntry = 9, ExitIntr = 10, ExitNmi = 16,
@@ -149,6 +153,14 @@ internal unsafe struct KvmSregs
     public KvmDtable Gdt, Idt;
     public ulong Cr0, Cr2, Cr3, Cr4, Cr8, Efer, ApicBase;
     public fixed ulong InterruptBitmap[4];
+}
+
+/// <summary>struct kvm_dirty_log (the bitmap pointer in the union with padding2).</summary>
+[StructLayout(LayoutKind.Sequential)]
+internal struct KvmDirtyLogArgs
+{
+    public uint Slot, Padding1;
+    public ulong DirtyBitmap;
 }
 
 /// <summary>struct kvm_userspace_memory_region.</summary>

@@ -10,7 +10,7 @@ namespace Hyve.Kvm;
 /// guest-physical map, split irqchip (KVM's local APICs, everything else Hyve's), and user-space MSR exits.
 /// A guest reset disposes it and creates a fresh one over the same memory.
 /// </summary>
-public sealed unsafe class KvmBackend : ICpuBackend
+public sealed unsafe class KvmBackend : ICpuBackend, IDirtyPageSource
 {
     // Below the 16 MiB a boot ROM may take under 4 GiB, as QEMU places them.
     private const ulong IdentityMapAddress = 0xfeffc000;
@@ -37,6 +37,7 @@ public sealed unsafe class KvmBackend : ICpuBackend
             // level-triggered and must exit with KVM_EXIT_IOAPIC_EOI.
             EnableCap(KvmApi.CapSplitIrqchip, (ulong)vm.Ioapic.PinCount, required: true);
             UserSpaceMsr = EnableCap(KvmApi.CapX86UserSpaceMsr, KvmApi.MsrExitReasonUnknown, required: false);
+            vm.Memory.DirtySource = this; // segments with a dirty log (the framebuffer) are asked through KVM_GET_DIRTY_LOG
             foreach (var m in vm.Memory.Mappings) OnMappingChanged(m, true);
             vm.Memory.MappingChanged += OnMappingChanged;
             vm.Ioapic.EntryChanged += OnIoapicEntryChanged;
@@ -138,7 +139,7 @@ public sealed unsafe class KvmBackend : ICpuBackend
             var region = new KvmUserspaceMemoryRegion
             {
                 Slot = slot,
-                Flags = (m.Prot & MemProt.Write) == 0 ? KvmApi.MemReadonly : 0,
+                Flags = SlotFlags(m.Prot, m.Segment.DirtyLog is not null),
                 GuestPhysAddr = m.Gpa,
                 MemorySize = added ? m.Length : 0,
                 UserspaceAddr = (ulong)(m.Segment.Host + m.SegOffset),
@@ -149,9 +150,58 @@ public sealed unsafe class KvmBackend : ICpuBackend
         }
     }
 
+    /// <summary>The flags of a slot: read-only for ROM, dirty logging for a segment with a dirty log.</summary>
+    internal static uint SlotFlags(MemProt prot, bool logDirty) =>
+        ((prot & MemProt.Write) == 0 ? KvmApi.MemReadonly : 0) | (logDirty && (prot & MemProt.Write) != 0 ? KvmApi.MemLogDirtyPages : 0);
+
+    /// <summary>ORs slot bitmap <paramref name="slotBits"/> (bit N = page N of a mapping that starts at page
+    /// <paramref name="segPage"/> of its segment and spans <paramref name="slotPages"/> pages) into the segment's
+    /// bitmap <paramref name="segBits"/>; pages past the segment's bitmap are ignored.</summary>
+    internal static void MergeSlotBitmap(ReadOnlySpan<ulong> slotBits, long segPage, long slotPages, Span<ulong> segBits)
+    {
+        for (int w = 0; w < slotBits.Length; w++)
+        {
+            ulong v = slotBits[w];
+            while (v != 0)
+            {
+                int b = global::System.Numerics.BitOperations.TrailingZeroCount(v);
+                v &= v - 1;
+                long page = (long)w * 64 + b;
+                if (page >= slotPages) break;
+                long p = segPage + page;
+                if ((ulong)p < (ulong)segBits.Length * 64) segBits[(int)(p >> 6)] |= 1ul << (int)(p & 63);
+            }
+        }
+    }
+
+    /// <inheritdoc/>
+    public void CollectDirty(MemSegment segment, Span<ulong> pages)
+    {
+        lock (_gate)
+        {
+            foreach (var (m, slot) in _slots)
+            {
+                if (m.Segment != segment || (m.Prot & MemProt.Write) == 0) continue;
+                long slotPages = (long)(m.Length >> 12);
+                var bits = new ulong[(slotPages + 63) / 64];
+                fixed (ulong* b = bits)
+                {
+                    var args = new KvmDirtyLogArgs { Slot = slot, DirtyBitmap = (ulong)b };
+                    if (Libc.Ioctl(VmFd, KvmApi.GetDirtyLog, &args) != 0)
+                    {
+                        // The log cannot be read: say every page of the slot changed rather than miss a write.
+                        Array.Fill(bits, ulong.MaxValue);
+                    }
+                }
+                MergeSlotBitmap(bits, (long)(m.SegOffset >> 12), slotPages, pages);
+            }
+        }
+    }
+
     /// <summary>Closes the KVM VM (memory stays with <see cref="Vm.Memory"/>).</summary>
     public void Dispose()
     {
+        if (Vm.Memory.DirtySource == this) Vm.Memory.DirtySource = null;
         Vm.IoEventFds.Detach();
         Vm.Memory.MappingChanged -= OnMappingChanged;
         Vm.Ioapic.EntryChanged -= OnIoapicEntryChanged;

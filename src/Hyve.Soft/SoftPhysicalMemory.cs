@@ -29,8 +29,12 @@ internal sealed unsafe class SoftPhysicalMemory : IGuestHostMemory, IGuestPorts,
         this.lapic = lapic;
         _inner = new VmPhysicalMemory(vm);
         _onMapChange = (_, _) => Version.Bump();
+        _onHarvest = Version.Bump;
         vm.Memory.MappingChanged += _onMapChange;
+        vm.Memory.DirtyHarvested += _onHarvest;
     }
+
+    private readonly Action _onHarvest;
 
     /// <inheritdoc/>
     public MapVersion Version { get; } = new();
@@ -45,6 +49,9 @@ internal sealed unsafe class SoftPhysicalMemory : IGuestHostMemory, IGuestPorts,
         if (vm.Memory.TryGetSpan(page, 0x1000, MemProt.Write, out var s))
         {
             writable = true;
+            // A watched segment (the framebuffer) learns of the page when a TLB maps it; a harvest drops the TLBs' host
+            // pointers (Version), so the next access after it maps the page, and marks it, again.
+            vm.Memory.MarkDirty(page, 0x1000);
             return (byte*)Unsafe.AsPointer(ref MemoryMarshal.GetReference(s));
         }
         // Read-only memory (the boot ROM): only when no MMIO range claims the page (MMIO wins over ROM, as in TryReadMmio).
@@ -54,7 +61,11 @@ internal sealed unsafe class SoftPhysicalMemory : IGuestHostMemory, IGuestPorts,
     }
 
     /// <summary>Stops following the guest-physical map.</summary>
-    public void Dispose() => vm.Memory.MappingChanged -= _onMapChange;
+    public void Dispose()
+    {
+        vm.Memory.MappingChanged -= _onMapChange;
+        vm.Memory.DirtyHarvested -= _onHarvest;
+    }
 
     /// <summary>Port accesses and MMIO accesses handled so far (for the VM's activity probe).</summary>
     public long Accesses;

@@ -46,6 +46,9 @@ public sealed unsafe class MemSegment
     /// than of <see cref="Fd"/>.</summary>
     public bool FromFile { get; internal set; }
 
+    /// <summary>The segment's dirty-page log, once <see cref="GuestMemory.EnableDirtyLog"/> made one.</summary>
+    public DirtyLog? DirtyLog { get; internal set; }
+
     /// <summary>The whole segment as a span (host side; for loaders and devices).</summary>
     public Span<byte> Span => new(Host, checked((int)Math.Min(Length, int.MaxValue)));
 
@@ -89,6 +92,40 @@ public sealed unsafe class GuestMemory : IDisposable
 
     /// <summary>Raised after a mapping is added (true) or removed (false); the CPU backend mirrors it.</summary>
     public event Action<GuestMapping, bool>? MappingChanged;
+
+    /// <summary>Raised after a dirty-log harvest found pages: software TLBs drop their host pointers so the next access
+    /// marks again (see <see cref="DirtyLog"/>).</summary>
+    public event Action? DirtyHarvested;
+
+    /// <summary>The KVM backend's dirty log while it runs the VM (null: the software CPU marks pages itself).</summary>
+    public IDirtyPageSource? DirtySource { get; set; }
+
+    /// <summary>True once any segment has a dirty log (the software CPU then looks up the segment on each TLB fill).</summary>
+    public bool DirtyLogging { get; private set; }
+
+    /// <summary>Starts logging writes to <paramref name="seg"/> by page (before the VM runs, so every backend's mapping of it
+    /// logs from the start); returns the log.</summary>
+    public DirtyLog EnableDirtyLog(MemSegment seg)
+    {
+        ArgumentNullException.ThrowIfNull(seg);
+        lock (_gate)
+        {
+            seg.DirtyLog ??= new DirtyLog(this, seg);
+            DirtyLogging = true;
+            return seg.DirtyLog;
+        }
+    }
+
+    internal void RaiseDirtyHarvested() => DirtyHarvested?.Invoke();
+
+    /// <summary>Marks the pages of [<paramref name="gpa"/>, +<paramref name="length"/>) in the dirty log of the segment
+    /// mapped there, if it has one (the software CPU's TLB fills and the engine's span writes call this).</summary>
+    public void MarkDirty(ulong gpa, int length)
+    {
+        if (!DirtyLogging || length <= 0 || FindMapping(gpa) is not { Segment.DirtyLog: { } log } m) return;
+        ulong end = Math.Min(gpa + (ulong)length, m.Gpa + m.Length);
+        for (ulong p = gpa & ~0xffful; p < end; p += 0x1000) log.Mark(m.SegOffset + (Math.Max(p, m.Gpa) - m.Gpa));
+    }
 
     /// <summary>Allocates <paramref name="size"/> bytes of system memory (rounded up to 4 KiB) and maps it.</summary>
     public GuestMemory(ulong size, bool includeInCore = false)

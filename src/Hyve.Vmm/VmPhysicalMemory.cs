@@ -11,8 +11,14 @@ namespace Hyve.Vmm;
 public sealed class VmPhysicalMemory(Vm vm) : IGuestPhysicalMemory, IGuestPorts
 {
     /// <summary>Writable memory only: the engine writes through these spans, so read-only device memory (the boot ROM)
-    /// is served by <see cref="TryReadMmio"/> instead, and writes to it are dropped.</summary>
-    public bool TryGetSpan(ulong gpa, int length, out Span<byte> span) => vm.Memory.TryGetSpan(gpa, length, MemProt.Write, out span);
+    /// is served by <see cref="TryReadMmio"/> instead, and writes to it are dropped. A span into a dirty-logged segment
+    /// marks its pages (the engine may write through it).</summary>
+    public bool TryGetSpan(ulong gpa, int length, out Span<byte> span)
+    {
+        if (!vm.Memory.TryGetSpan(gpa, length, MemProt.Write, out span)) return false;
+        vm.Memory.MarkDirty(gpa, length);
+        return true;
+    }
 
     /// <summary>Readable memory, the boot ROM included: fetches and reads from ROM are span copies, not MMIO callbacks.</summary>
     public bool TryGetReadSpan(ulong gpa, int length, out ReadOnlySpan<byte> span)

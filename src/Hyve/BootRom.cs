@@ -64,24 +64,21 @@ public static class BootRom
 
     private static byte[] ReadImage(string path, string what)
     {
-        FileInfo fi;
+        // Opened once and measured through the handle: the path may be a symlink (Debian's /usr/share/qemu/OVMF.fd is
+        // one), whose own length FileInfo.Length would report.
         try
         {
-            fi = new FileInfo(path);
-            if (!fi.Exists) throw new HostConfigException($"{what} {path} does not exist");
+            if (!File.Exists(path)) throw new HostConfigException($"{what} {path} does not exist");
+            using var f = File.OpenHandle(path);
+            long length = RandomAccess.GetLength(f);
+            if (length == 0) throw new HostConfigException($"{what} {path} is empty");
+            if (length > MaxSize) throw new HostConfigException($"{what} {path} is larger than 16 MiB ({length} bytes)");
+            if (length % 4096 != 0) throw new HostConfigException($"{what} {path} is not a multiple of 4 KiB ({length} bytes)");
+            var bytes = new byte[length];
+            if (RandomAccess.Read(f, bytes, 0) != length) throw new HostConfigException($"{what} {path} changed while it was read");
+            return bytes;
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException or ArgumentException)
-        {
-            throw new HostConfigException($"{what} {path}: {e.Message}");
-        }
-        if (fi.Length == 0) throw new HostConfigException($"{what} {path} is empty");
-        if (fi.Length > MaxSize) throw new HostConfigException($"{what} {path} is larger than 16 MiB ({fi.Length} bytes)");
-        if (fi.Length % 4096 != 0) throw new HostConfigException($"{what} {path} is not a multiple of 4 KiB ({fi.Length} bytes)");
-        try
-        {
-            return File.ReadAllBytes(path);
-        }
-        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
         {
             throw new HostConfigException($"cannot read {what} {path}: {e.Message}");
         }

@@ -92,8 +92,10 @@ public sealed class Machine : IDisposable
                 throw new HostConfigException("nothing to boot: give a boot ROM (-l bootrom,FILE) or a kernel (-o boot.kernel=FILE)");
             Platform = PcPlatform.Build(Vm, _config, firmware: rom is not null);
             foreach (var d in Platform.Pci.Devices) if (d is IDisposable owned) Own(owned); // virtio I/O threads and disks
+            Virtio.VirtioInput? tablet = null;
+            foreach (var d in Platform.Pci.Devices) tablet ??= d as Virtio.VirtioInput;
             foreach (var d in Platform.Pci.Devices)
-                if (d is Display.StdVga vga) Own(new Display.VncConsole(vga, kbc, name, _config.Get("keyboard.layout")));
+                if (d is Display.StdVga vga) Own(new Display.VncConsole(vga, kbc, name, _config.Get("keyboard.layout"), tablet));
             if (rom is not null && restore is not null)
             {
                 // The ROM's contents are in the snapshot: the file need not exist any more.

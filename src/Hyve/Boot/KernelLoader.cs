@@ -121,11 +121,14 @@ public static class KernelLoader
     {
         try
         {
-            var fi = new FileInfo(path);
-            if (!fi.Exists) throw new HostConfigException($"kernel {path} does not exist");
-            if (fi.Length == 0) throw new HostConfigException($"kernel {path} is empty");
-            if (fi.Length > MaxFileSize) throw new HostConfigException($"kernel {path} is larger than 2 GiB");
-            return File.ReadAllBytes(path);
+            if (!File.Exists(path)) throw new HostConfigException($"kernel {path} does not exist");
+            using var f = File.OpenHandle(path); // through a symlink (Debian's /vmlinuz is one), unlike FileInfo.Length
+            long length = RandomAccess.GetLength(f);
+            if (length == 0) throw new HostConfigException($"kernel {path} is empty");
+            if (length > MaxFileSize) throw new HostConfigException($"kernel {path} is larger than 2 GiB");
+            var bytes = new byte[length];
+            if (RandomAccess.Read(f, bytes, 0) != length) throw new HostConfigException($"kernel {path} changed while it was read");
+            return bytes;
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException or ArgumentException)
         {
@@ -146,9 +149,11 @@ internal sealed class InitrdSource(string name, long length, Action<Span<byte>> 
         long length;
         try
         {
-            var fi = new FileInfo(path);
-            if (!fi.Exists) throw new HostConfigException($"initrd {path} does not exist");
-            length = fi.Length;
+            // The length of what the path names, through any symlink (Debian's /initrd.img is one): FileInfo.Length
+            // would give the link's own length for a symlink.
+            if (!File.Exists(path)) throw new HostConfigException($"initrd {path} does not exist");
+            using var f = File.OpenHandle(path);
+            length = RandomAccess.GetLength(f);
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException or ArgumentException)
         {

@@ -10,7 +10,8 @@ namespace Hyve.Display;
 /// Direct kernel boot with a display: what a boot loader does before it jumps to Linux with a graphics mode
 /// (GRUB's gfxpayload=keep). The standard VGA is set to the fbuf's w x h at 32 bits per pixel, and boot_params'
 /// screen_info describes that linear framebuffer as an EFI one (VIDEO_TYPE_EFI), so Linux's efifb (Debian's cloud
-/// kernel has CONFIG_FB_EFI=y and no Bochs DRM driver) draws the console on it without EFI firmware underneath.
+/// kernel has CONFIG_FB_EFI=y and no Bochs DRM driver) draws the console on it without EFI firmware underneath. With
+/// <c>vga=on</c> the screen stays in VGA text mode instead and screen_info describes an 80x25 VGA (vgacon).
 /// </summary>
 public static class BootDisplay
 {
@@ -22,6 +23,19 @@ public static class BootDisplay
     public static void SetUp(StdVga vga, GuestMemory memory, LoadedKernel kernel)
     {
         if (kernel.Format != KernelFormat.LinuxBzImage || kernel.InfoAddress == 0) return;
+        if (vga.Text is not null)
+        {
+            // vga=on: the screen stays in VGA text mode 3, as a BIOS boot with vga=normal leaves it, and screen_info says
+            // so (what arch/x86/boot/video.c stores): Linux's vgacon draws the console into 0xB8000.
+            if (!memory.TryGetSpan(kernel.InfoAddress, 0x40, MemProt.Write, out var ti)) return;
+            ti.Clear();
+            ti[0x06] = 3;   // orig_video_mode
+            ti[0x07] = 80;  // orig_video_cols
+            ti[0x0e] = 25;  // orig_video_lines
+            ti[0x0f] = 1;   // orig_video_isVGA
+            ti[0x10] = 16;  // orig_video_points: 8x16 cells
+            return;
+        }
         var bar = vga.Bars[0];
         if (bar is null || bar.Address == 0) return;
         int w = vga.Options.Width, h = vga.Options.Height;

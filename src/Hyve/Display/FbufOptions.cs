@@ -4,21 +4,23 @@ using System.Net;
 
 namespace Hyve.Display;
 
-/// <summary>What <c>vga=</c> asks of the display: bhyve's <c>io</c> (default: legacy VGA ports decoded), <c>off</c>.</summary>
+/// <summary>What <c>vga=</c> asks of the display: bhyve's <c>io</c> (default: legacy VGA ports decoded), <c>off</c>, <c>on</c>.</summary>
 public enum FbufVga
 {
     /// <summary>The VGA and DISPI I/O ports answer at their legacy addresses (bhyve's default).</summary>
     Io,
     /// <summary>Only the PCI BARs decode.</summary>
     Off,
+    /// <summary>As <see cref="Io"/>, plus the VGA BIOS as the function's option ROM and text mode 3 on the screen.</summary>
+    On,
 }
 
 /// <summary>
 /// bhyve's fbuf settings (pci_fbuf.c, bhyve(8) "Framebuffer device settings"): <c>tcp=[ADDR:]PORT</c> (IPv4, or
 /// <c>[IPv6]</c>; default 127.0.0.1:5900), or <c>unix=PATH</c>; <c>w</c>/<c>h</c> the preferred mode (default
 /// 1024x768); <c>password</c> turns on VNC authentication; <c>wait</c> holds the boot until a VNC client connects;
-/// <c>vga=io|off</c>. bhyve's <c>vga=on</c> (legacy VGA memory and text mode for a BIOS) is refused: hyve's display
-/// has no legacy memory window or text renderer.
+/// <c>vga=on|io|off</c>: <c>on</c> also gives the function SeaBIOS's VGA BIOS (Debian's vgabios-stdvga.bin) as its
+/// expansion ROM and shows VGA text mode 3 (the buffer at 0xB8000) while no DISPI mode is set, for SeaBIOS and vgacon.
 /// </summary>
 public sealed record FbufOptions(EndPoint? Tcp, string? UnixPath, int Width, int Height, string? Password, bool Wait, FbufVga Vga)
 {
@@ -63,7 +65,7 @@ public sealed record FbufOptions(EndPoint? Tcp, string? UnixPath, int Width, int
                         {
                             "io" => FbufVga.Io,
                             "off" => FbufVga.Off,
-                            "on" => throw new HostConfigException($"{where}.vga=on: legacy VGA memory and text mode are not emulated; use vga=io or vga=off"),
+                            "on" => FbufVga.On,
                             _ => throw new HostConfigException($"{where}.vga: '{value}' is not on, off or io"),
                         },
                     };

@@ -76,7 +76,7 @@ public sealed class StdVga : PciDevice, IMmioDevice, IDisplaySurface, IDeviceSta
     public MemSegment Framebuffer { get; }
 
     /// <inheritdoc/>
-    public ReadOnlySpan<byte> Memory => Framebuffer.Span;
+    public ReadOnlySpan<byte> Memory => TextMode ? Text!.Frame : Framebuffer.Span;
 
     /// <summary>The legacy VGA register file.</summary>
     public VgaRegisters Vga { get; } = new();
@@ -115,14 +115,99 @@ public sealed class StdVga : PciDevice, IMmioDevice, IDisplaySurface, IDeviceSta
         foreach (var d in ctx.Bus.Devices)
             if (d is StdVga) throw new HostConfigException($"{ctx.Where}: only one fbuf device is supported");
         var seg = ctx.Bus.Memory.CreateDevMem("framebuffer", DefaultVramSize);
-        var vga = new StdVga(seg, opts.Width, opts.Height) { Options = opts };
-        if (opts.Vga == FbufVga.Io)
+        VgaText? text = null;
+        byte[]? rom = null;
+        if (opts.Vga == FbufVga.On)
+        {
+            try { rom = File.ReadAllBytes(VgaBiosPath); }
+            catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+            {
+                throw new HostConfigException($"{ctx.Where}.vga=on: cannot read the VGA BIOS {VgaBiosPath} ({e.Message}; apt-get install seabios)");
+            }
+            var font = VgaText.FindFont(rom) ?? throw new HostConfigException($"{ctx.Where}.vga=on: {VgaBiosPath} has no 8x16 font");
+            if (rom.Length > 256 << 10) throw new HostConfigException($"{ctx.Where}.vga=on: {VgaBiosPath} is larger than 256 KiB");
+            text = new VgaText(font);
+        }
+        var vga = new StdVga(seg, opts.Width, opts.Height) { Options = opts, Dirty = ctx.Bus.Memory.EnableDirtyLog(seg), Text = text, GuestRam = ctx.Bus.Memory };
+        if (rom is not null)
+        {
+            // The VGA BIOS as the expansion ROM, as QEMU gives its VGA: SeaBIOS copies it to 0xC0000 and runs it.
+            ulong size = 2048;
+            while (size < (ulong)rom.Length) size <<= 1;
+            var romSeg = ctx.Bus.Memory.CreateDevMem("vgarom", Math.Max(size, 4096));
+            rom.CopyTo(romSeg.Span);
+            vga.SetExpansionRom(romSeg);
+        }
+        if (opts.Vga is FbufVga.Io or FbufVga.On)
         {
             var ports = vga.LegacyPorts;
             ctx.Bus.Ports.Register(DispiIndexPort, 2, ports);
             ctx.Bus.Ports.Register(VgaPortBase, 0x20, ports);
         }
         return vga;
+    }
+
+    /// <summary>The VGA BIOS <c>vga=on</c> loads (Debian's seabios package).</summary>
+    public const string VgaBiosPath = "/usr/share/seabios/vgabios-stdvga.bin";
+    /// <summary>Guest-physical address of the colour text buffer.</summary>
+    public const ulong TextBuffer = 0xb8000;
+
+    /// <summary>The text-mode renderer (<c>vga=on</c>), or null.</summary>
+    public VgaText? Text { get; private init; }
+
+    private GuestMemory? GuestRam { get; init; }
+    private bool _wasText;
+
+    /// <summary>True while the screen shows VGA text mode: <c>vga=on</c>, no DISPI mode, the graphics controller in
+    /// alphanumeric mode (GC 06h bit 0 clear).</summary>
+    public bool TextMode
+    {
+        get { lock (_gate) return TextModeLocked; }
+    }
+
+    private bool TextModeLocked => Text is not null && (_dispi[IndexEnable] & Enabled) == 0 && (Vga.Gc(6) & 1) == 0;
+
+    // After a VGA register write: entering or leaving text mode is a mode change.
+    private void VgaWritten()
+    {
+        bool text;
+        lock (_gate) text = TextModeLocked;
+        if (text != _wasText) { _wasText = text; ModeChanged(); }
+        else Dirty?.Poke(); // the palette may have changed
+    }
+
+    /// <inheritdoc/>
+    public bool Polled => TextMode;
+
+    /// <inheritdoc/>
+    public bool Prepare()
+    {
+        if (Text is null || GuestRam is null) return false;
+        int start, cursor, cs, ce;
+        lock (_gate)
+        {
+            if (!TextModeLocked) return false;
+            start = Vga.Crtc(0x0c) << 8 | Vga.Crtc(0x0d);
+            cursor = (Vga.Crtc(0x0e) << 8 | Vga.Crtc(0x0f)) - start;
+            cs = Vga.Crtc(0x0a);
+            ce = Vga.Crtc(0x0b) & 0x1f;
+        }
+        if ((cs & 0x20) != 0 || (uint)cursor >= VgaText.Cols * VgaText.Rows) cursor = -1;
+        // The buffer is 32 KiB at 0xB8000; a start address that runs past it shows blank cells.
+        ulong at = TextBuffer + (ulong)(start * 2 % 0x8000);
+        int len = (int)Math.Min(VgaText.BufferBytes, 0xc0000 - at);
+        ReadOnlySpan<byte> cells = GuestRam.TryGetSpan(at, len, MemProt.Read, out var s) ? s : [];
+        return Text.Render(cells, cursor, cs & 0x1f, ce);
+    }
+
+    /// <summary>The framebuffer's dirty-page log (the VNC server reads only what the guest wrote).</summary>
+    public DirtyLog? Dirty { get; private init; }
+
+    // A change the dirty log cannot see (mode, palette, endianness): wake a refresher that sleeps on the log.
+    private void ModeChanged()
+    {
+        Interlocked.Increment(ref _modeGeneration);
+        Dirty?.Poke();
     }
 
     /// <summary>The fbuf options it was created with (the machine starts the VNC server from them).</summary>
@@ -143,11 +228,12 @@ public sealed class StdVga : PciDevice, IMmioDevice, IDisplaySurface, IDeviceSta
         _dispiIndex = 0;
         _bigEndian = false;
         Vga.Reset();
-        Interlocked.Increment(ref _modeGeneration);
+        ModeChanged();
     }
 
     private DisplayMode ComputeMode()
     {
+        if (TextModeLocked) return new DisplayMode(true, VgaText.Width, VgaText.Height, 32, VgaText.Width * 4, 0, false);
         if ((_dispi[IndexEnable] & Enabled) == 0) return new DisplayMode(false, 0, 0, 0, 0, 0, _bigEndian);
         int bpp = _dispi[IndexBpp];
         int bytes = (bpp + 7) / 8;
@@ -211,7 +297,7 @@ public sealed class StdVga : PciDevice, IMmioDevice, IDisplaySurface, IDeviceSta
                     return; // VIDEO_MEMORY_64K and unknown indexes are read-only
             }
             FixupRegisters();
-            Interlocked.Increment(ref _modeGeneration);
+            ModeChanged();
         }
     }
 
@@ -304,6 +390,7 @@ public sealed class StdVga : PciDevice, IMmioDevice, IDisplaySurface, IDeviceSta
             lock (_gate)
                 for (int i = 0; i < size && offset + (ulong)i < 0x420; i++)
                     Vga.Write((int)(offset - 0x400) + i, (byte)(value >> (i * 8)));
+            VgaWritten();
             return;
         }
         if (offset >= 0x500 && offset < 0x500 + IndexCount * 2 && size >= 2 && (offset & 1) == 0)
@@ -316,7 +403,7 @@ public sealed class StdVga : PciDevice, IMmioDevice, IDisplaySurface, IDeviceSta
             bool big = (uint)value == BigEndianMagic;
             if ((uint)value != BigEndianMagic && (uint)value != LittleEndianMagic) return;
             lock (_gate) _bigEndian = big;
-            Interlocked.Increment(ref _modeGeneration);
+            ModeChanged();
         }
     }
 
@@ -343,6 +430,7 @@ public sealed class StdVga : PciDevice, IMmioDevice, IDisplaySurface, IDeviceSta
             lock (vga._gate)
                 for (int i = 0; i < size && port + i < VgaPortBase + 0x20; i++)
                     vga.Vga.Write(port + i - VgaPortBase, (byte)(value >> (i * 8)));
+            vga.VgaWritten();
         }
     }
 
@@ -387,7 +475,7 @@ public sealed class StdVga : PciDevice, IMmioDevice, IDisplaySurface, IDeviceSta
             _dispi[IndexVideoMemory64K] = (ushort)(Framebuffer.Length >> 16);
             _dispiIndex = index;
             _bigEndian = big;
-            Interlocked.Increment(ref _modeGeneration);
+            ModeChanged();
         }
     }
 }

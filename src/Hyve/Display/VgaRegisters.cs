@@ -112,6 +112,12 @@ public sealed class VgaRegisters
         }
     }
 
+    /// <summary>Graphics controller register <paramref name="i"/> (06h bit 0: graphics rather than alphanumeric).</summary>
+    public byte Gc(int i) => _gc[i & 15];
+
+    /// <summary>CRTC register <paramref name="i"/> (0Ah/0Bh cursor lines, 0Ch/0Dh start address, 0Eh/0Fh cursor).</summary>
+    public byte Crtc(int i) => _crtc[i & 31];
+
     /// <summary>The raw register file for a snapshot: misc, indexes, sequencer, GC, CRTC, attribute and DAC bytes.</summary>
     public byte[] Save()
     {

@@ -7,7 +7,7 @@ namespace Hyve.Display;
 
 /// <summary>
 /// The graphical console of a VM with an fbuf device: the VNC server over the standard VGA's framebuffer, with key
-/// events going to the 8042 through the <c>-K</c> keymap. With <c>wait</c> the constructor returns only once a client
+/// events going to the 8042 through the <c>-K</c> keymap and pointer events to the virtio-input tablet when there is one. With <c>wait</c> the constructor returns only once a client
 /// has connected, so the guest's first instruction runs with someone watching (bhyve's rfb_init wait).
 /// </summary>
 public sealed class VncConsole : IDisposable
@@ -17,7 +17,7 @@ public sealed class VncConsole : IDisposable
     private readonly I8042 _kbc;
 
     /// <summary>Starts serving <paramref name="vga"/>; throws <see cref="HostConfigException"/> when the socket cannot be bound.</summary>
-    public VncConsole(StdVga vga, I8042 kbc, string vmName, string? layout)
+    public VncConsole(StdVga vga, I8042 kbc, string vmName, string? layout, Hyve.Virtio.VirtioInput? tablet = null)
     {
         _keys = KeyMap.ForLayout(layout);
         _kbc = kbc;
@@ -26,6 +26,7 @@ public sealed class VncConsole : IDisposable
         System.Net.EndPoint ep = o.UnixPath is not null ? new UnixDomainSocketEndPoint(o.UnixPath) : o.Tcp!;
         _server = RfbServer.Start(source, ep, o.Password, vmName);
         _server.Keyboard = OnKey;
+        if (tablet is not null) _server.Pointer = tablet.Pointer;
         if (o.Wait)
         {
             Console.Error.WriteLine($"hyve: waiting for a VNC client on {ep}");

@@ -10,7 +10,7 @@ public enum PciConfSyntax
 {
     /// <summary>Pairs only.</summary>
     Generic,
-    /// <summary>A leading word is the disk's <c>path</c> (virtio-blk, nvme, ahci-hd).</summary>
+    /// <summary>A leading word is the <c>path</c>: a disk's (virtio-blk, nvme, ahci-hd) or virtio-input's device.</summary>
     Block,
     /// <summary>A leading word is the network <c>backend</c> (virtio-net, e1000).</summary>
     Net,
@@ -46,6 +46,7 @@ public static class PciDeviceTypes
         new("virtio-console", PciConfSyntax.Console, Hyve.Virtio.VirtioConsole.Create),
         new("virtio-net", PciConfSyntax.Net, Hyve.Virtio.VirtioNet.Create),
         new("virtio-rnd", PciConfSyntax.Generic, Hyve.Virtio.VirtioRng.Create),
+        new("virtio-input", PciConfSyntax.Block, Hyve.Virtio.VirtioInput.Create), // bhyve's takes an evdev path; hyve's is "tablet"
         new("fbuf", PciConfSyntax.Generic, Hyve.Display.StdVga.Create), // QEMU's standard VGA served over VNC
         // bhyve's device types that hyve does not build (yet): named so that -s says so rather than "unknown device".
         new("ahci", PciConfSyntax.Generic, null),
@@ -58,7 +59,6 @@ public static class PciDeviceTypes
         new("passthru", PciConfSyntax.Generic, null),
         new("uart", PciConfSyntax.Generic, null),
         new("virtio-9p", PciConfSyntax.Generic, null),
-        new("virtio-input", PciConfSyntax.Generic, null),
         new("virtio-scsi", PciConfSyntax.Generic, null),
         new("xhci", PciConfSyntax.Generic, null),
     ];

@@ -90,7 +90,8 @@ public abstract class VirtioPciDevice : PciDevice, IDisposable, IDeviceState, IQ
     private bool _legacyDriver;
 
     /// <summary>Sets up the function: IDs, capabilities, BARs, queues and their I/O thread (started by the caller
-    /// through <see cref="StartIo"/> once the device's own fields are ready).</summary>
+    /// through <see cref="StartIo"/> once the device's own fields are ready). A <paramref name="transitionalId"/> of 0
+    /// makes a modern-only function whatever <c>legacy</c> says.</summary>
     protected VirtioPciDevice(PciDeviceContext ctx, int deviceType, ushort transitionalId, byte baseClass, byte subClass,
         int queues, ushort queueSize, ulong deviceFeatures, int configSize)
         : base(0x1af4, (ushort)(0x1040 + deviceType), baseClass, subClass)
@@ -99,7 +100,8 @@ public abstract class VirtioPciDevice : PciDevice, IDisposable, IDeviceState, IQ
         DeviceType = deviceType;
         Where = ctx.Where;
         Memory = ctx.Bus.Memory;
-        Transitional = ctx.GetBool("legacy", true);
+        // A device type born after virtio 0.9.5 (input, ...) has no transitional ID: it is always modern-only.
+        Transitional = transitionalId != 0 && ctx.GetBool("legacy", true);
         bool msix = ctx.Root?.GetBool("virtio_msix", true) ?? true;
         DeviceFeatures = deviceFeatures | FeatureVersion1 | FeatureIndirectDesc | FeatureEventIdx | FeatureRingReset;
         DeviceConfig = new byte[configSize];

@@ -15,7 +15,9 @@ public readonly record struct ScrollEvent(long PrevGeneration, long Generation, 
 /// clients send the tiles stamped after what they last sent. A change covering many lines is first checked for a
 /// vertical scroll (a line of the new picture found further down the old one, then most lines matching at that
 /// distance): the copy is moved, the move recorded, and clients that were up to date send a CopyRect plus the few
-/// new tiles rather than the whole screen. Callers hold <see cref="Gate"/> while they read the copy.
+/// new tiles rather than the whole screen. With the surface's dirty-page log (the standard VGA's framebuffer) a tick
+/// compares only lines on pages written since the harvest before last, and reads nothing at all when none were; it is
+/// then <see cref="Quiet"/>. Callers hold <see cref="Gate"/> while they read the copy.
 /// </summary>
 public sealed class FrameSource
 {
@@ -31,13 +33,33 @@ public sealed class FrameSource
     private long[] _tileGen = [], _tileContentGen = [];
     private int _seenModeGeneration = int.MinValue;
     private DisplayMode _mode;
+    private readonly Hyve.Vmm.DirtyLog? _log;
+    private readonly ulong[] _dirtyNow = [], _dirtyPrev = [];
+    private readonly uint[] _seenPalette = new uint[256];
+    private bool _prevAny, _compareAll = true, _quiet;
 
     /// <summary>A source over <paramref name="surface"/>, <paramref name="width"/> x <paramref name="height"/> black until
     /// the guest sets a mode.</summary>
     public FrameSource(IDisplaySurface surface, int width, int height)
     {
         _surface = surface;
+        _log = surface.Dirty;
+        if (_log is not null)
+        {
+            _dirtyNow = new ulong[_log.Words];
+            _dirtyPrev = new ulong[_log.Words];
+        }
         Resize(width, height);
+    }
+
+    /// <summary>The surface's dirty-page log, when it has one (a tick then reads only lines on pages the guest wrote).</summary>
+    public Hyve.Vmm.DirtyLog? Log => _log;
+
+    /// <summary>True after a tick that found no page written in this harvest or the one before (nothing left to look at
+    /// until the log is marked again): a refresher may sleep on the log.</summary>
+    public bool Quiet
+    {
+        get { lock (Gate) return _quiet; }
     }
 
     /// <summary>Held while the copy is updated or read.</summary>
@@ -79,6 +101,7 @@ public sealed class FrameSource
         Array.Fill(_tileGen, Generation);
         Array.Fill(_tileContentGen, Generation);
         LastScroll = null;
+        _compareAll = true;
     }
 
     /// <summary>Brings the copy up to date with the guest; true when anything changed.</summary>
@@ -95,6 +118,7 @@ public sealed class FrameSource
         lock (Gate)
         {
             bool changed = false;
+            if (_surface.Prepare()) _compareAll = true;
             int mg = _surface.ModeGeneration;
             if (mg != _seenModeGeneration)
             {
@@ -113,11 +137,43 @@ public sealed class FrameSource
                     changed = true;
                 }
                 _mode = mode;
+                _compareAll = true;
             }
-            if (!_mode.Enabled) return changed;
+            _quiet = false;
+            if (!_mode.Enabled)
+            {
+                if (_log is not null) { _log.Harvest(_dirtyNow); _quiet = !changed; }
+                return changed;
+            }
             var mem = _surface.Memory;
-            if (_mode.Bpp == 8) _surface.CopyPalette(_palette);
-            if (rowStep > 1 && !changed)
+            if (_mode.Offset + (long)(Height - 1) * _mode.Stride + (long)Width * ((_mode.Bpp + 7) / 8) > mem.Length)
+            {
+                // The memory changed under a mode not yet seen (text <-> graphics): look again at the next tick.
+                _seenModeGeneration = int.MinValue;
+                return changed;
+            }
+            if (_mode.Bpp == 8)
+            {
+                _surface.CopyPalette(_palette);
+                if (!_palette.AsSpan().SequenceEqual(_seenPalette)) { _palette.CopyTo(_seenPalette, 0); _compareAll = true; }
+            }
+            bool all = true;
+            if (_log is not null)
+            {
+                // Lines on pages written since the last harvest or the one before (a store through a host pointer taken
+                // just before a harvest lands after it; the next harvest looks again).
+                bool any = _log.Harvest(_dirtyNow);
+                if (!any && !_prevAny && !_compareAll)
+                {
+                    _quiet = !_surface.Polled;
+                    return changed;
+                }
+                all = _compareAll;
+                _compareAll = false;
+                for (int i = 0; i < _dirtyNow.Length; i++) (_dirtyPrev[i], _dirtyNow[i]) = (_dirtyNow[i], _dirtyNow[i] | _dirtyPrev[i]);
+                _prevAny = any;
+            }
+            else if (rowStep > 1 && !changed)
             {
                 bool any = false;
                 for (int y = phase % rowStep; y < Height && !any; y += rowStep) any = !GuestLine(mem, y).SequenceEqual(Row(y));
@@ -125,9 +181,10 @@ public sealed class FrameSource
             }
 
             int first = -1, last = -1, count = 0;
+            int lineBytes = Width * ((_mode.Bpp + 7) / 8);
             for (int y = 0; y < Height; y++)
             {
-                bool diff = !GuestLine(mem, y).SequenceEqual(Row(y));
+                bool diff = (all || LineDirty(_mode.Offset + (long)y * _mode.Stride, lineBytes)) && !GuestLine(mem, y).SequenceEqual(Row(y));
                 _lineChanged[y] = diff;
                 if (!diff) continue;
                 if (first < 0) first = y;
@@ -157,6 +214,18 @@ public sealed class FrameSource
             }
             return true;
         }
+    }
+
+    // True when any page under bytes [start, start+length) of the framebuffer is in this tick's dirty set.
+    private bool LineDirty(long start, int length)
+    {
+        long p0 = start >> 12, p1 = (start + length - 1) >> 12;
+        for (long p = p0; p <= p1; p++)
+        {
+            if ((ulong)p >= (ulong)_dirtyNow.Length * 64) return true;
+            if ((_dirtyNow[p >> 6] & (1ul << (int)(p & 63))) != 0) return true;
+        }
+        return false;
     }
 
     private void MarkAll()

@@ -111,6 +111,9 @@ internal sealed class RfbClient
         if (_stream.ReadByte() < 0) throw new EndOfStreamException();
         Span<byte> init = stackalloc byte[24];
         byte[] name = Encoding.UTF8.GetBytes(_server.Name);
+        // A fresh look first, so ServerInit carries the size of the mode the guest has set by now (a client without
+        // DesktopSize keeps the size it was told).
+        if (_server.Source.Tick()) _server.PictureChanged();
         lock (_server.Source.Gate)
         {
             _clientW = _server.Source.Width;
@@ -265,7 +268,7 @@ internal sealed class RfbClient
                     _immediate = false;
                 }
                 // A full request gets a fresh look first, so it is answered with the newest picture.
-                if (immediate) _server.Source.Tick();
+                if (immediate && _server.Source.Tick()) _server.PictureChanged();
                 if (!BuildUpdate()) continue;
                 lock (_lock)
                 {

@@ -13,8 +13,10 @@ public delegate void RfbPointerHandler(int x, int y, int buttons, int width, int
 /// <summary>
 /// The VNC server (RFB 3.8, RFC 6143; 3.3 and 3.7 clients too), bhyve's rfb.c in role: it listens on TCP or a UNIX
 /// socket, serves any number of clients, each on its own threads, and one refresher thread that compares the guest's
-/// framebuffer with the server's copy at 30 Hz only while some client has asked for an update and sleeps otherwise.
-/// No vCPU thread ever runs server code; a client that reads slowly only delays its own next update, which then carries
+/// framebuffer with the server's copy at 30 Hz only while some client has asked for an update and sleeps otherwise. With
+/// the framebuffer's dirty log it also sleeps while the guest writes nothing (woken by the first write, a mode or palette
+/// change, or client input), so an idle screen costs no CPU.
+/// No vCPU thread runs server code (the first framebuffer write after the refresher slept only sets its wake event); a client that reads slowly only delays its own next update, which then carries
 /// the newest picture (frames in between are dropped for it).
 /// </summary>
 public sealed class RfbServer : IDisposable
@@ -37,6 +39,10 @@ public sealed class RfbServer : IDisposable
     private volatile bool _input;
     private volatile bool _disposed;
     private int _wanting;
+    private long _sleeps;
+
+    /// <summary>Times the refresher went to sleep on the framebuffer's dirty log (for tests and diagnostics).</summary>
+    public long Sleeps => Interlocked.Read(ref _sleeps);
 
     private RfbServer(Socket listener, FrameSource source, string? password, string name, string? unixPath)
     {
@@ -45,6 +51,8 @@ public sealed class RfbServer : IDisposable
         Password = password;
         Name = name;
         _unixPath = unixPath;
+        // The first write to the framebuffer after the refresher went to sleep wakes it (software CPU).
+        if (source.Log is { } log) log.Dirtied += () => _wake.Set();
         _acceptThread = new Thread(AcceptLoop) { IsBackground = true, Name = "vnc-accept" };
         _refreshThread = new Thread(RefreshLoop) { IsBackground = true, Name = "vnc-refresh" };
     }
@@ -124,6 +132,14 @@ public sealed class RfbServer : IDisposable
         _wake.Set();
     }
 
+    // A client's own look at the screen found a change: every client hears of it, as from the refresher.
+    internal void PictureChanged()
+    {
+        RfbClient[] clients;
+        lock (_gate) clients = [.. _clients];
+        foreach (var c in clients) c.Signal();
+    }
+
     internal void ClientClosed(RfbClient c)
     {
         lock (_gate) _clients.Remove(c);
@@ -151,8 +167,8 @@ public sealed class RfbServer : IDisposable
                 if (_disposed) return;
                 clients = [.. _clients];
             }
-            // A screen still for ~5 s is looked at one line in eight per refresh (see FrameSource.Tick(int, int)).
-            bool changed = still > 70 ? Source.Tick(8, phase++) : Source.Tick();
+            // Without a dirty log, a screen still for ~5 s is looked at one line in eight per refresh (see FrameSource.Tick(int, int)).
+            bool changed = still > 70 && Source.Log is null ? Source.Tick(8, phase++) : Source.Tick();
             if (_input) { _input = false; still = 0; }
             if (changed)
             {
@@ -160,6 +176,16 @@ public sealed class RfbServer : IDisposable
                 foreach (var c in clients) c.Signal();
             }
             else still++;
+            if (Source.Log is { Notifies: true } log && Source.Quiet && log.Arm())
+            {
+                // Nothing written and nothing left to recheck: sleep until the guest writes the framebuffer, changes
+                // mode or palette, a client types or points, or the server stops. An idle screen costs no wake-ups.
+                Interlocked.Increment(ref _sleeps);
+                _wake.WaitOne();
+                // Let the guest finish what it started drawing before looking.
+                if (!_disposed) _wake.WaitOne(RefreshMs / 2);
+                continue;
+            }
             _wake.WaitOne(still > 70 ? StillRefreshMs : still > 30 ? IdleRefreshMs : RefreshMs);
         }
     }

@@ -213,6 +213,37 @@ public class KernelLoaderTests
         finally { File.Delete(k); File.Delete(rd); }
     }
 
+    [Fact]
+    public void FilesNamedThroughSymlinksLoadWhole()
+    {
+        // Debian names its kernel, initrd and OVMF through relative symlinks (/vmlinuz, /initrd.img,
+        // /usr/share/qemu/OVMF.fd): what loads is the target, whole, not the link's few bytes.
+        string dir = Directory.CreateTempSubdirectory("hyve-links").FullName;
+        try
+        {
+            var initrd = new byte[10000];
+            for (int i = 0; i < initrd.Length; i++) initrd[i] = (byte)(i * 7);
+            File.WriteAllBytes(Path.Combine(dir, "vmlinuz-1"), BzImage(new byte[512], true));
+            File.WriteAllBytes(Path.Combine(dir, "initrd.img-1"), initrd);
+            var rom = new byte[8192];
+            rom[^16] = 0xea; // something at the reset vector
+            File.WriteAllBytes(Path.Combine(dir, "rom.fd"), rom);
+            File.CreateSymbolicLink(Path.Combine(dir, "vmlinuz"), "vmlinuz-1");
+            File.CreateSymbolicLink(Path.Combine(dir, "initrd.img"), "initrd.img-1");
+            File.CreateSymbolicLink(Path.Combine(dir, "OVMF.fd"), "rom.fd");
+
+            using var mem = new GuestMemory(64 << 20);
+            var k = KernelLoader.Load(mem, Path.Combine(dir, "vmlinuz"), Path.Combine(dir, "initrd.img"), "quiet");
+            Assert.Equal((ulong)initrd.Length, k.InitrdSize);
+            Assert.Equal(initrd, Span(mem, k.InitrdAddress, initrd.Length));
+
+            using var mem2 = new GuestMemory(16 << 20);
+            BootRom.Load(mem2, Path.Combine(dir, "OVMF.fd"), null);
+            Assert.Equal(0xea, Span(mem2, 0xfffffff0, 1)[0]);
+        }
+        finally { Directory.Delete(dir, true); }
+    }
+
     [DebianKernelFact]
     public void DebianCloudKernelHeader()
     {

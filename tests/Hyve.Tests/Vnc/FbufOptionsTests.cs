@@ -37,7 +37,6 @@ public class FbufOptionsTests
     [InlineData("tcp", "127.0.0.1:99999")]
     [InlineData("w", "100000")]
     [InlineData("h", "12")]
-    [InlineData("vga", "on")]
     [InlineData("vga", "maybe")]
     [InlineData("colour", "blue")]
     public void BadSettingsAreHostErrorsNamingTheKey(string key, string value)

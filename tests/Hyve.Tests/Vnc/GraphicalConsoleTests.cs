@@ -21,7 +21,7 @@ public class GraphicalConsoleTests(ITestOutputHelper output)
     /// <summary>Where the screenshots go.</summary>
     public static readonly string ScreenDir = Path.Combine(Path.GetTempPath(), "hyve-vnc-screens");
 
-    private static int FreeVncDisplay()
+    internal static int FreeVncDisplay()
     {
         for (int d = 40 + Random.Shared.Next(50); ; d++)
         {
@@ -47,14 +47,15 @@ public class GraphicalConsoleTests(ITestOutputHelper output)
     }
 
     // vncsnapshot writes JPEG; ImageMagick makes the PNG kept for the lead; tesseract reads the PNG.
-    private static string Snapshot(int display, string png, string? passwdFile = null)
+    internal static string Snapshot(int display, string png, string? passwdFile = null, bool border = false)
     {
         string jpg = Path.ChangeExtension(png, ".jpg");
         File.Delete(jpg);
         string[] args = passwdFile is null ? ["-quiet", $"127.0.0.1:{display}", jpg] : ["-quiet", "-passwd", passwdFile, $"127.0.0.1:{display}", jpg];
         var (st, _) = Run("vncsnapshot", args);
         Assert.True(st == 0 && File.Exists(jpg), $"vncsnapshot of display {display} failed ({st})");
-        Assert.Equal(0, Run("convert", jpg, png).Status);
+        // A margin helps tesseract with text that starts at the picture's left edge (VGA text mode has none).
+        Assert.Equal(0, (border ? Run("convert", jpg, "-bordercolor", "black", "-border", "16", png) : Run("convert", jpg, png)).Status);
         File.Delete(jpg);
         return Run("tesseract", png, "-").Out;
     }
@@ -212,8 +213,8 @@ public class GraphicalConsoleTests(ITestOutputHelper output)
         Assert.Equal(4, vm.ExitCode);
         Assert.Single(vm.Stderr.Trim().Split('\n'));
         Assert.Contains($"VNC server on 127.0.0.1:{5900 + display}", vm.Stderr, StringComparison.Ordinal);
-        using var bad = HyveProcess.Run(Backends.Args("soft", "-l", $"bootrom,{Ovmf}", "-s", "2,fbuf,vga=on", "-s", "31,lpc", "vncbad"));
+        using var bad = HyveProcess.Run(Backends.Args("soft", "-l", $"bootrom,{Ovmf}", "-s", "2,fbuf,vga=maybe", "-s", "31,lpc", "vncbad"));
         Assert.Equal(4, bad.ExitCode);
-        Assert.Contains("vga=on", bad.Stderr, StringComparison.Ordinal);
+        Assert.Contains("vga", bad.Stderr, StringComparison.Ordinal);
     }
 }

@@ -144,6 +144,16 @@ public sealed class RfbTestClient : IDisposable
         _s.Write(b);
     }
 
+    /// <summary>Sends a PointerEvent: position and button mask (bit 0 left, 1 middle, 2 right, 3/4 wheel up/down).</summary>
+    public void Pointer(int x, int y, int buttons)
+    {
+        var b = new byte[6];
+        b[0] = 5; b[1] = (byte)buttons;
+        BinaryPrimitives.WriteUInt16BigEndian(b.AsSpan(2), (ushort)x);
+        BinaryPrimitives.WriteUInt16BigEndian(b.AsSpan(4), (ushort)y);
+        _s.Write(b);
+    }
+
     /// <summary>Types <paramref name="text"/> (ASCII; '\r' is Return), pausing between keys.</summary>
     public void Type(string text, int pauseMs = 150)
     {
