@@ -66,7 +66,7 @@ internal sealed class KvmVcpuState
         var c = s.Cpu;
         var r = Regs;
         ulong[] g = [r.Rax, r.Rcx, r.Rdx, r.Rbx, r.Rsp, r.Rbp, r.Rsi, r.Rdi, r.R8, r.R9, r.R10, r.R11, r.R12, r.R13, r.R14, r.R15];
-        g.CopyTo(c.Gpr, 0);
+        g.CopyTo(c.Gpr);
         c.Rip = r.Rip;
         c.Rflags = r.Rflags;
         var sr = Sregs;

@@ -63,6 +63,8 @@ internal sealed partial class SoftVcpu : IVcpuBackend, ILapicCpu
         };
         // This engine runs the whole vCPU, so it sees every invalidation: it may cache translations (and decoded blocks).
         _ = new Tlb(_engine.Memory.Walker);
+        // soft.jit: hot integer code runs as translated host code; everything else stays with the interpreter.
+        if (_vm.SoftJit) _engine.Jit = new Hyve.X86.Jit.Translator(_vm.SoftJitCacheSize);
         // vCPU 0 starts at the reset vector; the others wait for INIT and a start-up IPI.
         _waitForSipi = id != 0;
     }
@@ -491,5 +493,6 @@ internal sealed partial class SoftVcpu : IVcpuBackend, ILapicCpu
         // The APIC timer must not fire into a VM incarnation that is gone.
         Lapic.Reset();
         _phys.Dispose();
+        _engine.Jit?.Dispose();
     }
 }

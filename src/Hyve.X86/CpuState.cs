@@ -1,5 +1,6 @@
 // SPDX-License-Identifier: BSD-2-Clause
 using System.Buffers.Binary;
+using Hyve.X86.Jit;
 
 namespace Hyve.X86;
 
@@ -71,7 +72,7 @@ public struct SegmentRegister
 /// them without calls; the FPU/SSE state is kept as the 512-byte FXSAVE image so FXSAVE/FXRSTOR and
 /// snapshots copy it unchanged.
 /// </summary>
-public sealed class CpuState
+public sealed unsafe class CpuState
 {
     /// <summary>RFLAGS.CF.</summary>
     public const ulong FlagCf = 1ul << 0;
@@ -167,12 +168,22 @@ public sealed class CpuState
     /// <summary>EFER.NXE.</summary>
     public const ulong EferNxe = 1ul << 11;
 
-    /// <summary>General-purpose registers indexed by encoding (RAX=0 ... R15=15).</summary>
-    public readonly ulong[] Gpr = new ulong[16];
-    /// <summary>Instruction pointer.</summary>
-    public ulong Rip;
-    /// <summary>RFLAGS (bit 1 always reads as 1).</summary>
-    public ulong Rflags = 2;
+    // The registers translated code touches live in one unmanaged block at fixed offsets (see StateBlock); the
+    // properties below are views into it, so interpreter code reads and writes the very same memory.
+    private readonly StateBlock* _block = StateBlock.Allocate();
+
+    /// <summary>The unmanaged state block (GPRs, RIP, RFLAGS, the translated code's TLB) for as long as this object lives.</summary>
+    public StateBlock* Block => _block;
+
+    /// <summary>General-purpose registers indexed by encoding (RAX=0 ... R15=15), in the state block.</summary>
+    public Span<ulong> Gpr => new(_block->Gpr, 16);
+    /// <summary>Instruction pointer (in the state block).</summary>
+    public ref ulong Rip => ref _block->Rip;
+    /// <summary>RFLAGS (bit 1 always reads as 1; in the state block).</summary>
+    public ref ulong Rflags => ref _block->Rflags;
+
+    /// <summary>Frees the state block.</summary>
+    ~CpuState() => StateBlock.Free(_block);
     /// <summary>Segment registers indexed by <see cref="Seg"/>.</summary>
     public readonly SegmentRegister[] Segs = new SegmentRegister[6];
     /// <summary>GDTR (base and limit; access ignored).</summary>
@@ -240,7 +251,7 @@ public sealed class CpuState
     /// <summary>Puts every register in its RESET state.</summary>
     public void Reset()
     {
-        Array.Clear(Gpr);
+        Gpr.Clear();
         Array.Clear(Dr);
         Gpr[2] = 0x600; // EDX holds a family/model signature after reset; any non-zero stepping value will do.
         Rip = 0xfff0;
@@ -395,7 +406,7 @@ public sealed class CpuState
     /// <summary>Copies every register of this state into <paramref name="other"/>.</summary>
     public void CopyTo(CpuState other)
     {
-        Gpr.CopyTo(other.Gpr, 0); Segs.CopyTo(other.Segs, 0); Dr.CopyTo(other.Dr, 0); Fx.CopyTo(other.Fx, 0);
+        Gpr.CopyTo(other.Gpr); Segs.CopyTo(other.Segs, 0); Dr.CopyTo(other.Dr, 0); Fx.CopyTo(other.Fx, 0);
         other.Rip = Rip; other.Rflags = Rflags; other.Gdtr = Gdtr; other.Idtr = Idtr; other.Ldtr = Ldtr; other.Tr = Tr;
         other.Cr0 = Cr0; other.Cr2 = Cr2; other.Cr3 = Cr3; other.Cr4 = Cr4; other.Cr8 = Cr8; other.Efer = Efer;
         other.KernelGsBase = KernelGsBase; other.Pkru = Pkru; other.InterruptShadow = InterruptShadow;

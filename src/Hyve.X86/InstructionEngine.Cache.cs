@@ -42,6 +42,7 @@ public sealed unsafe partial class InstructionEngine
         public Instruction Insn;
         public delegate*<InstructionEngine, ref Instruction, Exec> Handler;
         public ulong Next; // RIP after the instruction, reduced to the code size
+        public bool Translatable; // the translator could start a block here (see RunBlocks)
     }
 
     private readonly Block?[] _blocks = new Block?[BlockSlots];
@@ -98,6 +99,13 @@ public sealed unsafe partial class InstructionEngine
         byte* pageHost = null;
         var mem = _mem;
         var result = default(StepResult);
+        // Translated code runs where nothing watches operand accesses (a debugger's data breakpoints) and no access
+        // needs an alignment check (CR0.AM, RFLAGS.AC at CPL 3).
+        var jit = Jit;
+        if (jit is not null && (_mem.Observer is not null
+            || ((cpu.Cr0 & CpuState.Cr0Am) != 0 && (cpu.Rflags & CpuState.FlagAc) != 0 && cpu.Cpl == 3))) jit = null;
+        bool skipJit = false;
+        if (jit is not null) PrepareTranslated(cpu, jit, tlb);
         while (executed < budget)
         {
             ulong rip = cpu.Rip;
@@ -122,6 +130,20 @@ public sealed unsafe partial class InstructionEngine
                 epoch = tlb.Epoch;
             }
             ulong gpa = gpaPage | (la & 0xfff);
+            if (jit is not null)
+            {
+                if (skipJit) skipJit = false;
+                else
+                {
+                    var jb = jit.Find(gpa, rip, bits, pageHost);
+                    if (jb is not null && jb.Count > 0 && (bits == 64 || jb.MaxIp <= limit))
+                    {
+                        if (RunTranslated(cpu, jit, jb, budget - executed, tlb, ref executed)) skipJit = true;
+                        result = new StepResult(StepStatus.Ok, default, 0, Code.INVALID);
+                        continue;
+                    }
+                }
+            }
             var b = FindBlock(gpa, rip, bits, pageHost);
             if (b is null || rip + (ulong)b.ByteLen - 1 > limit) return StepOne(cpu, ports, ref executed);
 
@@ -132,9 +154,13 @@ public sealed unsafe partial class InstructionEngine
             var ops = b.Ops;
             Code code = Code.INVALID;
             bool stop = false;
+            bool early = false;
             for (int k = 0; k < ops.Length && k < n; k++)
             {
                 ref var op = ref ops[k];
+                // With a translator, the interpreter runs only what it cannot translate: the first instruction here (the
+                // translator declined it, or stopped before it), then up to the next one it can start a block at.
+                if (jit is not null && k > 0 && op.Translatable) { early = true; break; }
                 _repDone = 0;
                 var x = op.Handler(this, ref op.Insn);
                 if (x == Exec.Next)
@@ -172,7 +198,7 @@ public sealed unsafe partial class InstructionEngine
             mem.WatchPage = ulong.MaxValue;
             if (code == Code.INVALID) code = ops[n - 1].Insn.Code;
             result = new StepResult(StepStatus.Ok, default, 0, code);
-            if (stop || b.EndsSystem) return result;
+            if (stop || (b.EndsSystem && !early)) return result;
         }
         return result;
     }
@@ -234,6 +260,7 @@ public sealed unsafe partial class InstructionEngine
             if (h == null) break;
             var fast = FastHandler(ref ins);
             op.Handler = fast != null ? fast : h;
+            op.Translatable = Hyve.X86.Jit.Translator.CanTranslate(ref ins, bits);
             ulong nx = ins.NextIP;
             op.Next = bits == 64 ? nx : bits == 32 ? (uint)nx : (ushort)nx;
             len += il;
@@ -402,7 +429,7 @@ public sealed unsafe partial class InstructionEngine
 
     // The block builder only picks these handlers for RAX..R15 / EAX..R15D operands, so the index is 0..15.
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static ref ulong Gpr(CpuState c, int n) => ref Unsafe.Add(ref MemoryMarshal.GetArrayDataReference(c.Gpr), n);
+    private static ref ulong Gpr(CpuState c, int n) => ref c.Block->Gpr[n];
 
     private interface IAluOp
     {

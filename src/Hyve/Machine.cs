@@ -45,6 +45,8 @@ public sealed class Machine : IDisposable
             Vm = new Vm(name, new CpuTopology(t.Sockets, t.Cores, t.Threads, t.MaxCpus), memory, _clock, rtcOffset)
             {
                 StrictMsr = _config.GetBool("x86.strictmsr", true),
+                SoftJit = _config.GetBool("soft.jit", false),
+                SoftJitCacheSize = (long)_config.GetSize("soft.jit_cache", 64ul << 20),
                 Pinning = ReadPinning(_config, t.Cpus),
             };
             Vm.Snapshots = new MachineSnapshots(Vm, _config, _clock);

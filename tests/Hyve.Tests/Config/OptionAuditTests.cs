@@ -111,6 +111,23 @@ public class OptionAuditTests
     public void UnimplementedKeysAreRefusedThroughMinusOToo(string kv)
         => Assert.Contains("not implemented", Options.Parse(["-o", kv, "vm"]).Error ?? "", StringComparison.Ordinal);
 
+    // soft.jit and soft.jit_cache (issue 15): a bad value ends hyve at parse time; good ones reach the machine's keys.
+    [Theory]
+    [InlineData("soft.jit=maybe", "invalid boolean")]
+    [InlineData("soft.jit_cache=12K", "outside 1M..4G")]
+    [InlineData("soft.jit_cache=lots", "invalid size")]
+    public void TranslatorKeysAreChecked(string kv, string error)
+        => Assert.Contains(error, Options.Parse(["-o", kv, "vm"]).Error ?? "", StringComparison.Ordinal);
+
+    [Fact]
+    public void TranslatorKeysAreAccepted()
+    {
+        var r = Options.Parse(["-o", "soft.jit=true", "-o", "soft.jit_cache=16M", "vm"]);
+        Assert.Null(r.Error);
+        Assert.True(r.Config.GetBool("soft.jit", false));
+        Assert.Equal(16ul << 20, r.Config.GetSize("soft.jit_cache", 0));
+    }
+
     [Fact]
     public void EveryLpcDeviceIsImplementedOrRefused()
     {

@@ -208,6 +208,53 @@ public partial class InterruptTests
         Assert.True(status == 2, $"status {status}, stderr: {p.Stderr}");
     }
 
+    // Issue 15: a register-only loop runs as a translated block that loops on itself in host code; interrupts must still
+    // arrive in it (the translated loop returns to the vCPU loop within its instruction budget). The handler counts in
+    // ESI, which the loop tests: it ends only if the 200 timer interrupts are taken while it spins.
+    [Theory, SoftData]
+    public void PitInterruptsArriveInAHotTranslatedLoop(string accel)
+    {
+        string rom = Rom(a =>
+        {
+            Setup(a, 0x20);
+            ProgramPics(a, 0x20, 0x28, masterMask: 0xfe, slaveMask: 0xff);
+            GuestRom.Print(a, "start\n");
+            a.mov(al, 0x34);
+            a.@out(0x43, al);
+            a.mov(al, 1193 & 0xff);
+            a.@out(0x40, al);
+            a.mov(al, 1193 >> 8);
+            a.@out(0x40, al);
+            a.xor(esi, esi);
+            a.xor(ecx, ecx);
+            a.sti();
+            var spin = a.CreateLabel();
+            a.Label(ref spin);
+            a.add(ecx, 3);
+            a.cmp(esi, 200);
+            a.jb(spin);
+            a.cli();
+            GuestRom.Print(a, "done\n");
+            a.hlt();
+        }, (Handler, h =>
+        {
+            h.inc(esi);
+            h.push(ax);
+            h.mov(al, 0x20);
+            h.@out(0x20, al);
+            h.pop(ax);
+            h.iret();
+        }));
+        using var p = new TimedHyve(Backends.Args(accel, "-o", "soft.jit=true", "-l", $"bootrom,{rom}", "-l", "com1,stdio", Name()));
+        var start = p.SeenAt("start", 180);
+        var done = p.SeenAt("done");
+        int status = p.WaitForExit();
+        double seconds = (done - start).TotalSeconds;
+        Assert.True(seconds is >= 0.1 and <= 1.0, $"200 ticks at 1 kHz took {seconds:F3} s");
+        Assert.Equal("start\ndone\n", p.Stdout);
+        Assert.True(status == 2, $"status {status}, stderr: {p.Stderr}");
+    }
+
     [Theory, KvmData, SoftData]
     public void RtcUpdateEndedInterruptArrivesAsIrq8ThroughTheSlave8259(string accel)
     {

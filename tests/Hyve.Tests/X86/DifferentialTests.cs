@@ -64,7 +64,7 @@ public sealed unsafe class DifferentialTests : IDisposable
 
             init.CopyTo(data);
             var cpu = new CpuState();
-            regs.CopyTo(cpu.Gpr, 0);
+            regs.CopyTo(cpu.Gpr);
             cpu.Rflags = flagsIn;
             var res = _run.RunEngine(cpu, insn);
             Assert.True(res.IsOk, $"{name} #{n}: engine {res.Status} {res.Exception} code {res.Code}");
@@ -408,7 +408,7 @@ public sealed unsafe class DifferentialTests : IDisposable
             var nativeMem = data.ToArray();
             init.CopyTo(data);
             var cpu = new CpuState();
-            regs.CopyTo(cpu.Gpr, 0);
+            regs.CopyTo(cpu.Gpr);
             cpu.Rflags = flagsIn;
             var res = _run.RunEngine(cpu, insn);
             Assert.True(res.IsOk, $"{name} #{n}: {res.Status} {res.Exception}");

@@ -110,7 +110,7 @@ public sealed unsafe class SseTests : IDisposable
 
             init.CopyTo(data);
             var cpu = new CpuState();
-            regs.CopyTo(cpu.Gpr, 0);
+            regs.CopyTo(cpu.Gpr);
             cpu.Rflags = flagsIn;
             var res = _run.RunEngine(cpu, insn);
             Assert.True(res.IsOk, $"{name} #{n}: engine {res.Status} {res.Exception} code {res.Code}");

@@ -1,0 +1,67 @@
+// SPDX-License-Identifier: BSD-2-Clause
+using Hyve.X86.Jit;
+
+namespace Hyve.X86;
+
+/// <summary>The engine's side of binary translation: entering translated blocks from <see cref="Run"/>.</summary>
+public sealed unsafe partial class InstructionEngine
+{
+    /// <summary>The translator whose blocks <see cref="Run"/> prefers to the interpreter's (null: interpret only).</summary>
+    public Translator? Jit
+    {
+        get => _jit;
+        set
+        {
+            _jit = value;
+            if (value is not null) value.Engine = this;
+        }
+    }
+
+    private Translator? _jit;
+    private ulong _jitTlbEpoch = ulong.MaxValue;
+    private int _jitTlbKey = -1;
+    private CpuState? _jitTlbCpu;
+
+    // The translated code's TLB caches the engine's TLB for one CPL and one RFLAGS.AC (SMAP): flush it whenever any of
+    // them, or the guest-physical map behind the host pointers, may have changed since it was filled.
+    private void PrepareTranslated(CpuState cpu, Translator jit, Tlb tlb)
+    {
+        jit.Cpu = cpu;
+        var s = cpu.Block;
+        s->Owner = jit.SelfHandle;
+        // 64-bit mode uses only the FS and GS bases, and no segment load happens inside a Run call's translated code.
+        s->FsBase = cpu.Segs[(int)Seg.Fs].Descriptor.Base;
+        s->GsBase = cpu.Segs[(int)Seg.Gs].Descriptor.Base;
+        int key = cpu.Cpl | ((cpu.Rflags & CpuState.FlagAc) != 0 ? 4 : 0);
+        if (tlb.Epoch != _jitTlbEpoch || key != _jitTlbKey || !tlb.MapUnchanged || _jitTlbCpu != cpu)
+        {
+            JitTlb.FlushAll(s);
+            _jitTlbEpoch = tlb.Epoch;
+            _jitTlbKey = key;
+            _jitTlbCpu = cpu;
+        }
+    }
+
+    // Runs one translated block (looping on itself while the budget lasts). True when the instruction at the new RIP must
+    // be run by the interpreter (the block stopped before an access it could not make inline).
+    private bool RunTranslated(CpuState cpu, Translator jit, JitBlock jb, int budget, Tlb tlb, ref int executed)
+    {
+        var s = cpu.Block;
+        // The interpreter may have changed a base since the last block (WRFSBASE/WRGSBASE do not end a Run call).
+        s->FsBase = cpu.Segs[(int)Seg.Fs].Descriptor.Base;
+        s->GsBase = cpu.Segs[(int)Seg.Gs].Descriptor.Base;
+        if (tlb.Epoch != _jitTlbEpoch || !tlb.MapUnchanged)
+        {
+            JitTlb.FlushAll(s);
+            _jitTlbEpoch = tlb.Epoch;
+        }
+        long iterations = Math.Max(1, budget / jb.Count);
+        s->Retired = 0;
+        int status = ((delegate* unmanaged<StateBlock*, long, int>)jb.Entry)(s, iterations - 1);
+        int ran = (int)s->Retired;
+        executed += ran;
+        jit.InstructionsRun += ran;
+        if (ran > 0) cpu.InterruptShadow = 0;
+        return status == Translator.ExitInterpret;
+    }
+}

@@ -1,0 +1,324 @@
+// SPDX-License-Identifier: BSD-2-Clause
+using Iced.Intel;
+using static Iced.Intel.AssemblerRegisters;
+
+namespace Hyve.X86.Jit;
+
+/// <summary>Block building: decode, choose the translatable prefix, flag liveness, prologue, exits and self-loops.</summary>
+public sealed unsafe partial class Translator
+{
+    private readonly Instruction[] _insns = new Instruction[MaxInstructions];
+    private readonly RflagsBits[] _liveOut = new RflagsBits[MaxInstructions];
+    private readonly bool[] _restore = new bool[MaxInstructions];
+
+    // An exit stub to emit after the block body: set RIP (or keep the one the code stored), count k instructions, and
+    // leave with the status; flags come from the host (Live) or from the probe's save slot.
+    private readonly record struct Exit(Label Label, ulong Rip, bool DynamicRip, int Retired, bool FlagsSaved, int Status);
+    // A TLB miss stub: call the slow path for the address in RDX; back to Join with the host address in RDX, or exit.
+    private readonly record struct Miss(Label Label, Label Join, Label Fail, int Size, bool Write);
+
+    private readonly List<Exit> _exits = [];
+    private readonly List<Miss> _misses = [];
+
+    private JitBlock? Translate(int slot, ulong gpa, ulong rip, int bits, byte* page)
+    {
+        var b = _slots[slot] ??= new JitBlock();
+        b.Count = 0;
+        b.Entry = 0;
+        var dec = bits == 64 ? _dec64 : bits == 32 ? _dec32 : _dec16;
+        int off = (int)(gpa & 0xfff);
+        _reader.Ptr = page + off;
+        _reader.Pos = 0;
+        _reader.Len = 0x1000 - off;
+        ulong ipMask = bits == 64 ? ulong.MaxValue : bits == 32 ? 0xffffffff : 0xffff;
+        int n = 0, len = 0;
+        ulong maxIp = rip;
+        while (n < MaxInstructions)
+        {
+            dec.IP = rip + (ulong)len;
+            _reader.Pos = len;
+            dec.Decode(out _insns[n]);
+            ref var ins = ref _insns[n];
+            if (dec.LastError != DecoderError.None || !Translatable(ref ins, bits)) break;
+            if (((rip + (ulong)len) & ipMask) != rip + (ulong)len || ins.NextIP > ipMask) break; // IP wrap: interpreter
+            len += ins.Length;
+            n++;
+            maxIp = Math.Max(maxIp, ins.NextIP - 1);
+            if (ins.FlowControl != FlowControl.Next)
+            {
+                if (ins.FlowControl is FlowControl.ConditionalBranch or FlowControl.UnconditionalBranch)
+                    maxIp = Math.Max(maxIp, ins.NearBranchTarget);
+                break;
+            }
+        }
+        // At least one instruction's bytes are kept even for an untranslatable start, so the negative entry is checked too.
+        int keep = n > 0 ? len : Math.Max(1, _insns[0].Length);
+        keep = Math.Min(keep, 0x1000 - off);
+        new ReadOnlySpan<byte>(page + off, keep).CopyTo(b.Bytes);
+        b.Gpa = gpa;
+        b.Rip = rip;
+        b.Bitness = bits;
+        b.ByteLen = keep;
+        b.MaxIp = maxIp;
+        if (n == 0) return b;
+
+        nint entry = Emit(n, rip, bits);
+        if (entry == 0 && _encodeFailed) return b; // left to the interpreter
+        if (entry == 0)
+        {
+            // The cache is full: start again from empty (every block pointer is dropped with it) and retry once.
+            FlushAll();
+            b = _slots[slot] = new JitBlock();
+            new ReadOnlySpan<byte>(page + off, keep).CopyTo(b.Bytes);
+            b.Gpa = gpa; b.Rip = rip; b.Bitness = bits; b.ByteLen = keep; b.MaxIp = maxIp;
+            entry = Emit(n, rip, bits);
+            if (entry == 0) return b;
+        }
+        b.Entry = entry;
+        b.Count = n;
+        BlocksTranslated++;
+        if (_codePages.Add(gpa >> 12) && Cpu is { } cpu) JitTlb.FlushWrites(cpu.Block); // its stores must now miss
+        return b;
+    }
+
+    // Backward flag liveness: which guest flags must hold a correct value after each instruction. Every exit reads all of
+    // them (RFLAGS is materialised there) and so does every instruction with a memory probe (its miss may exit before it).
+    private void Liveness(int n)
+    {
+        RflagsBits live = Status;
+        for (int k = n - 1; k >= 0; k--)
+        {
+            ref var i = ref _insns[k];
+            _liveOut[k] = live;
+            var reads = Reads(ref i);
+            var writes = i.RflagsModified & Status;
+            _restore[k] = ((reads | (live & ~writes)) & Status) != 0;
+            live = reads | (live & ~writes);
+            if (HasProbe(ref i)) live = Status;
+        }
+    }
+
+    // Flags an instruction needs on entry. Shifts and rotates leave every flag alone when the masked count is zero, so
+    // they count as reading all of them.
+    private static RflagsBits Reads(ref Instruction i)
+    {
+        var r = i.RflagsRead & Status;
+        switch (i.Mnemonic)
+        {
+            case Mnemonic.Shl: case Mnemonic.Shr: case Mnemonic.Sar: case Mnemonic.Rol: case Mnemonic.Ror: case Mnemonic.Sal:
+                return Status;
+        }
+        return r;
+    }
+
+    private static bool HasProbe(ref Instruction i) => i.Mnemonic switch
+    {
+        Mnemonic.Lea => false,
+        Mnemonic.Push or Mnemonic.Pop or Mnemonic.Call or Mnemonic.Ret => true,
+        _ => HasMemoryOperand(ref i),
+    };
+
+    private static bool HasMemoryOperand(ref Instruction i)
+    {
+        for (int k = 0; k < i.OpCount; k++) if (i.GetOpKind(k) == OpKind.Memory) return true;
+        return false;
+    }
+
+    private bool _encodeFailed;
+
+    private nint Emit(int n, ulong rip, int bits)
+    {
+        _encodeFailed = false;
+        Liveness(n);
+        var a = new Assembler(64);
+        _exits.Clear();
+        _misses.Clear();
+        var epilogueLive = a.CreateLabel();
+        var epilogueSaved = a.CreateLabel();
+
+        // Prologue (SysV): RDI = state block, RSI = self-loop budget. Six pushes and the return address leave RSP 8 off
+        // 16-byte alignment; the SUB fixes it for the slow-path calls.
+        a.push(rbx); a.push(rbp); a.push(r12); a.push(r13); a.push(r14); a.push(r15);
+        a.sub(rsp, 8);
+        a.mov(rbx, rdi);
+        a.mov(r12, rsi);
+        a.xor(r13d, r13d);
+        // Guest status flags into the host's (only the six: TF, IF, DF, AC stay the host's own).
+        a.mov(rax, __qword_ptr[rbx + StateBlock.RflagsOffset]);
+        a.and(eax, HostStatusMask);
+        a.push(rax);
+        a.popfq();
+        var top = a.CreateLabel();
+        a.Label(ref top);
+
+        bool ended = false;
+        for (int k = 0; k < n; k++)
+        {
+            ref var i = ref _insns[k];
+            ulong ipMask = bits == 64 ? ulong.MaxValue : bits == 32 ? 0xffffffff : 0xffff;
+            ulong next = i.NextIP & ipMask;
+            if (i.FlowControl == FlowControl.Next)
+            {
+                EmitInstruction(a, ref i, k, bits);
+                continue;
+            }
+            ended = true;
+            EmitControl(a, ref i, k, rip, next, top, n);
+        }
+        if (!ended) ExitTo(a, (_insns[n - 1].NextIP) & (bits == 64 ? ulong.MaxValue : bits == 32 ? 0xffffffffUL : 0xffffUL), n, false, ExitNext);
+
+        // Out-of-line miss stubs: call the slow path (caller-saved registers are all scratch here).
+        foreach (var m in _misses)
+        {
+            var l = m.Label;
+            a.Label(ref l);
+            a.mov(rdi, rbx);
+            a.mov(rsi, rdx);
+            a.mov(edx, (uint)(m.Size | (m.Write ? 0x100 : 0)));
+            a.mov(rax, (ulong)(nint)(delegate* unmanaged<StateBlock*, ulong, uint, byte*>)&SlowAccess);
+            a.call(rax);
+            a.test(rax, rax);
+            a.jz(m.Fail);
+            a.mov(rdx, rax);
+            a.jmp(m.Join);
+        }
+        // Exit stubs: RIP, retired count and status; then the common materialisation of RFLAGS.
+        foreach (var x in _exits)
+        {
+            var l = x.Label;
+            a.Label(ref l);
+            if (!x.DynamicRip)
+            {
+                a.mov(rax, x.Rip);
+                a.mov(__qword_ptr[rbx + StateBlock.RipOffset], rax);
+            }
+            a.lea(rax, __qword_ptr[r13 + x.Retired]);
+            a.mov(__qword_ptr[rbx + StateBlock.RetiredOffset], rax);
+            a.mov(ecx, (uint)x.Status);
+            a.jmp(x.FlagsSaved ? epilogueSaved : epilogueLive);
+        }
+        a.Label(ref epilogueLive);
+        a.pushfq();
+        a.pop(__qword_ptr[rbx + StateBlock.FlagSaveOffset]);
+        a.Label(ref epilogueSaved);
+        a.mov(rax, __qword_ptr[rbx + StateBlock.FlagSaveOffset]);
+        a.and(eax, HostStatusMask);
+        a.mov(rdx, __qword_ptr[rbx + StateBlock.RflagsOffset]);
+        a.and(rdx, ~HostStatusMask);
+        a.or(rdx, rax);
+        a.mov(__qword_ptr[rbx + StateBlock.RflagsOffset], rdx);
+        a.mov(eax, ecx);
+        a.add(rsp, 8);
+        a.pop(r15); a.pop(r14); a.pop(r13); a.pop(r12); a.pop(rbp); a.pop(rbx);
+        a.ret();
+
+        _writer.Len = 0;
+        try
+        {
+            a.Assemble(_writer, _cache.NextAddress);
+        }
+        catch (Exception)
+        {
+            // A form the host encoder refuses (the translatable set should exclude it): the interpreter runs this block.
+            _encodeFailed = true;
+            return 0;
+        }
+        return _cache.Commit(new ReadOnlySpan<byte>(_writer.Buf, 0, _writer.Len));
+    }
+
+    private Label NewExit(Assembler a, ulong rip, bool dynamicRip, int retired, bool flagsSaved, int status)
+    {
+        var l = a.CreateLabel();
+        _exits.Add(new Exit(l, rip, dynamicRip, retired, flagsSaved, status));
+        return l;
+    }
+
+    private void ExitTo(Assembler a, ulong rip, int retired, bool flagsSaved, int status) => a.jmp(NewExit(a, rip, false, retired, flagsSaved, status));
+
+    // Jcc, JMP rel, CALL rel, RET: the block's last instruction. A branch back to the block's own start loops in host
+    // code while the budget lasts (R12), counting retired instructions in R13, with no flag-changing instruction on the way.
+    private void EmitControl(Assembler a, ref Instruction i, int k, ulong blockRip, ulong next, Label top, int n)
+    {
+        switch (i.Mnemonic)
+        {
+            case Mnemonic.Jmp:
+                Branch(a, i.NearBranchTarget, k, blockRip, top, n);
+                return;
+            case Mnemonic.Call:
+            {
+                // Push the return address, then go to the target.
+                ProbeStack(a, ref i, k, -8, write: true);
+                a.mov(rax, next);
+                a.mov(__qword_ptr[rdx], rax);
+                AdjustRsp(a, -8);
+                ExitTo(a, i.NearBranchTarget, k + 1, false, ExitNext);
+                return;
+            }
+            case Mnemonic.Ret:
+            {
+                ProbeStack(a, ref i, k, 0, write: false);
+                a.mov(rax, __qword_ptr[rdx]);
+                // A non-canonical return address faults on the RET itself: let the interpreter raise it.
+                a.mov(rcx, rax);
+                a.shl(rcx, 16);
+                a.sar(rcx, 16);
+                a.cmp(rcx, rax);
+                a.jne(NewExit(a, i.IP, false, k, true, ExitInterpret));
+                a.mov(__qword_ptr[rbx + StateBlock.RipOffset], rax);
+                AdjustRsp(a, 8);
+                a.jmp(NewExit(a, 0, true, k + 1, true, ExitNext));
+                return;
+            }
+            default: // Jcc
+            {
+                var taken = a.CreateLabel();
+                Jcc(a, i.ConditionCode, taken);
+                ExitTo(a, next, k + 1, false, ExitNext);
+                a.Label(ref taken);
+                Branch(a, i.NearBranchTarget, k, blockRip, top, n);
+                return;
+            }
+        }
+    }
+
+    private void Branch(Assembler a, ulong target, int k, ulong blockRip, Label top, int n)
+    {
+        if (target != blockRip)
+        {
+            ExitTo(a, target, k + 1, false, ExitNext);
+            return;
+        }
+        // Self-loop: one more iteration while R12 > 0 (JRCXZ tests RCX without touching the flags).
+        a.lea(r13, __qword_ptr[r13 + n]);
+        a.mov(rcx, r12);
+        a.lea(r12, __qword_ptr[r12 - 1]);
+        var done = a.CreateLabel();
+        a.jrcxz(done);
+        a.jmp(top);
+        a.Label(ref done);
+        ExitTo(a, target, 0, false, ExitNext);
+    }
+
+    private static void Jcc(Assembler a, ConditionCode cc, Label l)
+    {
+        switch (cc)
+        {
+            case ConditionCode.o: a.jo(l); break;
+            case ConditionCode.no: a.jno(l); break;
+            case ConditionCode.b: a.jb(l); break;
+            case ConditionCode.ae: a.jae(l); break;
+            case ConditionCode.e: a.je(l); break;
+            case ConditionCode.ne: a.jne(l); break;
+            case ConditionCode.be: a.jbe(l); break;
+            case ConditionCode.a: a.ja(l); break;
+            case ConditionCode.s: a.js(l); break;
+            case ConditionCode.ns: a.jns(l); break;
+            case ConditionCode.p: a.jp(l); break;
+            case ConditionCode.np: a.jnp(l); break;
+            case ConditionCode.l: a.jl(l); break;
+            case ConditionCode.ge: a.jge(l); break;
+            case ConditionCode.le: a.jle(l); break;
+            default: a.jg(l); break;
+        }
+    }
+}
