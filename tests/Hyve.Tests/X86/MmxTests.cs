@@ -57,7 +57,7 @@ public sealed unsafe class MmxTests : IDisposable
 
             init.CopyTo(data);
             var cpu = new CpuState();
-            regs.CopyTo(cpu.Gpr, 0);
+            regs.CopyTo(cpu.Gpr);
             cpu.Rflags = 2;
             var res = _run.RunEngine(cpu, insn);
             Assert.True(res.IsOk, $"{name} #{n}: engine {res.Status} {res.Exception} code {res.Code}");
