@@ -731,6 +731,15 @@ public sealed class Vlapic : IMmioDevice
         return (uint)(_timerInitial - into);
     }
 
+    // The current count a saved state carries. A one-shot countdown that reached zero while the clock was held (a
+    // checkpoint pauses timer delivery) has not fired yet: saving 0 would restore it as stopped and lose the interrupt,
+    // freezing a tickless guest whose clockevent it is. It is saved as 1, so it fires one tick after the restore.
+    private uint SavedCurrentCount(long now)
+    {
+        uint count = CurrentCount(now);
+        return count == 0 && _timerRunning && TimerMode != TimerTscDeadline && TimerMode != TimerPeriodic ? 1u : count;
+    }
+
     private void StartCountdown(long now, uint count)
     {
         _timerStartNs = now;
@@ -862,7 +871,7 @@ public sealed class Vlapic : IMmioDevice
             Put(page, LvtLint1, _lvt[(int)LapicLvt.Lint1]);
             Put(page, LvtError, _lvt[(int)LapicLvt.Error]);
             Put(page, TimerInitialCount, _timerInitial);
-            Put(page, TimerCurrentCount, CurrentCount(_clock.NowNs));
+            Put(page, TimerCurrentCount, SavedCurrentCount(_clock.NowNs));
             Put(page, TimerDivide, _dcr);
         }
     }

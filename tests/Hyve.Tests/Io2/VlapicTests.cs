@@ -490,6 +490,22 @@ public class VlapicTests
     }
 
     [Fact]
+    public void AOneShotCountdownThatEndedWhileTheClockWasHeldFiresAfterTheRestore()
+    {
+        W(0, R.TimerDivide, 0xB);   // divide by 1
+        W(0, R.LvtTimer, 0x41);     // one-shot, vector 0x41
+        W(0, R.TimerInitialCount, 1000);
+        _clock.AdvanceHeld(5000);   // past the end, but the checkpoint holds timer delivery
+        var s = _l[0].Save();
+        var b = new Vlapic(0, true, _clock, new LapicBus());
+        b.Restore(s);
+        Assert.False(b.TryGetPendingInterrupt(out _));
+        _clock.Advance(10);
+        Assert.True(b.TryGetPendingInterrupt(out int v));
+        Assert.Equal(0x41, v);
+    }
+
+    [Fact]
     public void SnapshotRoundTripKeepsX2ApicModeAndTscDeadline()
     {
         var a = _l[3];
