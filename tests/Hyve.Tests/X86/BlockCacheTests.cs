@@ -13,36 +13,9 @@ namespace Hyve.Tests.X86;
 /// </summary>
 public sealed unsafe class BlockCacheTests
 {
-    /// <summary>1 MiB of native guest RAM at GPA 0, so a TLB may cache host addresses.</summary>
-    private sealed class HostMemory : IGuestHostMemory, IDisposable
-    {
-        public const int Size = 1 << 20;
-        public readonly byte* Base = (byte*)NativeMemory.AllocZeroed(Size);
-        public MapVersion Version { get; } = new();
-        public Span<byte> Ram => new(Base, Size);
-
-        public bool TryGetSpan(ulong gpa, int length, out Span<byte> span)
-        {
-            if (length >= 0 && gpa <= Size && (ulong)length <= Size - gpa) { span = new Span<byte>(Base + gpa, length); return true; }
-            span = default;
-            return false;
-        }
-
-        public bool TryReadMmio(ulong gpa, int size, out ulong value) { value = 0; return false; }
-        public bool TryWriteMmio(ulong gpa, int size, ulong value) => false;
-
-        public byte* HostPage(ulong gpa, out bool writable)
-        {
-            writable = gpa < Size;
-            return gpa < Size ? Base + (gpa & ~0xffful) : null;
-        }
-
-        public void Dispose() => NativeMemory.Free(Base);
-    }
-
     private const ulong CodeAt = 0x8000;
 
-    private static void Assemble(HostMemory m, int bitness, Action<Assembler> code)
+    private static void Assemble(NativeTestRam m, int bitness, Action<Assembler> code)
     {
         var a = new Assembler(bitness);
         code(a);
@@ -51,7 +24,7 @@ public sealed unsafe class BlockCacheTests
         ms.ToArray().CopyTo(m.Ram[(int)CodeAt..]);
     }
 
-    private static void SetMode(HostMemory m, CpuState c, int bitness)
+    private static void SetMode(NativeTestRam m, CpuState c, int bitness)
     {
         if (bitness == 64)
         {
@@ -75,7 +48,7 @@ public sealed unsafe class BlockCacheTests
     [InlineData(64)]
     public void SpecialisedRegisterFormsMatchTheGenericSemantics(int bitness)
     {
-        using var m = new HostMemory();
+        using var m = new NativeTestRam();
         var fast = new InstructionEngine(m);
         _ = new Tlb(fast.Memory.Walker);
         var slow = new InstructionEngine(m);
@@ -173,8 +146,8 @@ public sealed unsafe class BlockCacheTests
     [InlineData(64)]
     public void SpecialisedMemoryFormsMatchTheGenericSemantics(int bitness)
     {
-        using var m1 = new HostMemory();
-        using var m2 = new HostMemory();
+        using var m1 = new NativeTestRam();
+        using var m2 = new NativeTestRam();
         var fast = new InstructionEngine(m1);
         _ = new Tlb(fast.Memory.Walker);
         var slow = new InstructionEngine(m2);
@@ -302,7 +275,7 @@ public sealed unsafe class BlockCacheTests
     [Fact]
     public void ABlockIsDecodedAgainWhenItsBytesChangeBehindTheEngine()
     {
-        using var m = new HostMemory();
+        using var m = new NativeTestRam();
         var e = new InstructionEngine(m);
         _ = new Tlb(e.Memory.Walker);
         var c = new CpuState();

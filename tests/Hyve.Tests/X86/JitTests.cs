@@ -17,32 +17,6 @@ namespace Hyve.Tests.X86;
 /// </summary>
 public sealed unsafe class JitTests(ITestOutputHelper output)
 {
-    private sealed class HostMemory : IGuestHostMemory, IDisposable
-    {
-        public const int Size = 1 << 20;
-        public readonly byte* Base = (byte*)NativeMemory.AllocZeroed(Size);
-        public MapVersion Version { get; } = new();
-        public Span<byte> Ram => new(Base, Size);
-
-        public bool TryGetSpan(ulong gpa, int length, out Span<byte> span)
-        {
-            if (length >= 0 && gpa <= Size && (ulong)length <= Size - gpa) { span = new Span<byte>(Base + gpa, length); return true; }
-            span = default;
-            return false;
-        }
-
-        public bool TryReadMmio(ulong gpa, int size, out ulong value) { value = 0; return false; }
-        public bool TryWriteMmio(ulong gpa, int size, ulong value) => false;
-
-        public byte* HostPage(ulong gpa, out bool writable)
-        {
-            writable = gpa < Size;
-            return gpa < Size ? Base + (gpa & ~0xffful) : null;
-        }
-
-        public void Dispose() => NativeMemory.Free(Base);
-    }
-
     private const ulong CodeAt = 0x8000, Data = 0x10000, StackTop = 0x30000;
 
     private static byte[] Assemble(int bitness, ulong at, Action<Assembler> code)
@@ -55,7 +29,7 @@ public sealed unsafe class JitTests(ITestOutputHelper output)
     }
 
     // 64-bit mode over the first 1 MiB (4 KiB pages, so that single pages can be unmapped), the rest not present.
-    private static void LongMode(HostMemory m, CpuState c)
+    private static void LongMode(NativeTestRam m, CpuState c)
     {
         MemoryMarshal.Write(m.Ram[0x1000..], 0x2003ul);
         MemoryMarshal.Write(m.Ram[0x2000..], 0x3003ul);
@@ -65,7 +39,7 @@ public sealed unsafe class JitTests(ITestOutputHelper output)
         c.Rip = CodeAt;
     }
 
-    private static (InstructionEngine Engine, Translator Jit) JitEngine(HostMemory m)
+    private static (InstructionEngine Engine, Translator Jit) JitEngine(NativeTestRam m)
     {
         var e = new InstructionEngine(m);
         _ = new Tlb(e.Memory.Walker);
@@ -295,7 +269,7 @@ public sealed unsafe class JitTests(ITestOutputHelper output)
 
     private int Differential(int rounds, int seed, bool breakAdd)
     {
-        using var m = new HostMemory();
+        using var m = new NativeTestRam();
         var (fast, jit) = JitEngine(m);
         jit.BreakAddForTests = breakAdd;
         var slow = new InstructionEngine(m);
@@ -374,7 +348,7 @@ public sealed unsafe class JitTests(ITestOutputHelper output)
     [Fact]
     public void ARealModeLoopRunsTranslatedWithinItsBudget()
     {
-        using var m = new HostMemory();
+        using var m = new NativeTestRam();
         var (e, jit) = JitEngine(m);
         var code = Assemble(16, 0x7c00, a =>
         {
@@ -420,7 +394,7 @@ public sealed unsafe class JitTests(ITestOutputHelper output)
     [Fact]
     public void APageFaultInMidBlockIsPrecise()
     {
-        using var m = new HostMemory();
+        using var m = new NativeTestRam();
         var (e, jit) = JitEngine(m);
         ulong storeAt = 0;
         var code = Assemble(64, CodeAt, a =>
@@ -460,7 +434,7 @@ public sealed unsafe class JitTests(ITestOutputHelper output)
     [Fact]
     public void SelfModifyingCodeRunsTheNewBytes()
     {
-        using var m = new HostMemory();
+        using var m = new NativeTestRam();
         var (e, jit) = JitEngine(m);
         // loop: add eax, imm32 (the imm is at loop+1) ; inc dword [loop+1] ; dec ecx ; jnz loop ; hlt
         var code = Assemble(64, CodeAt, a =>
@@ -489,7 +463,7 @@ public sealed unsafe class JitTests(ITestOutputHelper output)
     [Fact]
     public void CallAndReturnMatchTheInterpreter()
     {
-        using var m = new HostMemory();
+        using var m = new NativeTestRam();
         var (e, jit) = JitEngine(m);
         var slow = new InstructionEngine(m);
         var code = Assemble(64, CodeAt, a =>
