@@ -28,6 +28,13 @@ public static class MoreTargets
     /// <summary>Exceptions a target may end with: the ones hyve turns into one line and status 4.</summary>
     public static bool IsHostError(Exception e) => e is SnapshotFormatException;
 
+    /// <summary>The line every file kept in fuzz/corpus begins with (the project's licence line), which is not part of
+    /// the input: <see cref="Payload"/> strips it before a target sees the bytes, under AFL and in the replay alike.</summary>
+    public static ReadOnlySpan<byte> CorpusHeader => "# SPDX-License-Identifier: BSD-2-Clause\n"u8;
+
+    /// <summary>The input a corpus file holds: its bytes without a leading <see cref="CorpusHeader"/>.</summary>
+    public static byte[] Payload(byte[] file) => file.AsSpan().StartsWith(CorpusHeader) ? file[CorpusHeader.Length..] : file;
+
     // ---- the instruction engine -------------------------------------------------------------------------------
 
     /// <summary>Flat RAM for the engine: 2 MiB, with one MMIO page at 0x1f0000 that reads back what was written.</summary>

@@ -61,7 +61,7 @@ public static class Program
         }
         void Guarded(byte[] data)
         {
-            try { target(data); }
+            try { target(MoreTargets.Payload(data)); }
             catch (ConfigException) { }
             catch (HostConfigException) { }
             catch (Exception e) when (MoreTargets.IsHostError(e)) { }

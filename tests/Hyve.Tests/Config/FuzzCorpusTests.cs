@@ -9,7 +9,8 @@ namespace Hyve.Tests.Config;
 
 /// <summary>
 /// Replays the fuzzing corpora kept in fuzz/corpus (and every crash kept in fuzz/regressions) through the same
-/// targets as fuzz/Hyve.Fuzz: each input must end normally or with the one-line host-error exceptions. Fast: no
+/// targets as fuzz/Hyve.Fuzz (without the licence line each corpus file begins with): each input must end normally or
+/// with the one-line host-error exceptions. Fast: no
 /// fuzzing here, only the inputs AFL++ found interesting.
 /// </summary>
 public class FuzzCorpusTests
@@ -30,7 +31,7 @@ public class FuzzCorpusTests
         foreach (var f in Inputs(target))
         {
             n++;
-            try { run(File.ReadAllBytes(f)); }
+            try { run(Hyve.Fuzz.MoreTargets.Payload(File.ReadAllBytes(f))); }
             catch (Exception e) when (e is ConfigException or HostConfigException || Hyve.Fuzz.MoreTargets.IsHostError(e)) { }
             catch (Exception e)
             {
@@ -78,5 +79,5 @@ public class FuzzCorpusTests
     // The snapshot seed is a whole, valid snapshot: the target reaches past the header and checksums.
     [Fact]
     public void TheSnapshotSeedLoads()
-        => Hyve.Fuzz.MoreTargets.Snapshot(File.ReadAllBytes(Path.Combine(HyveProcess.RepoRoot, "fuzz", "corpus", "snapshot", "rom-1M")));
+        => Hyve.Fuzz.MoreTargets.Snapshot(Hyve.Fuzz.MoreTargets.Payload(File.ReadAllBytes(Path.Combine(HyveProcess.RepoRoot, "fuzz", "corpus", "snapshot", "rom-1M"))));
 }
