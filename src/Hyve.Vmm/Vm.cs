@@ -107,6 +107,10 @@ public sealed class Vm : IVmControl
     public MsiRouteTable MsiRoutes { get; } = new();
     /// <summary>x86.strictmsr: an access to an unimplemented MSR raises #GP (default true; -w clears it).</summary>
     public bool StrictMsr { get; set; } = true;
+    /// <summary>The CPU model (cpu.vendor, cpu.model, cpu.features): what CPUID reports and which instructions execute.</summary>
+    public CpuModel CpuModel { get; set; } = CpuModel.Default;
+    /// <summary>True when cpu.vendor, cpu.model or cpu.features was given: on KVM the host's CPUID is then filtered to the model.</summary>
+    public bool CpuModelExplicit { get; set; }
     /// <summary>soft.jit: the software CPU translates hot guest code to host code (default false for now: Linux does not
     /// boot with it yet; true turns it on).</summary>
     public bool SoftJit { get; set; }
