@@ -62,7 +62,7 @@ internal sealed partial class SoftVcpu : IVcpuBackend, ILapicCpu
         _engine = new InstructionEngine(_phys)
         {
             Model = model,
-            Cpuid = new SoftCpuid(_vm.Topology, id, model) { ApicEnabled = () => lapic.HardwareEnabled },
+            Cpuid = new SoftCpuid(_vm.Topology, id, model) { ApicEnabled = () => lapic.HardwareEnabled, TscHz = () => _tsc.Hz },
             Msrs = _msrs = new SoftMsrs(Lapic, _tsc, _vm.StrictMsr),
             Tsc = _tsc,
         };
