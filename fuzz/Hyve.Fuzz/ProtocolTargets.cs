@@ -242,14 +242,20 @@ public static class ProtocolTargets
     }
 
     /// <summary>An exception a control request may end with only through a defect: the runtime's own argument checks
-    /// (their messages are resource keys under NativeAOT), null references, indexes out of range, overflow.</summary>
+    /// (an ArgumentException subtype with the runtime's message, which is a resource key under NativeAOT), null
+    /// references, indexes out of range, overflow. Hyve's own ArgumentException sentences are answers.</summary>
     public static bool IsDefect(Exception e) => e switch
     {
-        ArgumentException a => a.GetType() != typeof(ArgumentException),
+        ArgumentException a => a.GetType() != typeof(ArgumentException) && RuntimeMessage(a.Message),
         IOException or InvalidOperationException or TimeoutException or UnauthorizedAccessException
             or NotSupportedException or OperationCanceledException => false,
         _ => true,
     };
+
+    private static bool RuntimeMessage(string m) =>
+        m.StartsWith("Specified ", StringComparison.Ordinal) || m.StartsWith("Value cannot be null", StringComparison.Ordinal)
+        || m.StartsWith("Index was out of range", StringComparison.Ordinal) || m.StartsWith("Arg_", StringComparison.Ordinal)
+        || m.StartsWith("Value was ", StringComparison.Ordinal);
 
     // ---- RFB (VNC) client messages ---------------------------------------------------------------------------------
 
