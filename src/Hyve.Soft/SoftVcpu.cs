@@ -292,7 +292,7 @@ internal sealed partial class SoftVcpu : IVcpuBackend, ILapicCpu
         int first = isException ? e.Vector : -1;
         for (int attempt = 0; attempt < 4; attempt++)
         {
-            var r = _engine.Deliver(_cpu, e);
+            var r = isException ? _engine.DeliverException(_cpu, e) : _engine.Deliver(_cpu, e);
             switch (r.Status)
             {
                 case StepStatus.Ok:
