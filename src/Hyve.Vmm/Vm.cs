@@ -103,6 +103,8 @@ public sealed class Vm : IVmControl
 
     /// <summary>Guest writes that should signal an eventfd without an exit (KVM_IOEVENTFD where the backend has it).</summary>
     public IoEventFdTable IoEventFds { get; } = new();
+    /// <summary>Interrupt routes for messages devices send from their I/O threads (KVM_IRQFD where the backend has it).</summary>
+    public MsiRouteTable MsiRoutes { get; } = new();
     /// <summary>x86.strictmsr: an access to an unimplemented MSR raises #GP (default true; -w clears it).</summary>
     public bool StrictMsr { get; set; } = true;
     /// <summary>The CPU model (cpu.vendor, cpu.model, cpu.features): what CPUID reports and which instructions execute.</summary>
