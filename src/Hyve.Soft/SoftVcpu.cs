@@ -62,8 +62,9 @@ internal sealed partial class SoftVcpu : IVcpuBackend, ILapicCpu
         _engine = new InstructionEngine(_phys)
         {
             Model = model,
+            TaskPriority = Lapic,
             Cpuid = new SoftCpuid(_vm.Topology, id, model) { ApicEnabled = () => lapic.HardwareEnabled },
-            Msrs = _msrs = new SoftMsrs(Lapic, _tsc, _vm.StrictMsr),
+            Msrs = _msrs = new SoftMsrs(Lapic, _tsc, _vm.StrictMsr, model.Vendor == CpuVendor.Amd),
             Tsc = _tsc,
         };
         // This engine runs the whole vCPU, so it sees every invalidation: it may cache translations (and decoded blocks).
