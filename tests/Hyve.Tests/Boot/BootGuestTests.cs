@@ -66,7 +66,8 @@ public class BootGuestTests
         Assert.Equal(KernelFormat.Multiboot1, run.Kernel.Format);
         Assert.True(run.Stop.Error is null, $"{run.Stop.Error}; output: {run.Text}");
         var f = Fields(run.Text);
-        Assert.Equal("console=ttyS0 hello", f["cmdline"]);
+        // The kernel's path, then the user's arguments, as GRUB and QEMU pass a Multiboot command line (issue 17 item 6).
+        Assert.Equal("image console=ttyS0 hello", f["cmdline"]);
         Assert.Equal("MODULE CONTENT", f["module"]);
         Assert.Equal(run.Kernel.InitrdAddress, Hex(f["modstart"]));
         Assert.Equal(0ul, run.Kernel.InitrdAddress & 0xfff);
@@ -124,7 +125,7 @@ public class BootGuestTests
         Assert.Equal(KernelFormat.Multiboot2, run.Kernel.Format);
         Assert.True(run.Stop.Error is null, $"{run.Stop.Error}; output: {run.Text}");
         var f = Fields(run.Text);
-        Assert.Equal("root=/dev/vda", f["cmdline"]);
+        Assert.Equal("image root=/dev/vda", f["cmdline"]);
         Assert.Equal("MB2 MODULE", f["module"]);
         Assert.Equal("initrd.img", f["modname"]);
         Assert.Equal((32ul << 10) - 1024, Hex(f["upper"]));
