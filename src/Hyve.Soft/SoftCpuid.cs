@@ -8,10 +8,14 @@ namespace Hyve.Soft;
 /// CPUID of one software vCPU: the VM's <see cref="CpuModel"/> through <see cref="MinimalCpuidModel"/>, plus the VM's topology in
 /// leaf 1 (initial APIC ID, logical processors per package, HTT), leaf 4 (cores per package, cache sharing) and
 /// leaf 0xB (x2APIC topology levels), as KVM's CPUID is made to describe it (<c>CpuidTopology</c> in Hyve.Kvm).
+/// The engine's clocks are reported too, so a guest need not calibrate them against the PIT (which an interpreted
+/// polling loop on a busy host does badly): an Intel model has leaf 0x15 (TSC/crystal ratio, the crystal being the
+/// local APIC timer's input clock) and leaf 0x16 (base and bus MHz), which Linux takes as the known TSC frequency and
+/// the APIC timer period; every model reports the invariant TSC (0x80000007 EDX[8]): the TSC runs at one rate.
 /// </summary>
 public sealed class SoftCpuid : ICpuidModel
 {
-    private const uint MaxBasicLeaf = 0xb;
+    private const uint MaxBasicLeafAmd = 0xb, MaxBasicLeafIntel = 0x16;
 
     private readonly MinimalCpuidModel _base;
     private readonly CpuTopology _topology;
@@ -32,6 +36,14 @@ public sealed class SoftCpuid : ICpuidModel
     /// <summary>When set and returning false, CPUID.1:EDX.APIC reads clear (the local APIC is disabled in IA32_APIC_BASE,
     /// SDM Vol. 3 11.4.3).</summary>
     public Func<bool>? ApicEnabled { get; set; }
+
+    /// <summary>The vCPU's TSC rate in Hz (it may change when a snapshot from another host is restored).</summary>
+    public Func<long> TscHz { get; set; } = () => 1_000_000_000;
+
+    /// <summary>The local APIC timer's input clock in Hz (leaf 0x15's crystal).</summary>
+    public long CrystalHz { get; set; } = 1_000_000_000;
+
+    private uint MaxBasicLeaf => Model.Vendor == CpuVendor.Amd ? MaxBasicLeafAmd : MaxBasicLeafIntel;
 
     /// <inheritdoc/>
     public CpuidResult Query(CpuState cpu, uint leaf, uint subleaf)
@@ -77,7 +89,20 @@ public sealed class SoftCpuid : ICpuidModel
                     1 => new CpuidResult((uint)(threadBits + coreBits), (uint)(_topology.Threads * _topology.Cores), 2u << 8 | 1, _apicId),
                     _ => new CpuidResult(0, 0, subleaf & 0xff, _apicId),
                 };
-            case <= MaxBasicLeaf:
+            case 0x15 when leaf <= MaxBasicLeaf:
+            {
+                // TSC = crystal * EBX / EAX, in lowest terms so both fit 32 bits.
+                long tsc = TscHz(), crystal = CrystalHz, g = (long)System.Numerics.BigInteger.GreatestCommonDivisor(tsc, crystal);
+                return new CpuidResult((uint)(crystal / g), (uint)(tsc / g), (uint)crystal, 0);
+            }
+            case 0x16 when leaf <= MaxBasicLeaf:
+            {
+                uint mhz = (uint)(TscHz() / 1_000_000);
+                return new CpuidResult(mhz, mhz, (uint)(CrystalHz / 1_000_000), 0);
+            }
+            case 0x80000007:
+                return new CpuidResult(0, 0, 0, 1u << 8); // invariant TSC
+            case var _ when leaf <= MaxBasicLeaf:
                 return default;
             default:
                 return _base.Query(cpu, leaf, subleaf);

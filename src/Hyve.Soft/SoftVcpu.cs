@@ -63,7 +63,7 @@ internal sealed partial class SoftVcpu : IVcpuBackend, ILapicCpu
         {
             Model = model,
             TaskPriority = Lapic,
-            Cpuid = new SoftCpuid(_vm.Topology, id, model) { ApicEnabled = () => lapic.HardwareEnabled },
+            Cpuid = new SoftCpuid(_vm.Topology, id, model) { ApicEnabled = () => lapic.HardwareEnabled, TscHz = () => _tsc.Hz },
             Msrs = _msrs = new SoftMsrs(Lapic, _tsc, _vm.StrictMsr, model.Vendor == CpuVendor.Amd),
             Tsc = _tsc,
         };
