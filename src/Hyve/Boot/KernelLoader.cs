@@ -84,7 +84,7 @@ public static class KernelLoader
     {
         byte[] kernel = ReadKernel(kernelPath);
         InitrdSource? initrd = initrdPath is null ? null : InitrdSource.FromFile(initrdPath);
-        return Load(memory, kernel, Path.GetFileName(kernelPath), initrd, cmdline, e820, acpiRsdp, kernelPath);
+        return Load(memory, kernel, Path.GetFileName(kernelPath), kernelPath, initrd, cmdline, e820, acpiRsdp);
     }
 
     /// <summary>Loads a kernel (and initrd) given as bytes; otherwise as the file overload.</summary>
@@ -98,15 +98,15 @@ public static class KernelLoader
             if (initrd.Length == 0) throw new HostConfigException($"initrd {initrdName} is empty");
             source = new InitrdSource(initrdName, initrd.Length, span => initrd.CopyTo(span));
         }
-        return Load(memory, kernel, kernelName, source, cmdline, e820, acpiRsdp);
+        return Load(memory, kernel, kernelName, kernelName, source, cmdline, e820, acpiRsdp);
     }
 
-    private static LoadedKernel Load(GuestMemory memory, byte[] kernel, string kernelName, InitrdSource? initrd,
-        string? cmdline, E820Map? e820, ulong acpiRsdp, string? kernelPath = null)
+    private static LoadedKernel Load(GuestMemory memory, byte[] kernel, string kernelName, string kernelPath, InitrdSource? initrd,
+        string? cmdline, E820Map? e820, ulong acpiRsdp)
     {
         var ctx = new BootContext(memory, e820 ?? E820Map.FromMemory(memory), kernel, kernelName, initrd, cmdline ?? "", acpiRsdp)
         {
-            KernelPath = kernelPath ?? kernelName,
+            KernelPath = kernelPath,
         };
         if (kernel.Length > 0x206 && BinaryPrimitives.ReadUInt32LittleEndian(kernel.AsSpan(0x202)) == LinuxLoader.HdrS)
             return LinuxLoader.Load(ctx);
@@ -189,21 +189,21 @@ internal sealed class BootContext(GuestMemory memory, E820Map e820, byte[] kerne
     public InitrdSource? Initrd { get; } = initrd;
     public string Cmdline { get; } = cmdline;
     public ulong AcpiRsdp { get; } = acpiRsdp;
-
-    /// <summary>The kernel's path as the user gave it (the name when loaded from bytes).</summary>
+    /// <summary>The kernel's path as the user gave it (boot.kernel), which a Multiboot command line begins with.</summary>
     public string KernelPath { get; init; } = kernelName;
-
-    /// <summary>The command line a Multiboot kernel gets: the kernel's path, then the user's arguments, as GRUB and
-    /// QEMU pass it (Multiboot kernels parse their arguments after the first word).</summary>
-    public string MultibootCmdline => Cmdline.Length == 0 ? KernelPath : KernelPath + " " + Cmdline;
 
     /// <summary>A one-line refusal naming the kernel.</summary>
     public HostConfigException Fail(string why) => new($"kernel {KernelName}: {why}");
 
     /// <summary>The command line as bytes with its NUL, checked against <paramref name="limit"/> (excluding the NUL).</summary>
-    public byte[] CmdlineBytes(int limit, string? text0 = null)
+    public byte[] CmdlineBytes(int limit) => CmdlineBytes(Cmdline, limit);
+
+    /// <summary>A Multiboot command line: the kernel's path, then the user's arguments, as GRUB and QEMU pass it (kernels
+    /// that parse their arguments skip the first word).</summary>
+    public byte[] MultibootCmdlineBytes(int limit) => CmdlineBytes(Cmdline.Length == 0 ? KernelPath : KernelPath + " " + Cmdline, limit);
+
+    private byte[] CmdlineBytes(string line, int limit)
     {
-        string line = text0 ?? Cmdline;
         if (line.Contains('\0')) throw new HostConfigException("boot.cmdline contains a NUL character");
         byte[] text = Encoding.UTF8.GetBytes(line);
         limit = Math.Min(limit, KernelLoader.MaxCmdline);
@@ -215,7 +215,10 @@ internal sealed class BootContext(GuestMemory memory, E820Map e820, byte[] kerne
     }
 
     /// <summary>Writes the command line at <see cref="KernelLoader.CmdlineAddress"/>.</summary>
-    public void WriteCmdline(int limit, string? text = null) => Write(KernelLoader.CmdlineAddress, CmdlineBytes(limit, text), "command line");
+    public void WriteCmdline(int limit) => Write(KernelLoader.CmdlineAddress, CmdlineBytes(limit), "command line");
+
+    /// <summary>Writes the Multiboot command line (path first) at <see cref="KernelLoader.CmdlineAddress"/>.</summary>
+    public void WriteMultibootCmdline(int limit) => Write(KernelLoader.CmdlineAddress, MultibootCmdlineBytes(limit), "command line");
 
     /// <summary>Host span for a range of guest RAM (boot data: small, inside lowmem).</summary>
     public Span<byte> Span(ulong gpa, int length, string what)
