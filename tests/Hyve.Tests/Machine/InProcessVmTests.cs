@@ -21,11 +21,11 @@ public class InProcessVmTests
         public void PortWrite(ushort port, int size, uint value) { if (port == 0x3f8) lock (Text) Text.Append((char)value); }
     }
 
-    private static (VmStop Stop, string Out, byte[] Low) RunRom(string accel, byte[] rom, int cpus = 1)
+    private static (VmStop Stop, string Out, byte[] Low) RunRom(string accel, byte[] rom, int cpus = 1, Hyve.X86.CpuModel? model = null)
     {
         using var clock = new TimerQueue();
         using var mem = new GuestMemory(16 << 20);
-        var vm = new Vm("t", new CpuTopology(cpus, 1, 1, cpus), mem, clock);
+        var vm = new Vm("t", new CpuTopology(cpus, 1, 1, cpus), mem, clock) { CpuModel = model ?? Hyve.X86.CpuModel.Default };
         var cap = new Capture();
         vm.Ports.Register(0x3f8, 8, cap);
         string path = GuestRom.ToFile(rom);
@@ -105,7 +105,7 @@ public class InProcessVmTests
     public void X2ApicInitAndStartupIpisFromRealModeStartAnApplicationProcessor(string accel)
     {
         // The same start-up as below through the x2APIC MSRs, which real mode reaches (and kvm-pvm runs) without
-        // entering protected mode. The AP starts at 0800:0000 (SIPI vector 8): mov byte [0900h],5ah; cli; hlt.
+        // entering protected mode. The default model, as bhyve's default, does not report x2APIC: the max model does. The AP starts at 0800:0000 (SIPI vector 8): mov byte [0900h],5ah; cli; hlt.
         byte[] ap = [0xc6, 0x06, 0x00, 0x09, 0x5a, 0xfa, 0xf4];
         var r = RunRom(accel, GuestRom.RealMode(a =>
         {
@@ -133,7 +133,7 @@ public class InProcessVmTests
             GuestRom.Print(a, "A");
             a.cli();
             a.hlt();
-        }), cpus: 2);
+        }), cpus: 2, model: Hyve.X86.CpuModel.Named("max", Hyve.X86.CpuVendor.Intel));
         Assert.Null(r.Stop.Error);
         Assert.True(r.Out == "A", $"{r.Stop} out={r.Out} flag={r.Low[0x900]:x} ap0={r.Low[0x8000]:x}");
         Assert.Equal(SuspendHow.Halt, r.Stop.How);
