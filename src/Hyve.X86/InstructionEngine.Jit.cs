@@ -44,7 +44,7 @@ public sealed unsafe partial class InstructionEngine
 
     // Runs one translated block (looping on itself while the budget lasts). True when the instruction at the new RIP must
     // be run by the interpreter (the block stopped before an access it could not make inline).
-    private bool RunTranslated(CpuState cpu, Translator jit, JitBlock jb, int budget, Tlb tlb, ref int executed)
+    private bool RunTranslated(CpuState cpu, Translator jit, JitBlock jb, int budget, Tlb tlb, ref int executed, IGuestPorts? ports)
     {
         var s = cpu.Block;
         // The interpreter may have changed a base since the last block (WRFSBASE/WRGSBASE do not end a Run call).
@@ -54,6 +54,13 @@ public sealed unsafe partial class InstructionEngine
         {
             JitTlb.FlushAll(s);
             _jitTlbEpoch = tlb.Epoch;
+        }
+        if (jit.CheckAgainstInterpreter)
+        {
+            int done = CheckedRun(cpu, jit, jb, ports, out bool interp);
+            executed += done;
+            jit.InstructionsRun += done;
+            return interp;
         }
         long iterations = Math.Max(1, budget / jb.Count);
         s->Retired = 0;

@@ -86,6 +86,23 @@ public sealed unsafe partial class Translator : IDisposable
     /// <summary>Guest instructions run by translated code.</summary>
     public long InstructionsRun { get; internal set; }
 
+    /// <summary>Run every translated block in lockstep with the interpreter and report divergences on stderr (slow; for
+    /// finding a bad translation on a real guest). Set from HYVE_JIT_CHECK=1 or by a test.</summary>
+    public bool CheckAgainstInterpreter { get; set; } = s_checkFromEnvironment;
+
+    private static readonly bool s_checkFromEnvironment = Environment.GetEnvironmentVariable("HYVE_JIT_CHECK") == "1";
+
+    internal bool Checking;
+    internal readonly List<LoggedStore> WriteLog = [];
+
+    internal struct LoggedStore
+    {
+        public ulong La;
+        public byte* Host;
+        public int Size;
+        public ulong Old;
+    }
+
     /// <summary>Test hook: emit SUB for ADD, to check that the differential tests can fail.</summary>
     public bool BreakAddForTests { get; set; }
 
@@ -142,6 +159,14 @@ public sealed unsafe partial class Translator : IDisposable
         var r = tlb.Translate(cpu, la, write ? PageAccess.Write : PageAccess.Read, out ulong gpa, out byte* host, out bool writable);
         if (!r.IsOk || host == null) return null;                // fault or MMIO
         if (write && (!writable || _codePages.Contains(gpa >> 12))) return null;
+        if (Checking && write)
+        {
+            // The lockstep check sees every store: log it (with the bytes it replaces) and leave the entry unfilled.
+            byte* at = host + (la & 0xfff);
+            ulong old = size switch { 1 => *at, 2 => *(ushort*)at, 4 => *(uint*)at, _ => *(ulong*)at };
+            WriteLog.Add(new LoggedStore { La = la, Host = at, Size = size, Old = old });
+            return at;
+        }
         JitTlb.Fill(cpu.Block, write, la, host);
         return host + (la & 0xfff);
     }
