@@ -38,6 +38,8 @@ public sealed unsafe partial class Translator : IDisposable
     internal const int ExitInterpret = 1;
 
     private readonly JitBlock?[] _slots = new JitBlock?[Slots];
+    private readonly Dictionary<BlockKey, JitBlock> _all = [];
+    private readonly record struct BlockKey(ulong Gpa, ulong Rip, int Bits);
     private readonly HashSet<ulong> _codePages = [];
     private readonly CodeCache _cache;
     private readonly Decoder _dec16, _dec32, _dec64;
@@ -120,6 +122,14 @@ public sealed unsafe partial class Translator : IDisposable
         if (b is not null && b.Gpa == gpa && b.Rip == rip && b.Bitness == bits
             && new ReadOnlySpan<byte>(page + (gpa & 0xfff), b.ByteLen).SequenceEqual(new ReadOnlySpan<byte>(b.Bytes, 0, b.ByteLen)))
             return b;
+        // The direct-mapped slots are only the front: two hot blocks sharing a slot would otherwise be translated again
+        // on every entry (Linux's alternatives pass ran for a minute that way), and every translation costs cache space.
+        if (_all.TryGetValue(new BlockKey(gpa, rip, bits), out var old)
+            && new ReadOnlySpan<byte>(page + (gpa & 0xfff), old.ByteLen).SequenceEqual(new ReadOnlySpan<byte>(old.Bytes, 0, old.ByteLen)))
+        {
+            _slots[slot] = old;
+            return old;
+        }
         return Translate(slot, gpa, rip, bits, page);
     }
 
@@ -127,6 +137,7 @@ public sealed unsafe partial class Translator : IDisposable
     public void FlushAll()
     {
         Array.Clear(_slots);
+        _all.Clear();
         _codePages.Clear();
         _cache.Reset();
     }
