@@ -40,6 +40,7 @@ public static class Program
     static Program()
     {
         foreach (var (name, body) in MoreTargets.All) Targets[name] = body;
+        foreach (var (name, body) in ProtocolTargets.All) Targets[name] = body;
     }
 
     private static string? _temp;

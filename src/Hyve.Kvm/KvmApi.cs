@@ -26,6 +26,10 @@ internal static class KvmApi
     public static readonly nuint SetTssAddr = Io(0x47);
     public static readonly nuint SetIdentityMapAddr = Iow(0x48, 8);
     public static readonly nuint SetGsiRouting = Iow(0x6a, 8);
+    /// <summary>KVM_IRQFD: an eventfd whose signal injects a GSI (struct kvm_irqfd).</summary>
+    public static readonly nuint IrqFd = Iow(0x76, 32);
+    /// <summary>KVM_IRQFD_FLAG_DEASSIGN.</summary>
+    public const uint IrqFdDeassign = 1;
     public static readonly nuint Run = Io(0x80);
     public static readonly nuint GetRegs = Ior(0x81, 144);
     public static readonly nuint SetRegs = Iow(0x82, 144);
@@ -206,6 +210,16 @@ internal unsafe struct KvmIoEventFd
         Fd = e.Fd,
         Flags = (e.DataMatch is null ? 0 : KvmApi.IoEventFdDataMatch) | (e.Pio ? KvmApi.IoEventFdPio : 0) | (assign ? 0 : KvmApi.IoEventFdDeassign),
     };
+}
+
+/// <summary>struct kvm_irqfd (32 bytes).</summary>
+[StructLayout(LayoutKind.Sequential)]
+internal unsafe struct KvmIrqFd
+{
+    public int Fd;
+    public uint Gsi, Flags;
+    public int ResampleFd;
+    public fixed byte Pad[16];
 }
 
 /// <summary>struct kvm_msi.</summary>

@@ -20,6 +20,7 @@ public sealed unsafe class KvmBackend : ICpuBackend, IDirtyPageSource
     private readonly Stack<uint> _freeSlots = new();
     private uint _nextSlot;
     private readonly object _gate = new();
+    private readonly KvmIrqRoutes _routes = null!;
 
     /// <summary>Creates the KVM VM for <paramref name="vm"/> and maps its memory.</summary>
     public KvmBackend(Vm vm)
@@ -40,8 +41,11 @@ public sealed unsafe class KvmBackend : ICpuBackend, IDirtyPageSource
             vm.Memory.DirtySource = this; // segments with a dirty log (the framebuffer) are asked through KVM_GET_DIRTY_LOG
             foreach (var m in vm.Memory.Mappings) OnMappingChanged(m, true);
             vm.Memory.MappingChanged += OnMappingChanged;
+            _routes = new KvmIrqRoutes(VmFd, vm.Ioapic);
             vm.Ioapic.EntryChanged += OnIoapicEntryChanged;
-            UpdateIoapicRoutes();
+            _routes.Update();
+            // MSI-X vectors sent from device threads: an eventfd write each (KVM_IRQFD) instead of KVM_SIGNAL_MSI.
+            vm.MsiRoutes.Attach(_routes);
             // Virtio doorbells: KVM signals the device's eventfd itself, so a queue notify costs no exit.
             vm.IoEventFds.Attach(AssignIoEventFd);
         }
@@ -100,30 +104,7 @@ public sealed unsafe class KvmBackend : ICpuBackend, IDirtyPageSource
         return false;
     }
 
-    private void OnIoapicEntryChanged(int pin) => UpdateIoapicRoutes();
-
-    // struct kvm_irq_routing { u32 nr; u32 flags; struct kvm_irq_routing_entry entries[]; } with 48-byte entries
-    // { u32 gsi; u32 type; u32 flags; u32 pad; union { msi { u32 address_lo, address_hi, data, devid } ... pad[8] } }.
-    private void UpdateIoapicRoutes()
-    {
-        var ioapic = Vm.Ioapic;
-        const int EntrySize = 48;
-        byte* buf = stackalloc byte[8 + EntrySize * 48];
-        new Span<byte>(buf, 8 + EntrySize * 48).Clear();
-        uint n = 0;
-        for (int pin = 0; pin < ioapic.PinCount && pin < 48; pin++)
-        {
-            if (!ioapic.TryGetRoute(pin, out ulong address, out uint data)) continue;
-            byte* e = buf + 8 + EntrySize * n++;
-            *(uint*)e = (uint)pin;
-            *(uint*)(e + 4) = 2; // KVM_IRQ_ROUTING_MSI
-            *(uint*)(e + 16) = (uint)address;
-            *(uint*)(e + 20) = (uint)(address >> 32);
-            *(uint*)(e + 24) = data;
-        }
-        *(uint*)buf = n;
-        lock (_gate) Libc.Ioctl(VmFd, KvmApi.SetGsiRouting, buf);
-    }
+    private void OnIoapicEntryChanged(int pin) => _routes.Update();
 
     private void OnMappingChanged(GuestMapping m, bool added)
     {
@@ -203,6 +184,7 @@ public sealed unsafe class KvmBackend : ICpuBackend, IDirtyPageSource
     {
         if (Vm.Memory.DirtySource == this) Vm.Memory.DirtySource = null;
         Vm.IoEventFds.Detach();
+        Vm.MsiRoutes.Detach();
         Vm.Memory.MappingChanged -= OnMappingChanged;
         Vm.Ioapic.EntryChanged -= OnIoapicEntryChanged;
         Libc.Close(VmFd);

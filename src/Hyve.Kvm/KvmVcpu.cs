@@ -55,6 +55,7 @@ internal sealed unsafe class KvmVcpu : IVcpuBackend
     {
         var entries = _vm.System.SupportedCpuid();
         CpuidTopology.Apply(entries, _owner.Topology, Id);
+        if (_owner.CpuModelExplicit) CpuidFilter.Apply(entries, _owner.CpuModel);
         int bytes = 8 + entries.Length * sizeof(KvmCpuidEntry2);
         byte* buf = (byte*)NativeMemory.AllocZeroed((nuint)bytes);
         try

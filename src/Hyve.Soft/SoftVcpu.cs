@@ -54,10 +54,15 @@ internal sealed partial class SoftVcpu : IVcpuBackend, ILapicCpu
         Lapic = new Vlapic(_vm.Topology.ApicId(id), id == 0, _vm.Clock, backend.Bus, this, readTsc: () => _tsc.ReadTsc(_cpu));
         backend.Bus.Add(Lapic);
         if (id == 0) SetBspLint0ExtInt();
+        var model = _vm.CpuModel;
+        Lapic.X2ApicSupported = model.Has("x2apic");
+        Lapic.TscDeadlineSupported = model.Has("tsc_deadline_timer");
         _phys = new SoftPhysicalMemory(_vm, Lapic);
+        var lapic = Lapic;
         _engine = new InstructionEngine(_phys)
         {
-            Cpuid = new SoftCpuid(_vm.Topology, id),
+            Model = model,
+            Cpuid = new SoftCpuid(_vm.Topology, id, model) { ApicEnabled = () => lapic.HardwareEnabled, TscHz = () => _tsc.Hz },
             Msrs = _msrs = new SoftMsrs(Lapic, _tsc, _vm.StrictMsr),
             Tsc = _tsc,
         };

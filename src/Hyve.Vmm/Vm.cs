@@ -103,8 +103,14 @@ public sealed class Vm : IVmControl
 
     /// <summary>Guest writes that should signal an eventfd without an exit (KVM_IOEVENTFD where the backend has it).</summary>
     public IoEventFdTable IoEventFds { get; } = new();
+    /// <summary>Interrupt routes for messages devices send from their I/O threads (KVM_IRQFD where the backend has it).</summary>
+    public MsiRouteTable MsiRoutes { get; } = new();
     /// <summary>x86.strictmsr: an access to an unimplemented MSR raises #GP (default true; -w clears it).</summary>
     public bool StrictMsr { get; set; } = true;
+    /// <summary>The CPU model (cpu.vendor, cpu.model, cpu.features): what CPUID reports and which instructions execute.</summary>
+    public CpuModel CpuModel { get; set; } = CpuModel.Default;
+    /// <summary>True when cpu.vendor, cpu.model or cpu.features was given: on KVM the host's CPUID is then filtered to the model.</summary>
+    public bool CpuModelExplicit { get; set; }
     /// <summary>soft.jit: the software CPU translates hot guest code to host code (default true; false interprets only).</summary>
     public bool SoftJit { get; set; } = true;
     /// <summary>soft.jit_cache: bytes of executable code cache per software vCPU (default 64 MiB).</summary>

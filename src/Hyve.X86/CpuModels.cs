@@ -76,9 +76,10 @@ public sealed class HostTsc : ITscSource
 }
 
 /// <summary>
-/// A minimal CPUID: GenuineIntel, family 6, with the features the engine and <see cref="CpuState"/> model
-/// (FPU, TSC, MSR, PAE, CX8, APIC, SEP, PGE, CMOV, PAT, MMX, FXSR, SSE/SSE2, long mode, NX, SYSCALL). Leaves above the
-/// maxima return zeros.
+/// The CPUID of a <see cref="CpuModel"/> for one processor: vendor and signature (leaves 0, 1, 0x80000001), the model's
+/// feature words (leaves 1, 7.0, 0x80000001), the bits that follow the guest's control registers (OSXSAVE, OSPKE), a
+/// brand string, and the address widths (0x80000008). Leaves above the maxima return zeros. With the default model
+/// this is GenuineIntel family 6 with the x86-64 baseline, as the engine has always reported.
 /// </summary>
 public sealed class MinimalCpuidModel : ICpuidModel
 {
@@ -87,32 +88,76 @@ public sealed class MinimalCpuidModel : ICpuidModel
     /// <summary>Physical-address width reported in leaf 0x80000008.</summary>
     public int PhysAddrBits { get; set; } = 48;
 
+    /// <summary>The CPU model whose features and vendor are reported.</summary>
+    public CpuModel Model { get; set; } = CpuModel.Default;
+
     /// <summary>The default model (APIC ID 0).</summary>
     public static MinimalCpuidModel Shared { get; } = new();
 
-    // "GenuineIntel" as EBX, EDX, ECX.
-    private const uint VendorEbx = 0x756e6547, VendorEdx = 0x49656e69, VendorEcx = 0x6c65746e;
+    /// <summary>The highest basic leaf this model has content for (7 when it reports any leaf-7 feature, else 1).</summary>
+    public uint MaxBasicLeaf => (Model.Word(CpuidWord.Leaf7Ebx) | Model.Word(CpuidWord.Leaf7Ecx) | Model.Word(CpuidWord.Leaf7Edx)) != 0 ? 7u : 1u;
+
+    /// <summary>Leaf 0's vendor registers (EBX, ECX, EDX) for <paramref name="vendor"/>.</summary>
+    public static (uint Ebx, uint Ecx, uint Edx) VendorRegisters(CpuVendor vendor) => vendor == CpuVendor.Amd
+        ? (0x68747541u, 0x444d4163u, 0x69746e65u)   // "AuthenticAMD"
+        : (0x756e6547u, 0x6c65746eu, 0x49656e69u);  // "GenuineIntel"
+
+    // AMD repeats these leaf-1 EDX bits in 0x80000001 EDX (APM Vol. 3 E.4.2: FPU..APIC, MTRR..PSE36, MMX, FXSR).
+    private const uint AmdMirroredEdx = 0x0183f3ff;
 
     /// <inheritdoc />
     public CpuidResult Query(CpuState cpu, uint leaf, uint subleaf)
     {
+        var m = Model;
         switch (leaf)
         {
-            case 0: return new CpuidResult(1, VendorEbx, VendorEcx, VendorEdx);
+            case 0:
+            {
+                var (b, c, d) = VendorRegisters(m.Vendor);
+                return new CpuidResult(MaxBasicLeaf, b, c, d);
+            }
             case 1:
             {
-                const uint edx = 1u << 0 | 1u << 3 | 1u << 4 | 1u << 5 | 1u << 6 | 1u << 8 | 1u << 9 | 1u << 11 | 1u << 13
-                    | 1u << 15 | 1u << 16 | 1u << 19 | 1u << 23 /* MMX */ | 1u << 24 | 1u << 25 | 1u << 26;
-                const uint ecx = 1u << 23; // POPCNT
                 uint ebx = (uint)ApicId << 24 | 1u << 16 | 8u << 8; // one logical processor, CLFLUSH line 64 bytes
                 bool osxsave = (cpu.Cr4 & (1ul << 18)) != 0;
-                return new CpuidResult(0x000306a9, ebx, ecx | (osxsave ? 1u << 27 : 0), edx);
+                return new CpuidResult(m.Signature, ebx, m.Word(CpuidWord.Leaf1Ecx) | (osxsave ? 1u << 27 : 0), m.Word(CpuidWord.Leaf1Edx));
             }
-            case 0x80000000: return new CpuidResult(0x80000008, 0, 0, 0);
-            case 0x80000001: return new CpuidResult(0, 0, 1u << 0 /* LAHF/SAHF in 64-bit */, 1u << 11 | 1u << 20 | 1u << 29);
+            case 7 when MaxBasicLeaf >= 7:
+            {
+                if (subleaf != 0) return default;
+                bool ospke = (cpu.Cr4 & CpuState.Cr4Pke) != 0;
+                return new CpuidResult(0, m.Word(CpuidWord.Leaf7Ebx), m.Word(CpuidWord.Leaf7Ecx) | (ospke ? 1u << 4 : 0), m.Word(CpuidWord.Leaf7Edx));
+            }
+            case 0x80000000:
+            {
+                // AMD repeats the vendor here; Intel returns zeros in EBX..EDX.
+                var (b, c, d) = m.Vendor == CpuVendor.Amd ? VendorRegisters(m.Vendor) : default;
+                return new CpuidResult(0x80000008, b, c, d);
+            }
+            case 0x80000001:
+            {
+                uint edx = m.Word(CpuidWord.Ext1Edx);
+                if (m.Vendor == CpuVendor.Amd) edx |= m.Word(CpuidWord.Leaf1Edx) & AmdMirroredEdx;
+                return new CpuidResult(m.Vendor == CpuVendor.Amd ? m.Signature : 0, 0, m.Word(CpuidWord.Ext1Ecx), edx);
+            }
+            case 0x80000002: case 0x80000003: case 0x80000004:
+                return Brand((int)(leaf - 0x80000002));
             case 0x80000008: return new CpuidResult((uint)(48 << 8 | PhysAddrBits), 0, 0, 0);
             default: return default;
         }
+    }
+
+    // "Hyve x86-64 CPU", NUL-padded to 48 bytes, 16 bytes a leaf.
+    private static CpuidResult Brand(int part)
+    {
+        ReadOnlySpan<byte> name = "Hyve x86-64 CPU"u8;
+        Span<uint> r = stackalloc uint[4];
+        for (int k = 0; k < 16; k++)
+        {
+            int at = part * 16 + k;
+            if (at < name.Length) r[k / 4] |= (uint)name[at] << (8 * (k % 4));
+        }
+        return new CpuidResult(r[0], r[1], r[2], r[3]);
     }
 }
 

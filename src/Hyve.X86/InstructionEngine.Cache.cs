@@ -256,7 +256,7 @@ public sealed unsafe partial class InstructionEngine
             if (dec.LastError != DecoderError.None) break;
             int il = ins.Length;
             if (bits != 64 && (ip + (ulong)il - 1 > limit || ip + (ulong)il > ipEnd)) break;
-            var h = s_handlers[(int)ins.Code];
+            var h = _handlers[(int)ins.Code];
             if (h == null) break;
             var fast = FastHandler(ref ins);
             op.Handler = fast != null ? fast : h;

@@ -73,7 +73,10 @@ public sealed unsafe partial class InstructionEngine
         public override int ReadByte() => Pos < Len ? Buf[Pos++] : -1;
     }
 
-    private static readonly delegate*<InstructionEngine, ref Instruction, Exec>[] s_handlers = BuildTable();
+    private static readonly delegate*<InstructionEngine, ref Instruction, Exec>[] s_semantics = BuildSemantics();
+    private static readonly delegate*<InstructionEngine, ref Instruction, Exec>[] s_handlers = BuildTable(CpuModel.Default);
+    // The dispatch table of this engine's CPU model (Model).
+    private delegate*<InstructionEngine, ref Instruction, Exec>[] _handlers = s_handlers;
 
     private readonly BufferReader _reader = new();
     private readonly Decoder _dec16, _dec32, _dec64;
@@ -102,8 +105,31 @@ public sealed unsafe partial class InstructionEngine
         _dec64 = Decoder.Create(64, _reader, 0, DecoderOptions.None);
     }
 
-    /// <summary>True when the engine has semantics for <paramref name="code"/>.</summary>
+    /// <summary>True when the engine, with the default CPU model, executes <paramref name="code"/> or raises the
+    /// architecture's exception for it (false: the "not implemented" stop).</summary>
     public static bool IsSupported(Code code) => (uint)code < (uint)s_handlers.Length && s_handlers[(int)code] != null;
+
+    /// <summary>True when the engine has semantics of its own for <paramref name="code"/> (whatever the model).</summary>
+    public static bool IsImplemented(Code code) => (uint)code < (uint)s_semantics.Length && s_semantics[(int)code] != null;
+
+    /// <summary>
+    /// The CPU model: which instruction forms execute and which raise #UD, the writable CR4 and EFER bits, and the
+    /// vendor-specific behaviours. Set it before running (blocks decoded under another model are dropped).
+    /// </summary>
+    public CpuModel Model
+    {
+        get => _model;
+        set
+        {
+            ArgumentNullException.ThrowIfNull(value);
+            _model = value;
+            _handlers = value == CpuModel.Default ? s_handlers : BuildTable(value);
+            Cr4Writable = value.Cr4Writable;
+            Array.Clear(_blocks);
+        }
+    }
+
+    private CpuModel _model = CpuModel.Default;
 
     /// <summary>Fetches, decodes and executes one instruction at CS:RIP.</summary>
     public StepResult Step(CpuState cpu, IGuestPorts? ports = null)
@@ -152,7 +178,7 @@ public sealed unsafe partial class InstructionEngine
             return new StepResult(StepStatus.Exception, PendingException.Ud, 0, Code.INVALID);
         }
         var code = instr.Code;
-        var h = s_handlers[(int)code];
+        var h = _handlers[(int)code];
         if (h == null) return new StepResult(StepStatus.Unsupported, PendingException.Ud, 0, code);
         _fault = default;
         _repDone = 0;

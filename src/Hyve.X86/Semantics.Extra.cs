@@ -172,6 +172,21 @@ public sealed unsafe partial class InstructionEngine
         return Exec.Next;
     }
 
+    // F3 0F BC / F3 0F BD on a processor without BMI1 / LZCNT: the F3 prefix is ignored and the instruction is BSF / BSR
+    // (SDM Vol. 2 TZCNT, LZCNT: "on processors that do not support ... the instruction byte encoding is executed as BSF/BSR").
+    private static Exec TzcntAsBsf(InstructionEngine e, ref Instruction i) => BitScanAs(e, ref i, Mnemonic.Bsf);
+    private static Exec LzcntAsBsr(InstructionEngine e, ref Instruction i) => BitScanAs(e, ref i, Mnemonic.Bsr);
+
+    private static Exec BitScanAs(InstructionEngine e, ref Instruction i, Mnemonic m)
+    {
+        int size = OpSize(ref i, 0);
+        if (!e.ReadOp(ref i, 1, size, out ulong v)) return Exec.Fault;
+        if (v == 0) { e.SetFlags(ZF, ZF); return Exec.Next; }
+        SetGpr(e._cpu, i.Op0Register, m == Mnemonic.Bsf ? (ulong)BitOperations.TrailingZeroCount(v) : (ulong)(63 - BitOperations.LeadingZeroCount(v)));
+        e.SetFlags(ZF, 0);
+        return Exec.Next;
+    }
+
     private static Exec BitScan(InstructionEngine e, ref Instruction i)
     {
         var c = e._cpu;

@@ -400,6 +400,31 @@ public sealed unsafe partial class InstructionEngine
         return Exec.Next;
     }
 
+    /// <summary>ANDN, BLSI, BLSMSK, BLSR (BMI1, SDM Vol. 2): OF cleared, AF and PF undefined (cleared here).</summary>
+    private static Exec Bmi1(InstructionEngine e, ref Instruction i)
+    {
+        var c = e._cpu;
+        if (c.Mode is CpuMode.Real or CpuMode.Virtual8086) return e.Raise(PendingException.Ud); // VEX (SDM Vol. 2 2.3.2)
+        int size = OpSize(ref i, 0);
+        ulong mask = Mask(size), sign = 1ul << (8 * size - 1);
+        bool andn = i.Mnemonic == Mnemonic.Andn;
+        if (!e.ReadOp(ref i, andn ? 2 : 1, size, out ulong src)) return Exec.Fault;
+        ulong r;
+        ulong cf;
+        switch (i.Mnemonic)
+        {
+            case Mnemonic.Andn: r = ~GetGpr(c, i.Op1Register) & src; cf = 0; break;
+            case Mnemonic.Blsi: r = (0 - src) & src; cf = src != 0 ? CF : 0; break;
+            case Mnemonic.Blsmsk: r = (src - 1) ^ src; cf = src == 0 ? CF : 0; break;
+            default: r = (src - 1) & src; cf = src == 0 ? CF : 0; break; // BLSR
+        }
+        r &= mask;
+        SetGpr(c, i.Op0Register, r);
+        ulong zf = i.Mnemonic != Mnemonic.Blsmsk && r == 0 ? ZF : 0; // BLSMSK clears ZF
+        e.SetFlags(CpuState.StatusFlags, cf | zf | ((r & sign) != 0 ? SF : 0));
+        return Exec.Next;
+    }
+
     private static Exec Shift(InstructionEngine e, ref Instruction i)
     {
         var c = e._cpu;

@@ -18,11 +18,9 @@ public sealed unsafe partial class InstructionEngine
     /// <summary>The time-stamp counter (default: <see cref="HostTsc.Shared"/>).</summary>
     public ITscSource Tsc { get; set; } = HostTsc.Shared;
 
-    /// <summary>CR4 bits a guest may set; writing any other bit is #GP(0). Default: what the engine and walker model.</summary>
-    public ulong Cr4Writable { get; set; } = CpuState.Cr4Vme | CpuState.Cr4Pvi | CpuState.Cr4Tsd | CpuState.Cr4De | CpuState.Cr4Pse
-        | CpuState.Cr4Pae | 1ul << 6 /* MCE */ | 1ul << 7 /* PGE */ | 1ul << 8 /* PCE */ | CpuState.Cr4Osfxsr | 1ul << 10 /* OSXMMEXCPT */
-        | CpuState.Cr4Umip | CpuState.Cr4La57 | 1ul << 16 /* FSGSBASE */ | CpuState.Cr4Pcide | 1ul << 18 /* OSXSAVE */
-        | CpuState.Cr4Smep | CpuState.Cr4Smap | CpuState.Cr4Pke;
+    /// <summary>CR4 bits a guest may set; writing any other bit is #GP(0). Follows <see cref="Model"/> (setting the model
+    /// sets it).</summary>
+    public ulong Cr4Writable { get; set; } = CpuModel.Default.Cr4Writable;
 
     private bool IsRealOrV86 => _cpu.Mode is CpuMode.Real or CpuMode.Virtual8086;
 
@@ -401,6 +399,7 @@ public sealed unsafe partial class InstructionEngine
         var c = e._cpu;
         uint index = (uint)c.Gpr[1];
         ulong v;
+        if (e.MsrAbsent(index)) return e.Raise(PendingException.Gp0);
         if (index == ArchitecturalMsrs.Tsc && (e.Msrs == null || !e.Msrs.TryRead(c, index, out v))) v = e.Tsc.ReadTsc(c);
         else if ((e.Msrs == null || !e.Msrs.TryRead(c, index, out v)) && !ArchitecturalMsrs.Shared.TryRead(c, index, out v))
             return e.Raise(PendingException.Gp0);
@@ -408,12 +407,18 @@ public sealed unsafe partial class InstructionEngine
         return Exec.Next;
     }
 
+    // MSRs that exist only with a feature (SDM Vol. 4 table 2-2): IA32_TSC_AUX with RDTSCP or RDPID.
+    private bool MsrAbsent(uint index) => index == ArchitecturalMsrs.TscAux && !_model.Has("rdtscp") && !_model.Has("rdpid");
+
     private static Exec Wrmsr(InstructionEngine e, ref Instruction i)
     {
         if (!e.Cpl0()) return Exec.Fault;
         var c = e._cpu;
         uint index = (uint)c.Gpr[1];
         ulong v = (c.Gpr[2] << 32) | (uint)c.Gpr[0];
+        if (e.MsrAbsent(index)) return e.Raise(PendingException.Gp0);
+        // EFER bits of features the model lacks are reserved (SCE without SYSCALL, LME without LM, NXE without NX).
+        if (index == ArchitecturalMsrs.Efer && (v & ~(e._model.EferWritable | CpuState.EferLma)) != 0) return e.Raise(PendingException.Gp0);
         if ((e.Msrs == null || !e.Msrs.TryWrite(c, index, v)) && !ArchitecturalMsrs.Shared.TryWrite(c, index, v))
             return e.Raise(PendingException.Gp0);
         return Exec.Next;
@@ -577,28 +582,56 @@ public sealed unsafe partial class InstructionEngine
         return Exec.Next;
     }
 
+    /// <summary>
+    /// SYSCALL. Intel: 64-bit mode only (#UD elsewhere). AMD (APM Vol. 3 SYSCALL): also from compatibility mode (to CSTAR, in
+    /// 64-bit mode) and from legacy protected mode (ECX = return EIP, VM/IF/RF cleared, to STAR[31:0] in a flat 32-bit CS).
+    /// </summary>
     private static Exec Syscall(InstructionEngine e, ref Instruction i)
     {
         var c = e._cpu;
-        if (!e.In64BitMode || (c.Efer & CpuState.EferSce) == 0) return e.Raise(PendingException.Ud);
+        bool amd = e._model.Vendor == CpuVendor.Amd;
+        if ((c.Efer & CpuState.EferSce) == 0 || (!e.In64BitMode && !amd) || (c.Cr0 & CpuState.Cr0Pe) == 0 || c.Mode == CpuMode.Virtual8086)
+            return e.Raise(PendingException.Ud);
         ushort sel = (ushort)(c.Star >> 32);
+        if ((c.Efer & CpuState.EferLma) == 0)
+        {
+            c.Gpr[1] = (uint)i.NextIP;
+            c.Rflags &= ~(CpuState.FlagVm | CpuState.FlagIf | CpuState.FlagRf);
+            c.Segs[(int)Seg.Cs] = Flat((ushort)(sel & 0xfffc), FlatCode32);
+            c.Segs[(int)Seg.Ss] = Flat((ushort)(sel + 8), FlatData);
+            c.Rip = (uint)c.Star;
+            return Exec.Branch;
+        }
         c.Gpr[1] = i.NextIP;
         c.Gpr[11] = c.Rflags & ~CpuState.FlagRf;
         c.Rflags = (c.Rflags & ~(c.Sfmask | CpuState.FlagRf)) | 2;
+        ulong target = e.In64BitMode ? c.Lstar : c.Cstar; // canonical by WRMSR's check
         c.Segs[(int)Seg.Cs] = Flat((ushort)(sel & 0xfffc), FlatCode64);
         c.Segs[(int)Seg.Ss] = Flat((ushort)(sel + 8), FlatData);
-        c.Rip = c.Lstar; // canonical by WRMSR's check
+        c.Rip = target;
         return Exec.Branch;
     }
 
+    /// <summary>SYSRET. Intel: 64-bit mode only. AMD: also from legacy protected mode (to a flat 32-bit CS at CPL 3 with
+    /// EIP = ECX and RFLAGS.IF set, APM Vol. 3 SYSRET).</summary>
     private static Exec Sysret(InstructionEngine e, ref Instruction i)
     {
         var c = e._cpu;
-        if (!e.In64BitMode || (c.Efer & CpuState.EferSce) == 0) return e.Raise(PendingException.Ud);
+        bool amd = e._model.Vendor == CpuVendor.Amd;
+        bool legacy = amd && (c.Efer & CpuState.EferLma) == 0 && (c.Cr0 & CpuState.Cr0Pe) != 0 && c.Mode != CpuMode.Virtual8086;
+        if ((c.Efer & CpuState.EferSce) == 0 || (!e.In64BitMode && !legacy)) return e.Raise(PendingException.Ud);
         if (!e.Cpl0()) return Exec.Fault;
+        ushort sel = (ushort)(c.Star >> 48);
+        if (legacy)
+        {
+            c.Rflags |= CpuState.FlagIf;
+            c.Segs[(int)Seg.Cs] = Flat((ushort)(sel | 3), FlatCode32 | Dpl3);
+            c.Segs[(int)Seg.Ss] = Flat((ushort)((sel + 8) | 3), FlatData | Dpl3);
+            c.Rip = (uint)c.Gpr[1];
+            return Exec.Branch;
+        }
         bool to64 = i.Code == Code.Sysretq;
         if (to64 && !Segmentation.IsCanonical(c, c.Gpr[1])) return e.Raise(PendingException.Gp0);
-        ushort sel = (ushort)(c.Star >> 48);
         c.Rflags = (c.Gpr[11] & 0x3c7fd7) | 2;
         c.Segs[(int)Seg.Cs] = to64 ? Flat((ushort)((sel + 16) | 3), FlatCode64 | Dpl3) : Flat((ushort)(sel | 3), FlatCode32 | Dpl3);
         // SS gets its selector from STAR and fixed flat DPL-3 attributes.
@@ -610,6 +643,8 @@ public sealed unsafe partial class InstructionEngine
     private static Exec Sysenter(InstructionEngine e, ref Instruction i)
     {
         var c = e._cpu;
+        // AMD processors do not support SYSENTER/SYSEXIT in long mode: #UD (APM Vol. 3 SYSENTER).
+        if (e._model.Vendor == CpuVendor.Amd && (c.Efer & CpuState.EferLma) != 0) return e.Raise(PendingException.Ud);
         if ((c.Cr0 & CpuState.Cr0Pe) == 0 || (c.SysenterCs & 0xfffc) == 0) return e.Raise(PendingException.Gp0);
         bool ia32e = (c.Efer & CpuState.EferLma) != 0;
         ushort sel = (ushort)(c.SysenterCs & 0xfffc);
@@ -624,6 +659,7 @@ public sealed unsafe partial class InstructionEngine
     private static Exec Sysexit(InstructionEngine e, ref Instruction i)
     {
         var c = e._cpu;
+        if (e._model.Vendor == CpuVendor.Amd && (c.Efer & CpuState.EferLma) != 0) return e.Raise(PendingException.Ud);
         if ((c.Cr0 & CpuState.Cr0Pe) == 0 || (c.SysenterCs & 0xfffc) == 0 || c.Cpl != 0) return e.Raise(PendingException.Gp0);
         bool to64 = i.Code == Code.Sysexitq;
         if (to64 && (!Segmentation.IsCanonical(c, c.Gpr[2]) || !Segmentation.IsCanonical(c, c.Gpr[1]))) return e.Raise(PendingException.Gp0);

@@ -9,18 +9,47 @@ public sealed unsafe partial class InstructionEngine
     // mnemonic share semantics and read their operands generically) or by exact code where a mnemonic
     // is shared with an unrelated instruction (MOVSD string vs. SSE MOVSD). Adding an instruction is
     // adding a case here and a handler.
-    private static delegate*<InstructionEngine, ref Instruction, Exec>[] BuildTable()
+    // One slot per Code: the instruction's semantics, or null where the engine has none.
+    private static delegate*<InstructionEngine, ref Instruction, Exec>[] BuildSemantics()
     {
         var codes = Enum.GetValues<Code>();
         var t = new delegate*<InstructionEngine, ref Instruction, Exec>[codes.Length + 1];
         foreach (var c in codes)
+            if ((int)c < t.Length) t[(int)c] = Select(c);
+        return t;
+    }
+
+    /// <summary>
+    /// The dispatch table for CPU model <paramref name="model"/>: a form whose CPUID features the model reports gets its
+    /// semantics (null = the "not implemented" stop, which the coverage test keeps empty); any other raises #UD, as a
+    /// processor without the feature does (SDM Vol. 2, each instruction's "#UD If CPUID.xx.yy = 0"), except encodings a
+    /// processor without the feature executes as something older (hints that are NOPs, TZCNT as BSF, LZCNT as BSR,
+    /// WBNOINVD as WBINVD, CLFLUSHOPT as CLFLUSH).
+    /// </summary>
+    private static delegate*<InstructionEngine, ref Instruction, Exec>[] BuildTable(CpuModel model)
+    {
+        var sem = s_semantics;
+        var t = new delegate*<InstructionEngine, ref Instruction, Exec>[sem.Length];
+        foreach (var c in Enum.GetValues<Code>())
         {
-            if ((int)c >= t.Length) continue;
-            var h = Select(c);
-            t[(int)c] = h != null ? h : Unreported(c);
+            if ((int)c >= t.Length || c == Code.INVALID) continue;
+            var h = sem[(int)c];
+            if (model.Supports(c) || IsHintEncoding(c)) t[(int)c] = h;
+            else if (c.Mnemonic() == Mnemonic.Tzcnt) t[(int)c] = &TzcntAsBsf;
+            else if (c.Mnemonic() == Mnemonic.Lzcnt) t[(int)c] = &LzcntAsBsr;
+            else t[(int)c] = &Undefined;
         }
         return t;
     }
+
+    // Encodings that run on a processor whose CPUID lacks their feature: prefetch hints and reserved NOPs (no effect),
+    // ENDBR (a NOP without CET), WBNOINVD (F3 0F 09: WBINVD with an ignored prefix), CLFLUSHOPT (66 0F AE /7: CLFLUSH
+    // with an ignored operand-size prefix).
+    private static bool IsHintEncoding(Code c) => c is Code.Prefetch_m8 or Code.Prefetchw_m8 or Code.Prefetchwt1_m8
+        or Code.Prefetchnta_m8 or Code.Prefetcht0_m8 or Code.Prefetcht1_m8 or Code.Prefetcht2_m8 or Code.Pause or Code.Clflushopt_m8
+        or Code.Prefetchreserved3_m8 or Code.Prefetchreserved4_m8 or Code.Prefetchreserved5_m8 or Code.Prefetchreserved6_m8
+        or Code.Prefetchreserved7_m8
+        || c.Mnemonic() is Mnemonic.Reservednop or Mnemonic.Endbr32 or Mnemonic.Endbr64 or Mnemonic.Wbnoinvd;
 
     private static delegate*<InstructionEngine, ref Instruction, Exec> Select(Code c)
     {
@@ -89,6 +118,8 @@ public sealed unsafe partial class InstructionEngine
             case Code.Swapgs: return &Swapgs;
             case Code.Pause: case Code.Prefetch_m8: case Code.Prefetchw_m8: case Code.Prefetchwt1_m8: case Code.Prefetchnta_m8:
             case Code.Prefetcht0_m8: case Code.Prefetcht1_m8: case Code.Prefetcht2_m8:
+            case Code.Prefetchreserved3_m8: case Code.Prefetchreserved4_m8: case Code.Prefetchreserved5_m8:
+            case Code.Prefetchreserved6_m8: case Code.Prefetchreserved7_m8:
                 return &Nop;
             case Code.Lfence: case Code.Lfence_E9: case Code.Lfence_EA: case Code.Lfence_EB: case Code.Lfence_EC: case Code.Lfence_ED:
             case Code.Lfence_EE: case Code.Lfence_EF: case Code.Mfence: case Code.Mfence_F1: case Code.Mfence_F2: case Code.Mfence_F3:
@@ -153,6 +184,7 @@ public sealed unsafe partial class InstructionEngine
         if (x87env != null) return x87env;
         var x87 = SelectX87(c);
         if (x87 != null) return x87;
+        if (c.Mnemonic() is Mnemonic.Andn or Mnemonic.Blsi or Mnemonic.Blsmsk or Mnemonic.Blsr) return &Bmi1;
         // Only legacy/VEX general-purpose forms below; SSE/AVX variants sharing a mnemonic stay unsupported.
         if (c.Encoding() != EncodingKind.Legacy) return null;
         return c.Mnemonic() switch
@@ -218,30 +250,4 @@ public sealed unsafe partial class InstructionEngine
         or Mnemonic.Vmwrite or Mnemonic.Vmfunc or Mnemonic.Invept or Mnemonic.Invvpid or Mnemonic.Vmrun or Mnemonic.Vmmcall
         or Mnemonic.Vmload or Mnemonic.Vmsave or Mnemonic.Stgi or Mnemonic.Clgi or Mnemonic.Skinit or Mnemonic.Invlpga;
 
-    // The CPUID features the model reports (MinimalCpuidModel: leaf 1 EDX/ECX, leaf 0x80000001), as Iced names them.
-    // Built on first use (the handler table's own static initializer runs first).
-    private static HashSet<CpuidFeature>? s_reportedSet;
-    private static HashSet<CpuidFeature> s_reported => s_reportedSet ??= new()
-    {
-        CpuidFeature.INTEL8086, CpuidFeature.INTEL186, CpuidFeature.INTEL286, CpuidFeature.INTEL386, CpuidFeature.INTEL486,
-        CpuidFeature.X64, CpuidFeature.CPUID, CpuidFeature.FPU, CpuidFeature.FPU287, CpuidFeature.FPU387, CpuidFeature.CMOV,
-        CpuidFeature.CX8, CpuidFeature.MSR, CpuidFeature.TSC, CpuidFeature.SYSCALL, CpuidFeature.SEP, CpuidFeature.FXSR,
-        CpuidFeature.SSE, CpuidFeature.SSE2, CpuidFeature.MMX, CpuidFeature.PAUSE, CpuidFeature.CLFSH, CpuidFeature.POPCNT,
-        CpuidFeature.MULTIBYTENOP,
-    };
-
-    /// <summary>True when every CPUID feature <paramref name="c"/> needs is one the model reports.</summary>
-    internal static bool IsReported(Code c)
-    {
-        foreach (var f in c.CpuidFeatures())
-            if (!s_reported.Contains(f)) return false;
-        return true;
-    }
-
-    // An instruction with no semantics here: #UD when it needs a feature the model's CPUID does not report (SSE3 and
-    // later, AVX and every VEX/EVEX/XOP form, 3DNow!, AES, SHA, the 8086/286-only forms, ...), as a CPU without the feature
-    // raises (SDM Vol. 2 each instruction's "#UD if CPUID.xx.yy = 0"). An instruction the model does report stays without
-    // a handler (the "not implemented" stop); the engine test enumerates every Code so that there are none.
-    private static delegate*<InstructionEngine, ref Instruction, Exec> Unreported(Code c)
-        => c == Code.INVALID || IsReported(c) ? null : &Undefined;
 }

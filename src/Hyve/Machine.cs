@@ -46,6 +46,8 @@ public sealed class Machine : IDisposable
             {
                 StrictMsr = _config.GetBool("x86.strictmsr", true),
                 SoftJit = _config.GetBool("soft.jit", true),
+                CpuModel = CpuModelOption(_config),
+                CpuModelExplicit = _config.Get("cpu.model") is not null || _config.Get("cpu.features") is not null || _config.Get("cpu.vendor") is not null,
                 SoftJitCacheSize = (long)_config.GetSize("soft.jit_cache", 64ul << 20),
                 Pinning = ReadPinning(_config, t.Cpus),
             };
@@ -124,6 +126,19 @@ public sealed class Machine : IDisposable
         {
             Dispose();
             throw;
+        }
+    }
+
+    /// <summary>The CPU model that keys cpu.vendor, cpu.model and cpu.features describe (checked at option parsing).</summary>
+    internal static Hyve.X86.CpuModel CpuModelOption(ConfigTree config)
+    {
+        try
+        {
+            return Hyve.X86.CpuModel.Parse(config.Get("cpu.vendor"), config.Get("cpu.model"), config.Get("cpu.features"));
+        }
+        catch (ArgumentException e)
+        {
+            throw new ConfigException(e.Message);
         }
     }
 

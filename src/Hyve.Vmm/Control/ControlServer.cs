@@ -317,6 +317,10 @@ public sealed class ControlServer : IDisposable
         }
     }
 
+    /// <summary>For the fuzz target: told of every exception a request ended with other than a malformed payload,
+    /// so that a defect hidden behind an error reply is found (the target decides which exception types are defects).</summary>
+    internal static Action<Exception>? FaultHook;
+
     /// <summary>Answers one frame (version, op, payload); never throws.</summary>
     private ReadOnlyMemory<byte> Handle(ReadOnlySpan<byte> frame, FrameWriter w)
     {
@@ -341,6 +345,7 @@ public sealed class ControlServer : IDisposable
         }
         catch (ArgumentException e)
         {
+            FaultHook?.Invoke(e);
             return Error(w, ControlStatus.InvalidArgument, CleanMessage(e));
         }
         catch (Exception e) when (e is NotSupportedException or NotImplementedException)
@@ -350,6 +355,7 @@ public sealed class ControlServer : IDisposable
         catch (Exception e)
         {
             // Whatever the VM throws becomes an answer; the server keeps serving.
+            FaultHook?.Invoke(e);
             return Error(w, ControlStatus.Failed, e.Message);
         }
     }

@@ -103,6 +103,14 @@ public sealed class Vlapic : IMmioDevice
     /// <summary>The version register: version 0x14, max LVT entry 6 (seven LVTs with CMCI), bit 24 if directed EOI is offered.</summary>
     public uint VersionValue => 0x14u | ((LvtCount - 1u) << 16) | (_eoiSuppression ? 1u << 24 : 0);
 
+    /// <summary>The CPU model reports x2APIC (CPUID.1:ECX[21]): without it, setting IA32_APIC_BASE.EXTD is #GP (SDM Vol. 3
+    /// 11.12.1) and the x2APIC MSRs do not exist. Default true.</summary>
+    public bool X2ApicSupported { get; set; } = true;
+
+    /// <summary>The CPU model reports the TSC-deadline timer (CPUID.1:ECX[24]): without it IA32_TSC_DEADLINE is #GP.
+    /// Default true.</summary>
+    public bool TscDeadlineSupported { get; set; } = true;
+
     /// <summary>IA32_APIC_BASE.</summary>
     public ulong ApicBase { get { lock (_lock) return _apicBase; } }
 
@@ -213,7 +221,7 @@ public sealed class Vlapic : IMmioDevice
         lock (_lock)
         {
             if (msr == MsrApicBase) { value = _apicBase; return true; }
-            if (msr == MsrTscDeadline)
+            if (msr == MsrTscDeadline && TscDeadlineSupported)
             {
                 value = TimerMode == TimerTscDeadline ? _tscDeadline : 0;
                 return true;
@@ -234,7 +242,7 @@ public sealed class Vlapic : IMmioDevice
         lock (_lock)
         {
             if (msr == MsrApicBase) return WriteApicBase(value);
-            if (msr == MsrTscDeadline)
+            if (msr == MsrTscDeadline && TscDeadlineSupported)
             {
                 WriteTscDeadline(value);
                 return true;
@@ -256,6 +264,7 @@ public sealed class Vlapic : IMmioDevice
         if ((value & reserved) != 0) return false;
         ulong oldMode = _apicBase & (BaseEnable | BaseX2Apic);
         ulong newMode = value & (BaseEnable | BaseX2Apic);
+        if ((value & BaseX2Apic) != 0 && !X2ApicSupported) return false;                     // EXTD is reserved without x2APIC
         if (newMode == BaseX2Apic) return false;                                             // EXTD without EN is invalid
         if (oldMode == (BaseEnable | BaseX2Apic) && newMode == BaseEnable) return false;      // x2APIC -> xAPIC
         if (oldMode == 0 && newMode == (BaseEnable | BaseX2Apic)) return false;               // disabled -> x2APIC
@@ -425,7 +434,8 @@ public sealed class Vlapic : IMmioDevice
         if (!IsSwEnabled) next |= LvtMasked;
         if (lvt == LapicLvt.Timer)
         {
-            if ((next & TimerModeMask) == TimerModeMask) next = (next & ~TimerModeMask) | (old & TimerModeMask); // mode 11 is reserved
+            if ((next & TimerModeMask) == TimerModeMask || ((next & TimerModeMask) == TimerTscDeadline && !TscDeadlineSupported))
+                next = (next & ~TimerModeMask) | (old & TimerModeMask); // mode 11 is reserved, and 10 without TSC-deadline support
             _lvt[i] = next;
             if (((old ^ next) & TimerModeMask) != 0)
             {

@@ -94,6 +94,17 @@ public static partial class Libc
     public static unsafe partial nint Read(int fd, byte* buffer, nuint count);
 
     /// <summary>ioctl(2) with no argument or an integer argument.</summary>
+    /// <summary>write(2).</summary>
+    [LibraryImport("libc", SetLastError = true, EntryPoint = "write")]
+    public static unsafe partial nint Write(int fd, byte* buffer, nuint count);
+
+    /// <summary>eventfd(2).</summary>
+    [LibraryImport("libc", SetLastError = true, EntryPoint = "eventfd")]
+    public static partial int EventFd(uint initval, int flags);
+
+    /// <summary>eventfd(2) flags: EFD_CLOEXEC and EFD_NONBLOCK.</summary>
+    public const int EfdCloexec = 0x80000, EfdNonblock = 0x800;
+
     [LibraryImport("libc", SetLastError = true, EntryPoint = "ioctl")]
     public static partial int Ioctl(int fd, nuint request, nint arg);
 

@@ -84,7 +84,7 @@ public static class KernelLoader
     {
         byte[] kernel = ReadKernel(kernelPath);
         InitrdSource? initrd = initrdPath is null ? null : InitrdSource.FromFile(initrdPath);
-        return Load(memory, kernel, Path.GetFileName(kernelPath), initrd, cmdline, e820, acpiRsdp);
+        return Load(memory, kernel, Path.GetFileName(kernelPath), kernelPath, initrd, cmdline, e820, acpiRsdp);
     }
 
     /// <summary>Loads a kernel (and initrd) given as bytes; otherwise as the file overload.</summary>
@@ -98,13 +98,16 @@ public static class KernelLoader
             if (initrd.Length == 0) throw new HostConfigException($"initrd {initrdName} is empty");
             source = new InitrdSource(initrdName, initrd.Length, span => initrd.CopyTo(span));
         }
-        return Load(memory, kernel, kernelName, source, cmdline, e820, acpiRsdp);
+        return Load(memory, kernel, kernelName, kernelName, source, cmdline, e820, acpiRsdp);
     }
 
-    private static LoadedKernel Load(GuestMemory memory, byte[] kernel, string kernelName, InitrdSource? initrd,
+    private static LoadedKernel Load(GuestMemory memory, byte[] kernel, string kernelName, string kernelPath, InitrdSource? initrd,
         string? cmdline, E820Map? e820, ulong acpiRsdp)
     {
-        var ctx = new BootContext(memory, e820 ?? E820Map.FromMemory(memory), kernel, kernelName, initrd, cmdline ?? "", acpiRsdp);
+        var ctx = new BootContext(memory, e820 ?? E820Map.FromMemory(memory), kernel, kernelName, initrd, cmdline ?? "", acpiRsdp)
+        {
+            KernelPath = kernelPath,
+        };
         if (kernel.Length > 0x206 && BinaryPrimitives.ReadUInt32LittleEndian(kernel.AsSpan(0x202)) == LinuxLoader.HdrS)
             return LinuxLoader.Load(ctx);
         var mb2 = MultibootLoader.FindHeader2(kernel);
@@ -186,15 +189,23 @@ internal sealed class BootContext(GuestMemory memory, E820Map e820, byte[] kerne
     public InitrdSource? Initrd { get; } = initrd;
     public string Cmdline { get; } = cmdline;
     public ulong AcpiRsdp { get; } = acpiRsdp;
+    /// <summary>The kernel's path as the user gave it (boot.kernel), which a Multiboot command line begins with.</summary>
+    public string KernelPath { get; init; } = kernelName;
 
     /// <summary>A one-line refusal naming the kernel.</summary>
     public HostConfigException Fail(string why) => new($"kernel {KernelName}: {why}");
 
     /// <summary>The command line as bytes with its NUL, checked against <paramref name="limit"/> (excluding the NUL).</summary>
-    public byte[] CmdlineBytes(int limit)
+    public byte[] CmdlineBytes(int limit) => CmdlineBytes(Cmdline, limit);
+
+    /// <summary>A Multiboot command line: the kernel's path, then the user's arguments, as GRUB and QEMU pass it (kernels
+    /// that parse their arguments skip the first word).</summary>
+    public byte[] MultibootCmdlineBytes(int limit) => CmdlineBytes(Cmdline.Length == 0 ? KernelPath : KernelPath + " " + Cmdline, limit);
+
+    private byte[] CmdlineBytes(string line, int limit)
     {
-        if (Cmdline.Contains('\0')) throw new HostConfigException("boot.cmdline contains a NUL character");
-        byte[] text = Encoding.UTF8.GetBytes(Cmdline);
+        if (line.Contains('\0')) throw new HostConfigException("boot.cmdline contains a NUL character");
+        byte[] text = Encoding.UTF8.GetBytes(line);
         limit = Math.Min(limit, KernelLoader.MaxCmdline);
         if (text.Length > limit)
             throw new HostConfigException($"boot.cmdline is {text.Length} bytes; kernel {KernelName} accepts at most {limit}");
@@ -205,6 +216,9 @@ internal sealed class BootContext(GuestMemory memory, E820Map e820, byte[] kerne
 
     /// <summary>Writes the command line at <see cref="KernelLoader.CmdlineAddress"/>.</summary>
     public void WriteCmdline(int limit) => Write(KernelLoader.CmdlineAddress, CmdlineBytes(limit), "command line");
+
+    /// <summary>Writes the Multiboot command line (path first) at <see cref="KernelLoader.CmdlineAddress"/>.</summary>
+    public void WriteMultibootCmdline(int limit) => Write(KernelLoader.CmdlineAddress, MultibootCmdlineBytes(limit), "command line");
 
     /// <summary>Host span for a range of guest RAM (boot data: small, inside lowmem).</summary>
     public Span<byte> Span(ulong gpa, int length, string what)

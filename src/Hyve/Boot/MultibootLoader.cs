@@ -85,7 +85,7 @@ internal static class MultibootLoader
         }
         CheckEntry(ctx, entry, start, end);
 
-        ctx.WriteCmdline(KernelLoader.MaxCmdline);
+        ctx.WriteMultibootCmdline(KernelLoader.MaxCmdline);
         ulong initrd = ctx.PlaceInitrd(end, 1ul << 32);
         var info = ctx.Span(KernelLoader.InfoAddress, Info1Size, "Multiboot information");
         info.Clear();
@@ -259,7 +259,7 @@ internal static class MultibootLoader
         var buf = ctx.Span(KernelLoader.Multiboot2InfoAddress, Info2Max, "Multiboot 2 information");
         buf.Clear();
         int pos = 8;
-        byte[] cmdline = ctx.CmdlineBytes(KernelLoader.MaxCmdline);
+        byte[] cmdline = ctx.MultibootCmdlineBytes(KernelLoader.MaxCmdline);
         pos = Tag(buf, pos, 1, cmdline);
         pos = Tag(buf, pos, 2, Encoding.ASCII.GetBytes(LoaderName + "\0"));
         if (ctx.Initrd is not null)

@@ -170,6 +170,8 @@ public static class Options
             ulong jitCache = config.GetSize("soft.jit_cache", 64ul << 20);
             if (jitCache < (1ul << 20) || jitCache > (4ul << 30))
                 throw new ConfigException($"soft.jit_cache '{config.Get("soft.jit_cache")}' is outside 1M..4G");
+            // cpu.vendor, cpu.model, cpu.features (issue 17 item 2): an unknown name or an unimplemented feature ends hyve here.
+            Machine.CpuModelOption(config);
             foreach (var vcpu in config.ChildNames("vcpu"))
             {
                 var set = config.Get($"vcpu.{vcpu}.cpuset");

@@ -102,6 +102,13 @@ public sealed partial class GdbServer : IVmDebugger, IDisposable
         return s;
     }
 
+    /// <summary>For the fuzz target: told of every exception a packet handler or a session ended with that the server
+    /// turned into an error reply or a closed session (a defect the debugger never sees, but the fuzzer must).</summary>
+    internal static Action<Exception>? FaultHook;
+
+    /// <summary>True while a debugger is connected (its session has not yet ended).</summary>
+    internal bool HasSession => _session is not null;
+
     // HYVE_GDB_TRACE=1 logs debug exits and packets on stderr, for diagnosing a debugger session.
     private static readonly bool Trace = Environment.GetEnvironmentVariable("HYVE_GDB_TRACE") == "1";
 
@@ -141,10 +148,11 @@ public sealed partial class GdbServer : IVmDebugger, IDisposable
             var t = new Thread(() =>
             {
                 try { session.Run(); }
-                catch (Exception)
+                catch (Exception e)
                 {
                     // The debugger went away, the VM ended under it, or a packet found a defect: whatever it was,
                     // it ends this session only (detach below), never hyve and its guest.
+                    if (e is not (IOException or System.Net.Sockets.SocketException or ObjectDisposedException or TimeoutException or InvalidOperationException)) FaultHook?.Invoke(e);
                 }
                 finally
                 {

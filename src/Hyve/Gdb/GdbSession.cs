@@ -84,6 +84,7 @@ public sealed partial class GdbServer
                             // A packet no handler foresaw: an error reply, and the session goes on (the guest never
                             // pays for a debugger's malformed packet).
                             if (Trace) Console.Error.WriteLine($"gdb: packet '{e.Text}' failed: {ex.GetType().Name}");
+                            FaultHook?.Invoke(ex);
                             reply = ErrInvalid;
                         }
                         if (reply is not null) Send(reply);

@@ -17,6 +17,7 @@ public sealed class MsiXCapability : IMmioDevice
     private readonly PciDevice _dev;
     private readonly byte[] _table;
     private readonly byte[] _pba;
+    private readonly MsiRoute?[] _routes;
 
     internal MsiXCapability(PciDevice dev, int vectors, int barIndex)
     {
@@ -25,6 +26,7 @@ public sealed class MsiXCapability : IMmioDevice
         Vectors = vectors;
         _table = new byte[vectors * EntrySize];
         _pba = new byte[((vectors + 63) / 64) * 8];
+        _routes = new MsiRoute?[vectors];
         PbaOffset = (_table.Length + 4095) & ~4095;
         ulong barSize = PciDevice.RoundPow2((ulong)(PbaOffset + _pba.Length));
         Offset = dev.AddCapability(0x11, Length);
@@ -73,6 +75,8 @@ public sealed class MsiXCapability : IMmioDevice
         var e = _table.AsSpan(vector * EntrySize);
         ulong addr = BinaryPrimitives.ReadUInt64LittleEndian(e);
         uint data = BinaryPrimitives.ReadUInt32LittleEndian(e[8..]);
+        // Each vector has its own route, which on KVM is an irqfd; masking stays here, so a masked vector never reaches it.
+        if (_dev.Bus?.MsiRoutes is { } routes && routes.TryDeliver(_routes[vector] ??= routes.Add(), addr, data)) return;
         _dev.Bus?.Irq?.Msi(addr, data);
     }
 

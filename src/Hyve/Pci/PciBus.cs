@@ -58,10 +58,13 @@ public sealed class PciBus
 
     /// <summary>Creates the host for a VM (interrupts through <see cref="Vm.Irq"/>, looked up when used).</summary>
     public static PciBus Create(Vm vm, ulong ecamBase = DefaultEcamBase) =>
-        new(vm.Ports, vm.Mmio, vm.Memory, () => vm.Irq, ecamBase) { IoEventFds = vm.IoEventFds };
+        new(vm.Ports, vm.Mmio, vm.Memory, () => vm.Irq, ecamBase) { IoEventFds = vm.IoEventFds, MsiRoutes = vm.MsiRoutes };
 
     /// <summary>The VM's eventfd doorbells (virtio notify addresses register here as their BARs move); null in bare tests.</summary>
     public IoEventFdTable? IoEventFds { get; init; }
+
+    /// <summary>The VM's routes for messages devices send from their own threads (MSI-X vectors), or null.</summary>
+    public MsiRouteTable? MsiRoutes { get; init; }
 
     /// <summary>The port bus I/O BARs live on.</summary>
     public PortBus Ports { get; }

@@ -45,9 +45,9 @@ public static class GuestCpuid
     ];
 
     /// <summary>The feature words the software CPU gives a guest with <paramref name="topology"/>.</summary>
-    public static List<KeyValuePair<string, string>> Soft(CpuTopology topology)
+    public static List<KeyValuePair<string, string>> Soft(CpuTopology topology, CpuModel? cpuModel = null)
     {
-        var model = new SoftCpuid(topology, 0);
+        var model = new SoftCpuid(topology, 0, cpuModel);
         var cpu = new CpuState();
         return Collect((leaf, sub) => { var r = model.Query(cpu, leaf, sub); return (r.Eax, r.Ebx, r.Ecx, r.Edx); });
     }
@@ -70,8 +70,8 @@ public static class GuestCpuid
     }
 
     /// <summary>The words of the engine named <paramref name="engine"/> ("soft" or "kvm").</summary>
-    public static List<KeyValuePair<string, string>> ForEngine(string engine, CpuTopology topology) =>
-        engine == "kvm" ? Kvm(topology) : Soft(topology);
+    public static List<KeyValuePair<string, string>> ForEngine(string engine, CpuTopology topology, CpuModel? cpuModel = null) =>
+        engine == "kvm" ? Kvm(topology) : Soft(topology, cpuModel);
 
     private static List<KeyValuePair<string, string>> Collect(Func<uint, uint, (uint Eax, uint Ebx, uint Ecx, uint Edx)> query)
     {

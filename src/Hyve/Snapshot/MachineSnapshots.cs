@@ -74,7 +74,7 @@ public sealed class MachineSnapshots(Vm vm, ConfigTree config, TimerQueue clock)
         };
         foreach (var kv in config.Entries())
             if (!IsHostOnly(kv.Key)) manifest.Config.Add(kv);
-        manifest.GuestCpuid.AddRange(GuestCpuid.ForEngine(engine, vm.Topology));
+        manifest.GuestCpuid.AddRange(GuestCpuid.ForEngine(engine, vm.Topology, vm.CpuModel));
         // The disks were flushed by the quiesce: their identity now is the one the guest's state goes with.
         foreach (var b in Disks()) manifest.Disks.Add(DiskIdentity.Compute(b.Where, b.DiskPath, b.SizeBytes));
         var header = new SnapshotHeader(SnapshotHeader.CurrentMajor, SnapshotHeader.CurrentMinor, HyveVersion, SnapshotHeader.ThisArch,
@@ -177,7 +177,7 @@ public sealed class MachineSnapshots(Vm vm, ConfigTree config, TimerQueue clock)
         ArgumentNullException.ThrowIfNull(snapshot);
         var m = snapshot.Manifest;
         // The guest may use every CPU feature it saw: an engine (or host) without one of them cannot run it.
-        if (m.GuestCpuid.Count > 0 && config.GetBool("snapshot.check_cpuid", true) && GuestCpuid.Missing(m.GuestCpuid, GuestCpuid.ForEngine(engine, vm.Topology)) is { Count: > 0 } missing)
+        if (m.GuestCpuid.Count > 0 && config.GetBool("snapshot.check_cpuid", true) && GuestCpuid.Missing(m.GuestCpuid, GuestCpuid.ForEngine(engine, vm.Topology, vm.CpuModel)) is { Count: > 0 } missing)
             throw new HostConfigException($"-r {snapshot.Path}: the guest saw CPU features that this host's {engine} engine lacks: {string.Join(" ", missing)} (-o snapshot.check_cpuid=false restores anyway)");
         var segs = vm.Memory.Segments;
         if (m.Segments.Count != segs.Count)

@@ -66,7 +66,7 @@ public class BootGuestTests
         Assert.Equal(KernelFormat.Multiboot1, run.Kernel.Format);
         Assert.True(run.Stop.Error is null, $"{run.Stop.Error}; output: {run.Text}");
         var f = Fields(run.Text);
-        Assert.Equal("console=ttyS0 hello", f["cmdline"]);
+        Assert.Equal("/boot/kernel console=ttyS0 hello", f["cmdline"]); // the kernel's path first, as GRUB and QEMU pass it
         Assert.Equal("MODULE CONTENT", f["module"]);
         Assert.Equal(run.Kernel.InitrdAddress, Hex(f["modstart"]));
         Assert.Equal(0ul, run.Kernel.InitrdAddress & 0xfff);
@@ -124,7 +124,7 @@ public class BootGuestTests
         Assert.Equal(KernelFormat.Multiboot2, run.Kernel.Format);
         Assert.True(run.Stop.Error is null, $"{run.Stop.Error}; output: {run.Text}");
         var f = Fields(run.Text);
-        Assert.Equal("root=/dev/vda", f["cmdline"]);
+        Assert.Equal("/boot/kernel root=/dev/vda", f["cmdline"]);
         Assert.Equal("MB2 MODULE", f["module"]);
         Assert.Equal("initrd.img", f["modname"]);
         Assert.Equal((32ul << 10) - 1024, Hex(f["upper"]));

@@ -31,6 +31,9 @@ public static class BootKit
         }
     }
 
+    /// <summary>The path test kernels are loaded as (a Multiboot command line begins with it).</summary>
+    public const string KernelPath = "/boot/kernel";
+
     /// <summary>Loads <paramref name="kernel"/> with the direct-boot loader and runs it on <paramref name="accel"/> ("kvm" or
     /// "soft", see <see cref="Backends"/>) until it writes debug-exit (20 s at most).</summary>
     public static BootRun Run(string accel, byte[] kernel, byte[]? initrd = null, string? cmdline = null, ulong memory = 32 << 20, string initrdName = "initrd",
@@ -42,7 +45,7 @@ public static class BootKit
         vm.Ports.Register(0x3f8, 8, com);
         int? status = null;
         new DebugExit(s => { status = s; vm.Suspend(SuspendHow.PowerOff); }).Register(vm.Ports);
-        var loaded = KernelLoader.Load(mem, kernel, initrd, cmdline, initrdName: initrdName);
+        var loaded = KernelLoader.Load(mem, kernel, initrd, cmdline, kernelName: KernelPath, initrdName: initrdName);
         vm.BootState = loaded.Cpu;
         if (stopWhen is not null) com.OnText = t => { if (stopWhen(t.ToString())) vm.Suspend(SuspendHow.PowerOff); };
         using var watchdog = new Timer(_ => vm.SetError("test kernel timed out"), null, timeoutMs, Timeout.Infinite);

@@ -76,6 +76,13 @@ public class FuzzCorpusTests
     [InlineData("snapshot")]
     public void GuestFacingCorpus(string target) => Replay(target, Hyve.Fuzz.MoreTargets.All[target]);
 
+    // The servers a peer talks to: the GDB remote protocol, the control socket, the VNC server's client messages.
+    [Theory]
+    [InlineData("gdb")]
+    [InlineData("control")]
+    [InlineData("rfb")]
+    public void ProtocolCorpus(string target) => Replay(target, Hyve.Fuzz.ProtocolTargets.All[target]);
+
     // The snapshot seed is a whole, valid snapshot: the target reaches past the header and checksums.
     [Fact]
     public void TheSnapshotSeedLoads()

@@ -8,7 +8,8 @@ namespace Hyve.Tests.Machine;
 /// Debian's cloud kernel on the software CPU with virtio disks, entropy and console: one boot (about 40 s) checks
 /// that root=/dev/vda mounts read-write from an ext4 image made with mkfs.ext4 -d, that a file the guest wrote and
 /// synced is in the image afterwards (debugfs), that a second disk given with <c>ro</c> refuses writes and is unchanged,
-/// that /dev/hwrng gives bytes, and that console=hvc0 shows the kernel log on the virtio console.
+/// that /dev/hwrng gives bytes, that console=hvc0 shows the kernel log on the virtio console, and that a second, named
+/// console port (MULTIPORT) shows its name in sysfs and carries a line each way to a UNIX socket on the host.
 /// The initramfs (tests/guests/virtio-guest) carries the kernel's own virtio modules and busybox.
 /// </summary>
 public class VirtioGuestTests
@@ -35,18 +36,27 @@ public class VirtioGuestTests
         {
             Run(Path.Combine(HyveProcess.RepoRoot, "tests", "guests", "virtio-guest"), dir);
             string disk = Path.Combine(dir, "disk.img"), roDisk = Path.Combine(dir, "ro.img"), hvc = Path.Combine(dir, "hvc0.log");
+            string agent = Path.Combine(dir, "agent.sock");
             var roBytes = new byte[1 << 20];
             RandomNumberGenerator.Fill(roBytes);
             File.WriteAllBytes(roDisk, roBytes);
             string name = "vio" + Guid.NewGuid().ToString("N")[..8];
             using var vm = HyveProcess.Start(Backends.Args("soft", "-m", "512M",
                 "-s", "0,hostbridge", "-s", "1,lpc", "-s", $"3,virtio-blk,{disk}", "-s", $"4,virtio-blk,{roDisk},ro",
-                "-s", "5,virtio-rnd", "-s", $"6,virtio-console,con={hvc}",
+                "-s", "5,virtio-rnd", "-s", $"6,virtio-console,con={hvc},org.hyve.agent={agent}",
                 "-o", $"boot.kernel={kernel}", "-o", $"boot.initrd={Path.Combine(dir, "initrd.gz")}",
                 "-o", "boot.cmdline=console=ttyS0 console=hvc0 root=/dev/vda", "-l", "com1,stdio", name));
+            // The host end of the second console port: wait for the guest's line, answer it.
+            var fromGuest = new System.Text.StringBuilder();
+            var host = new Thread(() => AnswerOnPort(agent, fromGuest)) { IsBackground = true };
+            host.Start();
             vm.WaitForExit(300);
             string o = vm.Stdout;
             Assert.True(o.Contains("HYVE-DONE", StringComparison.Ordinal), o + vm.Stderr);
+            Assert.True(host.Join(10_000), "the port's host end did not finish");
+            Assert.Contains("HYVE-VPORT-NAME org.hyve.agent\n", o.Replace("\r", ""), StringComparison.Ordinal);
+            Assert.Contains("HYVE-VPORT-GOT hello from the host", o, StringComparison.Ordinal);
+            lock (fromGuest) Assert.Contains("HYVE-VPORT-READY\n", fromGuest.ToString(), StringComparison.Ordinal);
             Assert.Equal(1, vm.ExitCode); // powered off
             Assert.Contains("virtio_blk virtio0: [vda] 131072 512-byte logical blocks", o, StringComparison.Ordinal);
             Assert.Contains("HYVE-ROOT-UP ext4 rw", o, StringComparison.Ordinal);
@@ -66,6 +76,33 @@ public class VirtioGuestTests
         finally
         {
             if (Directory.Exists(dir)) Directory.Delete(dir, true);
+        }
+    }
+
+    // Connects to the port's socket once hyve has made it, reads until the guest's READY line, answers, reads to the end.
+    private static void AnswerOnPort(string path, System.Text.StringBuilder received)
+    {
+        var sw = System.Diagnostics.Stopwatch.StartNew();
+        while (!File.Exists(path) && sw.Elapsed.TotalSeconds < 60) Thread.Sleep(20);
+        using var s = new System.Net.Sockets.Socket(System.Net.Sockets.AddressFamily.Unix, System.Net.Sockets.SocketType.Stream, System.Net.Sockets.ProtocolType.Unspecified);
+        s.Connect(new System.Net.Sockets.UnixDomainSocketEndPoint(path));
+        var buf = new byte[256];
+        bool answered = false;
+        while (true)
+        {
+            int n;
+            try { n = s.Receive(buf); }
+            catch (System.Net.Sockets.SocketException) { break; }
+            if (n <= 0) break;
+            lock (received)
+            {
+                received.Append(System.Text.Encoding.ASCII.GetString(buf, 0, n));
+                if (!answered && received.ToString().Contains("HYVE-VPORT-READY\n", StringComparison.Ordinal))
+                {
+                    s.Send("hello from the host\n"u8);
+                    answered = true;
+                }
+            }
         }
     }
 

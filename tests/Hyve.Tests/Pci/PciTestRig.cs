@@ -43,7 +43,7 @@ public sealed class PciTestRig : IDisposable
     public readonly RecordingIrq Irq = new();
     public readonly PciBus Bus;
 
-    public PciTestRig() => Bus = new PciBus(Ports, Mmio, Memory, () => Irq);
+    public PciTestRig(MsiRouteTable? msiRoutes = null) => Bus = new PciBus(Ports, Mmio, Memory, () => Irq) { MsiRoutes = msiRoutes };
 
     /// <summary>Mechanism #1 read.</summary>
     public uint Cf8Read(int bus, int slot, int func, int offset, int size)

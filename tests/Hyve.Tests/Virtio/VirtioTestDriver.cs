@@ -17,8 +17,8 @@ public sealed class VirtioTestDriver : IDisposable
     public readonly PciTestRig Rig = new();
     public readonly VirtioPciDevice Device;
     private readonly IMmioDevice _bar;
-    private readonly ushort[] _nextDesc = new ushort[4];
-    private readonly ushort[] _availIdx = new ushort[4];
+    private readonly ushort[] _nextDesc = new ushort[40];
+    private readonly ushort[] _availIdx = new ushort[40];
 
     public VirtioTestDriver(string emulation, ConfigTree? root = null, params (string, string)[] conf)
     {

@@ -81,14 +81,18 @@ public sealed class InstructionCoverageTests
         return cpu;
     }
 
-    [Fact]
-    public void Every_iced_instruction_form_executes_or_raises_an_exception_never_stops_the_vm()
+    [Theory]
+    [InlineData("x86-64", "intel")]
+    [InlineData("max", "intel")]
+    [InlineData("max", "amd")]
+    public void Every_iced_instruction_form_executes_or_raises_an_exception_never_stops_the_vm(string model, string vendor)
     {
         var mem = new TestMemory(4 << 20);
         mem.Write64(0x10000, 0x11000 | 3);
         mem.Write64(0x11000, 0x12000 | 3);
         mem.Write64(0x12000, 0x83); // 2 MiB identity page
-        var engine = new InstructionEngine(mem);
+        var cpuModel = CpuModel.Parse(vendor, model, null);
+        var engine = new InstructionEngine(mem) { Model = cpuModel, Cpuid = new MinimalCpuidModel { Model = cpuModel } };
         var reached = new HashSet<IcedCode>();
         var failures = new StringBuilder();
         int executed = 0, raised = 0;
@@ -148,7 +152,8 @@ public sealed class InstructionCoverageTests
             Assert.Equal(Vector.UD, r.Exception.Vector);
             Assert.Equal(0x1000ul, cpu.Rip);
         }
-        // BEXTR eax, ecx, eax (C4 E2 78 F7 C1) runs in 64-bit mode but is #UD in real mode.
+        // BEXTR eax, ecx, eax (C4 E2 78 F7 C1) runs in 64-bit mode with BMI1 but is #UD in real mode.
+        engine.Model = CpuModel.Named("max", CpuVendor.Intel);
         var bextr = new byte[] { 0xc4, 0xe2, 0x78, 0xf7, 0xc1 };
         var lm = Prepared(64);
         lm.Gpr[0] = 0x0404; lm.Gpr[1] = 0xabcd;

@@ -59,7 +59,7 @@ public sealed unsafe class NativeRunner : IGuestPhysicalMemory, IDisposable
             a.pop(r15); a.pop(r14); a.pop(r13); a.pop(r12); a.pop(rbp); a.pop(rbx);
             a.ret();
         }, 0);
-        _engine = new InstructionEngine(this);
+        _engine = new InstructionEngine(this) { Model = CpuModel.Named("max", CpuVendor.Intel) }; // every feature the host is compared on
     }
 
     private static nint Map(int size, int prot)

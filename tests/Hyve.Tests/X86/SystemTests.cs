@@ -15,7 +15,7 @@ public class SystemTests
 
     public SystemTests()
     {
-        _engine = new InstructionEngine(_mem);
+        _engine = new InstructionEngine(_mem) { Model = CpuModel.Named("max", CpuVendor.Intel) };
         _mem.Write64(Gdt + 0x08, 0x00cf9a000000ffff); // flat 32-bit code
         _mem.Write64(Gdt + 0x10, 0x00cf92000000ffff); // flat data
         _mem.Write64(Gdt + 0x18, 0x00af9a000000ffff); // 64-bit code
