@@ -40,6 +40,8 @@ public static class ProtocolTargets
     private sealed class IdleVm
     {
         public readonly Vm Vm;
+        private readonly Thread _runner;
+        private volatile bool _stop;
 
         public IdleVm(string name)
         {
@@ -52,11 +54,11 @@ public static class ProtocolTargets
             File.WriteAllBytes(path, rom);
             BootRom.Load(mem, path, null);
             File.Delete(path);
-            var t = new Thread(() =>
+            _runner = new Thread(() =>
             {
-                while (true) Vm.Run(v => new SoftBackend(v));
+                while (!_stop) Vm.Run(v => new SoftBackend(v));
             }) { IsBackground = true, Name = $"fuzz-vm-{name}" };
-            t.Start();
+            _runner.Start();
             // The control socket and the debugger want vCPU threads: wait until the first run has them.
             var sw = System.Diagnostics.Stopwatch.StartNew();
             while (sw.Elapsed < Deadline)
@@ -65,6 +67,37 @@ public static class ProtocolTargets
                 catch (InvalidOperationException) { Thread.Sleep(5); }
             }
         }
+
+        /// <summary>Keeps every vCPU out of the guest (they still serve requests), across runs: a register a request
+        /// wrote never sends a vCPU spinning through garbage while the next input is tried.</summary>
+        public void Hold()
+        {
+            for (int i = 0; i < Vm.CpuCount; i++) Vm.HoldCpu(i);
+        }
+
+        /// <summary>Ends the VM for good.</summary>
+        public void Stop()
+        {
+            _stop = true;
+            Vm.Suspend(SuspendHow.PowerOff);
+            _runner.Join(Deadline);
+            Vm.Memory.Dispose();
+        }
+    }
+
+    /// <summary>Stops every server and VM the targets started (the test suite calls it after a replay; under AFL the
+    /// process simply ends).</summary>
+    public static void Shutdown()
+    {
+        GdbServer.FaultHook = null;
+        ControlServer.FaultHook = null;
+        _gdb?.Dispose();
+        _control?.Dispose();
+        _rfbOpen?.Dispose();
+        _rfbPassword?.Dispose();
+        _gdbVm?.Stop();
+        _controlVm?.Stop();
+        (_gdb, _control, _rfbOpen, _rfbPassword, _gdbVm, _controlVm, _surface) = (null, null, null, null, null, null, null);
     }
 
     /// <summary>Checkpoints and memory dumps are refused with the IOException a failing write gives (the path a fuzzer
@@ -177,6 +210,7 @@ public static class ProtocolTargets
         using (var s = Connect(_gdbPath!)) Converse(s, wire.ToArray());
         // The session detaches (every vCPU released) before the server takes the next debugger.
         WaitUntil(() => !server.HasSession, "the gdb session did not end");
+        _gdbVm!.Hold(); // detaching released them
         if (_gdbFault is { } f) throw new FuzzDefectException("gdb", f);
     }
 
@@ -197,6 +231,7 @@ public static class ProtocolTargets
         if (_control is null)
         {
             _controlVm = new IdleVm("ctl");
+            _controlVm.Hold();
             string dir = Path.GetDirectoryName(SocketPath("ctl"))!;
             _control = ControlServer.Start(_controlVm.Vm, dir);
             ControlServer.FaultHook = e => { if (IsDefect(e)) _controlFault ??= e; };
@@ -207,14 +242,20 @@ public static class ProtocolTargets
     }
 
     /// <summary>An exception a control request may end with only through a defect: the runtime's own argument checks
-    /// (their messages are resource keys under NativeAOT), null references, indexes out of range, overflow.</summary>
+    /// (an ArgumentException subtype with the runtime's message, which is a resource key under NativeAOT), null
+    /// references, indexes out of range, overflow. Hyve's own ArgumentException sentences are answers.</summary>
     public static bool IsDefect(Exception e) => e switch
     {
-        ArgumentException a => a.GetType() != typeof(ArgumentException),
+        ArgumentException a => a.GetType() != typeof(ArgumentException) && RuntimeMessage(a.Message),
         IOException or InvalidOperationException or TimeoutException or UnauthorizedAccessException
             or NotSupportedException or OperationCanceledException => false,
         _ => true,
     };
+
+    private static bool RuntimeMessage(string m) =>
+        m.StartsWith("Specified ", StringComparison.Ordinal) || m.StartsWith("Value cannot be null", StringComparison.Ordinal)
+        || m.StartsWith("Index was out of range", StringComparison.Ordinal) || m.StartsWith("Arg_", StringComparison.Ordinal)
+        || m.StartsWith("Value was ", StringComparison.Ordinal);
 
     // ---- RFB (VNC) client messages ---------------------------------------------------------------------------------
 

@@ -8,11 +8,13 @@ namespace Hyve.Soft;
 /// The model-specific registers of one software vCPU that are not kept in <see cref="CpuState"/>: IA32_APIC_BASE, the
 /// x2APIC registers and IA32_TSC_DEADLINE (its <see cref="Vlapic"/>), the TSC (its own offset over the host clock), the
 /// MTRRs (accepted and read back: memory types mean nothing to an emulator), MISC_ENABLE and the read-as-zero machine-check
-/// and microcode registers firmware and kernels probe. Unknown MSRs raise #GP(0), or with x86.strictmsr off read as 0 and
-/// ignore writes.
+/// and microcode registers firmware and kernels probe, and with an AMD model the northbridge configuration register Linux
+/// reads and writes without a fault handler, SYSCFG and HWCR (read as 0, writes ignored, as KVM does). Unknown MSRs raise #GP(0), or with
+/// x86.strictmsr off read as 0 and ignore writes.
 /// </summary>
-public sealed class SoftMsrs(Vlapic lapic, HostTsc tsc, bool strict) : IMsrHandler
+public sealed class SoftMsrs(Vlapic lapic, HostTsc tsc, bool strict, bool amd = false) : IMsrHandler
 {
+    private const uint AmdNbCfg = 0xc001001f, AmdSyscfg = 0xc0010010, AmdHwcr = 0xc0010015;
     private const uint MtrrCap = 0xfe, MtrrPhysFirst = 0x200, MtrrPhysLast = 0x20f, MtrrDefType = 0x2ff;
     private const uint MtrrFix64K = 0x250, MtrrFix16K0 = 0x258, MtrrFix16K1 = 0x259, MtrrFix4KFirst = 0x268, MtrrFix4KLast = 0x26f;
     private const uint MiscEnable = 0x1a0, FeatureControl = 0x3a, BiosSignId = 0x8b, PlatformId = 0x17;
@@ -34,6 +36,7 @@ public sealed class SoftMsrs(Vlapic lapic, HostTsc tsc, bool strict) : IMsrHandl
             case MiscEnable: value = _miscEnable; return true;
             case FeatureControl: value = 1; return true; // locked with VMX off, as a BIOS leaves it
             case BiosSignId: case PlatformId: case McgCap: case McgStatus: value = 0; return true;
+            case AmdNbCfg or AmdSyscfg or AmdHwcr when amd: value = 0; return true;
         }
         int slot = MtrrSlot(index);
         if (slot >= 0) { value = _mtrr[slot]; return true; }
@@ -54,6 +57,7 @@ public sealed class SoftMsrs(Vlapic lapic, HostTsc tsc, bool strict) : IMsrHandl
             case MiscEnable: _miscEnable = value; return true;
             case FeatureControl: return false; // locked
             case BiosSignId: case McgStatus: return true;
+            case AmdNbCfg or AmdSyscfg or AmdHwcr when amd: return true;
         }
         int slot = MtrrSlot(index);
         if (slot >= 0) { _mtrr[slot] = value; return true; }

@@ -145,7 +145,8 @@ internal sealed partial class SoftVcpu : ILinearAccessObserver
                 if (_debug.SoftwareBreakpoints && IsInt3(pc)) return Report(3, pc, 0);
             }
             _dataHits = 0;
-            var r = engine.Step(c, _phys);
+            // The guest's own DR0-DR7 and TF work under the debugger too: its #DB is delivered to the guest below.
+            var r = InstructionEngine.GuestDebugActive(c) ? engine.StepWithDebug(c, _phys) : engine.Step(c, _phys);
             bool halted = false;
             switch (r.Status)
             {

@@ -62,8 +62,9 @@ internal sealed partial class SoftVcpu : IVcpuBackend, ILapicCpu
         _engine = new InstructionEngine(_phys)
         {
             Model = model,
+            TaskPriority = Lapic,
             Cpuid = new SoftCpuid(_vm.Topology, id, model) { ApicEnabled = () => lapic.HardwareEnabled, TscHz = () => _tsc.Hz },
-            Msrs = _msrs = new SoftMsrs(Lapic, _tsc, _vm.StrictMsr),
+            Msrs = _msrs = new SoftMsrs(Lapic, _tsc, _vm.StrictMsr, model.Vendor == CpuVendor.Amd),
             Tsc = _tsc,
         };
         // This engine runs the whole vCPU, so it sees every invalidation: it may cache translations (and decoded blocks).
@@ -292,7 +293,7 @@ internal sealed partial class SoftVcpu : IVcpuBackend, ILapicCpu
         int first = isException ? e.Vector : -1;
         for (int attempt = 0; attempt < 4; attempt++)
         {
-            var r = _engine.Deliver(_cpu, e);
+            var r = isException ? _engine.DeliverException(_cpu, e) : _engine.Deliver(_cpu, e);
             switch (r.Status)
             {
                 case StepStatus.Ok:

@@ -56,7 +56,7 @@ public sealed class CpuModel
     public CpuVendor Vendor { get; }
 
     /// <summary>CPUID.1:EAX, the family/model/stepping signature.</summary>
-    public uint Signature => Vendor == CpuVendor.Amd ? 0x00800f12u /* family 17h model 1 */ : 0x000306a9u /* family 6 model 3Ah */;
+    public uint Signature => Vendor == CpuVendor.Amd ? 0x00830f10u /* family 17h model 31h (Zen 2) */ : 0x000306a9u /* family 6 model 3Ah */;
 
     private CpuModel(string name, CpuVendor vendor)
     {

@@ -26,6 +26,13 @@ public interface IMsrHandler
     bool TryWrite(CpuState cpu, uint index, ulong value);
 }
 
+/// <summary>The local APIC's task-priority register as CR8 reaches it (SDM Vol. 3 11.8.6: CR8[3:0] is TPR[7:4]).</summary>
+public interface ITaskPriorityRegister
+{
+    /// <summary>The TPR (bits 7:0); setting it re-evaluates the processor priority and any interrupt it now lets through.</summary>
+    uint TaskPriority { get; set; }
+}
+
 /// <summary>Source of the time-stamp counter for RDTSC, RDTSCP and RDMSR IA32_TIME_STAMP_COUNTER.</summary>
 public interface ITscSource
 {
@@ -142,7 +149,7 @@ public sealed class MinimalCpuidModel : ICpuidModel
             }
             case 0x80000002: case 0x80000003: case 0x80000004:
                 return Brand((int)(leaf - 0x80000002));
-            case 0x80000008: return new CpuidResult((uint)(48 << 8 | PhysAddrBits), 0, 0, 0);
+            case 0x80000008: return new CpuidResult((uint)((m.Has("la57") ? 57 : 48) << 8 | PhysAddrBits), 0, 0, 0);
             default: return default;
         }
     }
@@ -227,8 +234,9 @@ public sealed class ArchitecturalMsrs : IMsrHandler
     /// <inheritdoc />
     public bool TryWrite(CpuState cpu, uint index, ulong value)
     {
-        // Address-holding MSRs take canonical values only (SDM Vol. 4: #GP on a non-canonical write).
-        bool canonical = (ulong)((long)value << 16 >> 16) == value;
+        // Address-holding MSRs take canonical values only (SDM Vol. 4: #GP on a non-canonical write): 57-bit canonical
+        // with 5-level paging on, else 48-bit.
+        bool canonical = Segmentation.IsCanonical(cpu, value);
         switch (index)
         {
             case SysenterCs: cpu.SysenterCs = value & 0xffff; return true;

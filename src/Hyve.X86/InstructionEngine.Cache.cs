@@ -63,15 +63,16 @@ public sealed unsafe partial class InstructionEngine
     /// Runs up to <paramref name="budget"/> instructions from CS:RIP through the decoded-block cache and returns after the
     /// first one that does not complete normally (its result, as <see cref="Step(CpuState, IGuestPorts?)"/> gives it), or
     /// early with Ok after an instruction the caller may need to react to: IRET, one that sets an interrupt shadow or
-    /// raises RFLAGS.IF, a system instruction (I/O, control registers, MSRs...). With an interrupt shadow pending or
-    /// RFLAGS.TF set it runs a single instruction. Needs a <see cref="Tlb"/> over <see cref="IGuestHostMemory"/>; without
+    /// raises RFLAGS.IF, a system instruction (I/O, control registers, MSRs...). With an interrupt shadow pending, or the
+    /// guest's debug state active (RFLAGS.TF or RF, a DR7 enable), it runs a single instruction with the guest's debug
+    /// checks (<see cref="StepWithDebug"/>): a debug exception comes back as <see cref="StepStatus.Exception"/>. Needs a <see cref="Tlb"/> over <see cref="IGuestHostMemory"/>; without
     /// one it steps instruction by instruction.
     /// </summary>
     public StepResult Run(CpuState cpu, IGuestPorts? ports, int budget, out int executed)
     {
         executed = 0;
         var tlb = _mem.Walker.Tlb;
-        if (tlb is null || cpu.InterruptShadow != 0 || (cpu.Rflags & CpuState.FlagTf) != 0) return StepOne(cpu, ports, ref executed);
+        if (tlb is null || cpu.InterruptShadow != 0 || GuestDebugActive(cpu) || _heldDebugTrap != 0) return StepOne(cpu, ports, ref executed);
         // Code size, CS and CPL stay fixed for the whole call: every instruction that could change them ends it.
         if (!Segmentation.Linearize(cpu, Seg.Cs, cpu.Rip, 1, PageAccess.Execute, out _).IsOk) return StepOne(cpu, ports, ref executed);
         _cpu = cpu;
@@ -206,7 +207,7 @@ public sealed unsafe partial class InstructionEngine
     private StepResult StepOne(CpuState cpu, IGuestPorts? ports, ref int executed)
     {
         _lastPages = false; // the uncached path decides everything itself
-        var r = Step(cpu, ports);
+        var r = GuestDebugActive(cpu) || _heldDebugTrap != 0 ? StepWithDebug(cpu, ports) : Step(cpu, ports);
         if (r.Status is StepStatus.Ok or StepStatus.Halt) executed++;
         return r;
     }

@@ -184,6 +184,8 @@ public sealed unsafe partial class InstructionEngine
         _repDone = 0;
         // A shadow covers only the instruction after MOV SS/STI: starting this one ends it (the handler may set it again).
         cpu.InterruptShadow = 0;
+        // RF is cleared at the start of every instruction, after the instruction-breakpoint check (SDM Vol. 3 17.3.1.1).
+        cpu.Rflags &= ~CpuState.FlagRf;
         ulong next = instr.NextIP;
         switch (h(this, ref instr))
         {

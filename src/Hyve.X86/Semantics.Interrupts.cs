@@ -30,6 +30,31 @@ public sealed unsafe partial class InstructionEngine
         };
     }
 
+    /// <summary>
+    /// Delivers an exception raised by an instruction (or injected as one): as <see cref="Deliver"/>, and the RFLAGS image
+    /// pushed for a fault-class exception has RF set, so that the instruction restarted by IRET does not hit an
+    /// instruction breakpoint again (SDM Vol. 3 17.3.1.1: "for any fault-class exception except a debug exception
+    /// generated in response to an instruction breakpoint, the value pushed for RF is 1").
+    /// </summary>
+    public StepResult DeliverException(CpuState cpu, in PendingException e)
+    {
+        _pushRf = IsFaultClass(e.Vector);
+        try
+        {
+            return Deliver(cpu, e);
+        }
+        finally
+        {
+            _pushRf = false;
+        }
+    }
+
+    private bool _pushRf;
+
+    // #DE, #BR, #UD, #NM, #TS, #NP, #SS, #GP, #PF, #MF, #AC, #XM, #VE, #CP (SDM Vol. 3 Table 6-1). #DB is a trap or an
+    // instruction-breakpoint fault here, both of which push RF as it is.
+    private static bool IsFaultClass(byte vector) => vector is 0 or 5 or 6 or 7 or 10 or 11 or 12 or 13 or 14 or 16 or 17 or 19 or 20 or 21;
+
     private static Exec IntN(InstructionEngine e, ref Instruction i)
     {
         var c = e._cpu;
@@ -117,7 +142,7 @@ public sealed unsafe partial class InstructionEngine
         if (ia32e) newRsp &= ~0xful; // the 64-bit frame is 16-byte aligned
         // Build the frame on the new stack; undo everything if a push faults.
         var oldCs = c.Segs[(int)Seg.Cs];
-        ulong oldFlags = c.Rflags;
+        ulong oldFlags = c.Rflags | (_pushRf ? CpuState.FlagRf : 0);
         int size = ia32e ? 8 : is32 ? 4 : 2;
         c.Segs[(int)Seg.Ss] = newSs;
         c.Gpr[4] = newRsp;

@@ -15,6 +15,9 @@ public sealed unsafe partial class InstructionEngine
     /// <summary>The VMM's MSRs, asked before <see cref="ArchitecturalMsrs"/>; an MSR neither knows is #GP(0).</summary>
     public IMsrHandler? Msrs { get; set; }
 
+    /// <summary>The local APIC TPR that CR8 reads and writes (null: CR8 is a plain register).</summary>
+    public ITaskPriorityRegister? TaskPriority { get; set; }
+
     /// <summary>The time-stamp counter (default: <see cref="HostTsc.Shared"/>).</summary>
     public ITscSource Tsc { get; set; } = HostTsc.Shared;
 
@@ -159,7 +162,7 @@ public sealed unsafe partial class InstructionEngine
         if (!e.Cpl0()) return Exec.Fault;
         if (!toCr)
         {
-            ulong v = n switch { 0 => c.Cr0, 2 => c.Cr2, 3 => c.Cr3, 4 => c.Cr4, _ => c.Cr8 & 0xf };
+            ulong v = n switch { 0 => c.Cr0, 2 => c.Cr2, 3 => c.Cr3, 4 => c.Cr4, _ => e.TaskPriority is { } tpr ? tpr.TaskPriority >> 4 & 0xf : c.Cr8 & 0xf };
             SetGpr(c, i.Op0Register, v);
             return Exec.Next;
         }
@@ -233,6 +236,8 @@ public sealed unsafe partial class InstructionEngine
             default: // CR8: the TPR, bits 63:4 reserved
                 if ((v >> 4) != 0) return RaiseFalse(PendingException.Gp0);
                 c.Cr8 = v;
+                // A write to CR8 sets TPR[7:4] and clears TPR[3:0]; the APIC re-evaluates the PPR at once.
+                if (TaskPriority is { } t) t.TaskPriority = (uint)v << 4;
                 return true;
         }
     }

@@ -13,7 +13,7 @@ namespace Hyve.Vmm.Io;
 /// time here); the TSC for TSC-deadline mode comes from a delegate or, by default, from the clock at <c>tscHz</c>.
 /// Outbound messages (IPIs, level EOIs) leave through <see cref="ILapicBus"/> after the lock is released.
 /// </summary>
-public sealed class Vlapic : IMmioDevice
+public sealed class Vlapic : IMmioDevice, Hyve.X86.ITaskPriorityRegister
 {
     /// <summary>Bytes in the xAPIC register page.</summary>
     public const int PageSize = 0x1000;
@@ -111,6 +111,20 @@ public sealed class Vlapic : IMmioDevice
     /// Default true.</summary>
     public bool TscDeadlineSupported { get; set; } = true;
 
+    /// <summary>The TPR as MOV CR8 reaches it: a write re-evaluates the PPR and signals an interrupt it now lets through.</summary>
+    public uint TaskPriority
+    {
+        get { lock (_lock) return _tpr; }
+        set
+        {
+            lock (_lock)
+            {
+                _tpr = value & 0xFF;
+                NotifyIfPending();
+            }
+        }
+    }
+
     /// <summary>IA32_APIC_BASE.</summary>
     public ulong ApicBase { get { lock (_lock) return _apicBase; } }
 
@@ -131,9 +145,6 @@ public sealed class Vlapic : IMmioDevice
 
     /// <summary>Priority used to pick the lowest-priority destination: the PPR's class.</summary>
     public int ArbitrationPriority { get { lock (_lock) return (int)(ComputePpr() & 0xF0); } }
-
-    /// <summary>The task priority register.</summary>
-    public int TaskPriority { get { lock (_lock) return (int)_tpr; } }
 
     private bool IsHwEnabled => (_apicBase & BaseEnable) != 0;
     private bool IsX2Apic => (_apicBase & (BaseEnable | BaseX2Apic)) == (BaseEnable | BaseX2Apic);

@@ -152,7 +152,9 @@ public sealed class Vrtc : IPortDevice, IDeviceState
     /// <summary>Sets the RTC's time (bhyvectl --set-rtc-time); the second starts now.</summary>
     public void SetTime(long unixSeconds)
     {
-        if (!IsRepresentable(unixSeconds)) throw new ArgumentOutOfRangeException(nameof(unixSeconds));
+        // Hyve's own sentence: the runtime's ArgumentOutOfRangeException message is a resource key under NativeAOT.
+        if (!IsRepresentable(unixSeconds))
+            throw new ArgumentException($"RTC time {unixSeconds} is outside years 1-9999 (-62135596800 to 253402300799 seconds since 1970)");
         lock (_lock)
         {
             long now = _clock.NowNs;

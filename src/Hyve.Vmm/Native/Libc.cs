@@ -174,6 +174,6 @@ public static partial class Libc
     {
         1 => "EPERM", 2 => "ENOENT", 4 => "EINTR", 5 => "EIO", 9 => "EBADF", 11 => "EAGAIN", 12 => "ENOMEM",
         13 => "EACCES", 14 => "EFAULT", 16 => "EBUSY", 17 => "EEXIST", 19 => "ENODEV", 22 => "EINVAL",
-        25 => "ENOTTY", 28 => "ENOSPC", 95 => "EOPNOTSUPP", _ => $"errno {errno}",
+        25 => "ENOTTY", 27 => "EFBIG (the file-size limit, ulimit -f)", 28 => "ENOSPC", 95 => "EOPNOTSUPP", _ => $"errno {errno}",
     };
 }

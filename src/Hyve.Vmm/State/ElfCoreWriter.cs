@@ -93,11 +93,12 @@ public static class ElfCoreWriter
             File.Move(tmp, full, overwrite: true);
             SnapshotWriter.SyncDirectory(dir);
         }
-        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException or ArgumentOutOfRangeException)
         {
+            // .NET reports EFBIG (a write past RLIMIT_FSIZE, whose SIGXFSZ hyve ignores) as ArgumentOutOfRangeException.
             file?.Dispose();
             try { File.Delete(tmp); } catch (IOException) { } catch (UnauthorizedAccessException) { }
-            throw new IOException($"{full}: {e.Message}", e);
+            throw new IOException($"{full}: {SnapshotWriter.WriteError(e)}", e);
         }
     }
 

@@ -59,13 +59,19 @@ public static unsafe class SnapshotWriter
             File.Move(tmp, full, overwrite: true);
             SyncDirectory(dir);
         }
-        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException or ArgumentOutOfRangeException)
         {
+            // .NET reports EFBIG (a write past RLIMIT_FSIZE, whose SIGXFSZ hyve ignores) as ArgumentOutOfRangeException.
             file?.Dispose();
             try { File.Delete(tmp); } catch (IOException) { } catch (UnauthorizedAccessException) { }
-            throw new IOException($"{full}: {e.Message}", e);
+            throw new IOException($"{full}: {SnapshotWriter.WriteError(e)}", e);
         }
     }
+
+    /// <summary>The reason a file write failed, in words: EFBIG (which .NET throws as ArgumentOutOfRangeException, with
+    /// a message that is a resource key under NativeAOT) is named as the file-size limit.</summary>
+    public static string WriteError(Exception e) =>
+        e is ArgumentOutOfRangeException ? "the file would exceed the file-size limit (EFBIG, ulimit -f)" : e.Message;
 
     private static void WriteSegment(SafeFileHandle file, MemSegment seg, long at) => WriteRange(file, seg, 0, seg.Length, at);
 

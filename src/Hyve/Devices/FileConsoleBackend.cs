@@ -17,7 +17,16 @@ public sealed class FileConsoleBackend : ConsoleBackend
     public override bool HasInput => false;
 
     /// <inheritdoc/>
-    protected override void WriteOutput(ReadOnlySpan<byte> data) => _file.Write(data);
+    protected override void WriteOutput(ReadOnlySpan<byte> data)
+    {
+        try { _file.Write(data); }
+        catch (ArgumentOutOfRangeException e)
+        {
+            // EFBIG (the file-size limit; SIGXFSZ is ignored), which .NET throws as this: dropped and counted like any
+            // other failed write, never an exception out of the flusher.
+            throw new IOException(Hyve.Vmm.State.SnapshotWriter.WriteError(e), e);
+        }
+    }
 
     /// <inheritdoc/>
     protected override void Dispose(bool disposing)

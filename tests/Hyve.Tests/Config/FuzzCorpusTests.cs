@@ -81,7 +81,11 @@ public class FuzzCorpusTests
     [InlineData("gdb")]
     [InlineData("control")]
     [InlineData("rfb")]
-    public void ProtocolCorpus(string target) => Replay(target, Hyve.Fuzz.ProtocolTargets.All[target]);
+    public void ProtocolCorpus(string target)
+    {
+        try { Replay(target, Hyve.Fuzz.ProtocolTargets.All[target]); }
+        finally { Hyve.Fuzz.ProtocolTargets.Shutdown(); }
+    }
 
     // The snapshot seed is a whole, valid snapshot: the target reaches past the header and checksums.
     [Fact]

@@ -255,6 +255,19 @@ public sealed class CpuModelTests
     }
 
     [Fact]
+    public void An_amd_model_has_the_amd_msrs_linux_touches_without_a_fault_handler()
+    {
+        var lapic = new Vlapic(0, true, new ManualClock(), new LapicBus());
+        var cpu = new CpuState();
+        foreach (uint msr in new uint[] { 0xc001001f /* NB_CFG */, 0xc0010010 /* SYSCFG */, 0xc0010015 /* HWCR */ })
+        {
+            Assert.True(new SoftMsrs(lapic, new HostTsc(), true, amd: true).TryRead(cpu, msr, out ulong v));
+            Assert.Equal(0ul, v);
+            Assert.False(new SoftMsrs(lapic, new HostTsc(), true, amd: false).TryRead(cpu, msr, out _)); // #GP on Intel
+        }
+    }
+
+    [Fact]
     public void On_kvm_the_model_filters_the_hosts_cpuid_and_refuses_what_the_host_lacks()
     {
         var (b, c, d) = MinimalCpuidModel.VendorRegisters(CpuVendor.Intel);
