@@ -111,9 +111,8 @@ public sealed class Vm : IVmControl
     public CpuModel CpuModel { get; set; } = CpuModel.Default;
     /// <summary>True when cpu.vendor, cpu.model or cpu.features was given: on KVM the host's CPUID is then filtered to the model.</summary>
     public bool CpuModelExplicit { get; set; }
-    /// <summary>soft.jit: the software CPU translates hot guest code to host code (default false for now: Linux does not
-    /// boot with it yet; true turns it on).</summary>
-    public bool SoftJit { get; set; }
+    /// <summary>soft.jit: the software CPU translates hot guest code to host code (default true; false interprets only).</summary>
+    public bool SoftJit { get; set; } = true;
     /// <summary>soft.jit_cache: bytes of executable code cache per software vCPU (default 64 MiB).</summary>
     public long SoftJitCacheSize { get; set; } = 64L << 20;
     /// <summary>Host CPUs each vCPU is pinned to (-p), or null.</summary>

@@ -139,7 +139,7 @@ public sealed unsafe partial class InstructionEngine
                     var jb = jit.Find(gpa, rip, bits, pageHost);
                     if (jb is not null && jb.Count > 0 && (bits == 64 || jb.MaxIp <= limit))
                     {
-                        if (RunTranslated(cpu, jit, jb, budget - executed, tlb, ref executed)) skipJit = true;
+                        if (RunTranslated(cpu, jit, jb, budget - executed, tlb, ref executed, ports)) skipJit = true;
                         result = new StepResult(StepStatus.Ok, default, 0, Code.INVALID);
                         continue;
                     }

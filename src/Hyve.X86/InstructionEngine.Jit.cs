@@ -44,7 +44,7 @@ public sealed unsafe partial class InstructionEngine
 
     // Runs one translated block (looping on itself while the budget lasts). True when the instruction at the new RIP must
     // be run by the interpreter (the block stopped before an access it could not make inline).
-    private bool RunTranslated(CpuState cpu, Translator jit, JitBlock jb, int budget, Tlb tlb, ref int executed)
+    private bool RunTranslated(CpuState cpu, Translator jit, JitBlock jb, int budget, Tlb tlb, ref int executed, IGuestPorts? ports)
     {
         var s = cpu.Block;
         // The interpreter may have changed a base since the last block (WRFSBASE/WRGSBASE do not end a Run call).
@@ -55,6 +55,14 @@ public sealed unsafe partial class InstructionEngine
             JitTlb.FlushAll(s);
             _jitTlbEpoch = tlb.Epoch;
         }
+        if (s_audit) AuditJitTlb(cpu, tlb, jb);
+        if (jit.CheckAgainstInterpreter)
+        {
+            int done = CheckedRun(cpu, jit, jb, ports, out bool interp);
+            executed += done;
+            jit.InstructionsRun += done;
+            return interp;
+        }
         long iterations = Math.Max(1, budget / jb.Count);
         s->Retired = 0;
         int status = ((delegate* unmanaged<StateBlock*, long, int>)jb.Entry)(s, iterations - 1);
@@ -63,5 +71,32 @@ public sealed unsafe partial class InstructionEngine
         jit.InstructionsRun += ran;
         if (ran > 0) cpu.InterruptShadow = 0;
         return status == Translator.ExitInterpret;
+    }
+
+    private static readonly bool s_audit = Environment.GetEnvironmentVariable("HYVE_JIT_AUDIT") == "1";
+    private long _audits;
+
+    // Debugging aid (HYVE_JIT_AUDIT=1): every entry of the translated code's TLB must still be what the engine's TLB says.
+    private void AuditJitTlb(CpuState cpu, Tlb tlb, JitBlock jb)
+    {
+        var s = cpu.Block;
+        for (int w = 0; w < 2; w++)
+        {
+            var t = (ulong*)((byte*)s + (w == 1 ? StateBlock.WriteTlbOffset : StateBlock.ReadTlbOffset));
+            for (int e = 0; e < StateBlock.JitTlbEntries; e++)
+            {
+                ulong vpn = t[2 * e];
+                if (vpn == JitTlb.Empty) continue;
+                ulong la = vpn << 12;
+                var r = tlb.Translate(cpu, la, w == 1 ? PageAccess.Write : PageAccess.Read, out ulong gpa, out byte* host, out bool writable);
+                byte* have = (byte*)(t[2 * e + 1] + la);
+                if (!r.IsOk || host != have || (w == 1 && !writable))
+                {
+                    if (++_audits <= 50)
+                        Console.Error.WriteLine($"jit-audit: stale {(w == 1 ? "write" : "read")} entry la {la:x} before block rip {jb.Rip:x} (now ok={r.IsOk} gpa {gpa:x}) cpl {cpu.Cpl} cr3 {cpu.Cr3:x}");
+                    t[2 * e] = JitTlb.Empty;
+                }
+            }
+        }
     }
 }

@@ -45,7 +45,7 @@ public sealed class Machine : IDisposable
             Vm = new Vm(name, new CpuTopology(t.Sockets, t.Cores, t.Threads, t.MaxCpus), memory, _clock, rtcOffset)
             {
                 StrictMsr = _config.GetBool("x86.strictmsr", true),
-                SoftJit = _config.GetBool("soft.jit", false),
+                SoftJit = _config.GetBool("soft.jit", true),
                 CpuModel = CpuModelOption(_config),
                 CpuModelExplicit = _config.Get("cpu.model") is not null || _config.Get("cpu.features") is not null || _config.Get("cpu.vendor") is not null,
                 SoftJitCacheSize = (long)_config.GetSize("soft.jit_cache", 64ul << 20),

@@ -22,7 +22,7 @@ public sealed unsafe partial class Translator
 
     private JitBlock? Translate(int slot, ulong gpa, ulong rip, int bits, byte* page)
     {
-        var b = _slots[slot] ??= new JitBlock();
+        var b = _slots[slot] = new JitBlock(); // a fresh record: the old one may still be the backing store's
         b.Count = 0;
         b.Entry = 0;
         var dec = bits == 64 ? _dec64 : bits == 32 ? _dec32 : _dec16;
@@ -60,6 +60,7 @@ public sealed unsafe partial class Translator
         b.Bitness = bits;
         b.ByteLen = keep;
         b.MaxIp = maxIp;
+        _all[new BlockKey(gpa, rip, bits)] = b;
         if (n == 0) return b;
 
         nint entry = Emit(n, rip, bits);
@@ -71,6 +72,7 @@ public sealed unsafe partial class Translator
             b = _slots[slot] = new JitBlock();
             new ReadOnlySpan<byte>(page + off, keep).CopyTo(b.Bytes);
             b.Gpa = gpa; b.Rip = rip; b.Bitness = bits; b.ByteLen = keep; b.MaxIp = maxIp;
+            _all[new BlockKey(gpa, rip, bits)] = b;
             entry = Emit(n, rip, bits);
             if (entry == 0) return b;
         }
@@ -283,7 +285,7 @@ public sealed unsafe partial class Translator
 
     private void Branch(Assembler a, ulong target, int k, ulong blockRip, Label top, int n)
     {
-        if (target != blockRip)
+        if (target != blockRip || (s_off & 8) != 0)
         {
             ExitTo(a, target, k + 1, false, ExitNext);
             return;

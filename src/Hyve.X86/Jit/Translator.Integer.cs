@@ -12,6 +12,10 @@ namespace Hyve.X86.Jit;
 /// </summary>
 public sealed unsafe partial class Translator
 {
+    // Debugging aid: HYVE_JIT_OFF=bits leaves families to the interpreter (1 memory operands, 2 stack, 4 branches,
+    // 8 self-loops, 16 everything outside 64-bit mode), to narrow down a bad translation on a real guest.
+    private static readonly int s_off = int.TryParse(Environment.GetEnvironmentVariable("HYVE_JIT_OFF"), out int v) ? v : 0;
+
     /// <summary>True when the translator takes <paramref name="i"/> in code of <paramref name="bits"/> bits.</summary>
     internal static bool CanTranslate(ref Instruction i, int bits) => Translatable(ref i, bits);
 
@@ -19,6 +23,10 @@ public sealed unsafe partial class Translator
     private static bool Translatable(ref Instruction i, int bits)
     {
         if (i.HasLockPrefix || i.HasRepPrefix || i.HasRepnePrefix) return false;
+        if ((s_off & 16) != 0 && bits != 64) return false;
+        if ((s_off & 2) != 0 && i.Mnemonic is Mnemonic.Push or Mnemonic.Pop or Mnemonic.Call or Mnemonic.Ret) return false;
+        if ((s_off & 4) != 0 && i.FlowControl != FlowControl.Next) return false;
+        if ((s_off & 1) != 0 && HasMemoryOperand(ref i) && i.Mnemonic != Mnemonic.Lea) return false;
         bool mem64 = bits == 64;
         switch (i.Mnemonic)
         {

@@ -38,6 +38,8 @@ public sealed unsafe partial class Translator : IDisposable
     internal const int ExitInterpret = 1;
 
     private readonly JitBlock?[] _slots = new JitBlock?[Slots];
+    private readonly Dictionary<BlockKey, JitBlock> _all = [];
+    private readonly record struct BlockKey(ulong Gpa, ulong Rip, int Bits);
     private readonly HashSet<ulong> _codePages = [];
     private readonly CodeCache _cache;
     private readonly Decoder _dec16, _dec32, _dec64;
@@ -86,6 +88,23 @@ public sealed unsafe partial class Translator : IDisposable
     /// <summary>Guest instructions run by translated code.</summary>
     public long InstructionsRun { get; internal set; }
 
+    /// <summary>Run every translated block in lockstep with the interpreter and report divergences on stderr (slow; for
+    /// finding a bad translation on a real guest). Set from HYVE_JIT_CHECK=1 or by a test.</summary>
+    public bool CheckAgainstInterpreter { get; set; } = s_checkFromEnvironment;
+
+    private static readonly bool s_checkFromEnvironment = Environment.GetEnvironmentVariable("HYVE_JIT_CHECK") == "1";
+
+    internal bool Checking;
+    internal readonly List<LoggedStore> WriteLog = [];
+
+    internal struct LoggedStore
+    {
+        public ulong La;
+        public byte* Host;
+        public int Size;
+        public ulong Old;
+    }
+
     /// <summary>Test hook: emit SUB for ADD, to check that the differential tests can fail.</summary>
     public bool BreakAddForTests { get; set; }
 
@@ -103,6 +122,14 @@ public sealed unsafe partial class Translator : IDisposable
         if (b is not null && b.Gpa == gpa && b.Rip == rip && b.Bitness == bits
             && new ReadOnlySpan<byte>(page + (gpa & 0xfff), b.ByteLen).SequenceEqual(new ReadOnlySpan<byte>(b.Bytes, 0, b.ByteLen)))
             return b;
+        // The direct-mapped slots are only the front: two hot blocks sharing a slot would otherwise be translated again
+        // on every entry (Linux's alternatives pass ran for a minute that way), and every translation costs cache space.
+        if (_all.TryGetValue(new BlockKey(gpa, rip, bits), out var old)
+            && new ReadOnlySpan<byte>(page + (gpa & 0xfff), old.ByteLen).SequenceEqual(new ReadOnlySpan<byte>(old.Bytes, 0, old.ByteLen)))
+        {
+            _slots[slot] = old;
+            return old;
+        }
         return Translate(slot, gpa, rip, bits, page);
     }
 
@@ -110,6 +137,7 @@ public sealed unsafe partial class Translator : IDisposable
     public void FlushAll()
     {
         Array.Clear(_slots);
+        _all.Clear();
         _codePages.Clear();
         _cache.Reset();
     }
@@ -142,6 +170,14 @@ public sealed unsafe partial class Translator : IDisposable
         var r = tlb.Translate(cpu, la, write ? PageAccess.Write : PageAccess.Read, out ulong gpa, out byte* host, out bool writable);
         if (!r.IsOk || host == null) return null;                // fault or MMIO
         if (write && (!writable || _codePages.Contains(gpa >> 12))) return null;
+        if (Checking && write)
+        {
+            // The lockstep check sees every store: log it (with the bytes it replaces) and leave the entry unfilled.
+            byte* at = host + (la & 0xfff);
+            ulong old = size switch { 1 => *at, 2 => *(ushort*)at, 4 => *(uint*)at, _ => *(ulong*)at };
+            WriteLog.Add(new LoggedStore { La = la, Host = at, Size = size, Old = old });
+            return at;
+        }
         JitTlb.Fill(cpu.Block, write, la, host);
         return host + (la & 0xfff);
     }

@@ -164,9 +164,9 @@ public static class Options
                 throw new ConfigException($"memory size '{config.Get("memory.size")}' is more than the supported maximum of 1T");
             if (result.MemorySize < Hyve.Vmm.GuestMemory.MinSize)
                 throw new ConfigException($"memory size '{config.Get("memory.size")}' is less than the minimum of 1M (the real-mode address space a guest starts in)");
-            // soft.jit (default false until Linux boots with it) and soft.jit_cache (code cache bytes per vCPU, default 64M): checked here so that a
+            // soft.jit (default true) and soft.jit_cache (code cache bytes per vCPU, default 64M): checked here so that a
             // bad value ends hyve at start-up rather than being ignored.
-            config.GetBool("soft.jit", false);
+            config.GetBool("soft.jit", true);
             ulong jitCache = config.GetSize("soft.jit_cache", 64ul << 20);
             if (jitCache < (1ul << 20) || jitCache > (4ul << 30))
                 throw new ConfigException($"soft.jit_cache '{config.Get("soft.jit_cache")}' is outside 1M..4G");

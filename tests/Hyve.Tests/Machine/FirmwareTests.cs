@@ -74,8 +74,11 @@ public class FirmwareTests
     // Its log must show the platform's devices found without complaint (the PS/2 controller among them), and /init reads
     // the SMBIOS UUID given with -U. Two vCPUs: the power-off waits for every device probe, so a keyboard whose
     // identify bytes never interrupted (atkbd retrying for a minute) once made this boot hang after /init.
-    [Fact]
-    public void DebianCloudKernelRunsBusyboxInitAndPowersOffOnTheSoftwareCpu()
+    // Once with the binary translator (the default) and once with the interpreter alone (soft.jit=false).
+    [Theory]
+    [InlineData(true)]
+    [InlineData(false)]
+    public void DebianCloudKernelRunsBusyboxInitAndPowersOffOnTheSoftwareCpu(bool jit)
     {
         string? kernel = CloudKernel();
         Assert.True(kernel is not null, "no /boot/vmlinuz-*-cloud-amd64: scripts/test installs linux-image-cloud-amd64");
@@ -87,7 +90,7 @@ public class FirmwareTests
         {
             string name = "bb" + Guid.NewGuid().ToString("N")[..8];
             const string uuid = "0badcafe-1234-4321-8765-0123456789ab";
-            using var vm = HyveProcess.Start(Backends.Args("soft", "-c", "2", "-m", "512M", "-U", uuid, "-o", $"boot.kernel={kernel}",
+            using var vm = HyveProcess.Start(Backends.Args("soft", "-o", $"soft.jit={(jit ? "true" : "false")}", "-c", "2", "-m", "512M", "-U", uuid, "-o", $"boot.kernel={kernel}",
                 "-o", $"boot.initrd={initrd}", "-o", "boot.cmdline=console=ttyS0", "-l", "com1,stdio", name));
             vm.WaitForExit(600);
             Assert.Contains($"HYVE-INITRAMFS-OK {Path.GetFileName(kernel)["vmlinuz-".Length..]} cpus=2 uuid={uuid}", vm.Stdout, StringComparison.Ordinal);

@@ -74,6 +74,107 @@ public class RandomCodeTests(ITestOutputHelper output)
         Assert.True(stats.Delivered > Pages, $"only {stats.Delivered} events delivered; {stats}");
     }
 
+    /// <summary>
+    /// The same seeds through the binary translator: every translated block runs in lockstep with the interpreter from
+    /// the same state (<see cref="Hyve.X86.Jit.Translator.CheckAgainstInterpreter"/>) and must end in the same registers,
+    /// RIP, defined status flags and stored bytes. With ADD translated as SUB the same run must report divergences.
+    /// </summary>
+    [Theory]
+    [InlineData(FuzzMode.Real, false)]
+    [InlineData(FuzzMode.Protected16, false)]
+    [InlineData(FuzzMode.Protected32, false)]
+    [InlineData(FuzzMode.Long64, false)]
+    [InlineData(FuzzMode.Compatibility, false)]
+    [InlineData(FuzzMode.Long64, true)]
+    [InlineData(FuzzMode.Protected32, true)]
+    public void RandomCodeTranslatedMatchesTheInterpreter(FuzzMode mode, bool breakAdd)
+    {
+        using var mem = new GuestMemory(RamSize);
+        var stats = new Stats();
+        long divergences = 0, translated = 0;
+        int pages = breakAdd ? 40 : 150;
+        for (int page = 0; page < pages; page++)
+        {
+            int seed = 7919 * (int)mode + 104729 * page;
+            var (d, t) = RunPageTranslated(mem, mode, seed, stats, breakAdd);
+            if (d > 0 && !breakAdd) output.WriteLine($"{mode} page {page} (seed {seed}): {d} divergences");
+            divergences += d;
+            translated += t;
+        }
+        output.WriteLine($"{mode}: {pages} pages, {translated} instructions translated, {divergences} divergences; {stats}");
+        Assert.True(translated > pages * 5L, $"only {translated} translated instructions in {pages} pages");
+        if (breakAdd) Assert.True(divergences > 0, "ADD translated as SUB went unnoticed");
+        else Assert.Equal(0, divergences);
+    }
+
+    private static (long Divergences, long Translated) RunPageTranslated(GuestMemory mem, FuzzMode mode, int seed, Stats stats, bool breakAdd)
+    {
+        var rng = new Random(seed);
+        mem.TryGetSpan(0, RamSize, MemProt.Write, out var ram);
+        ram.Clear();
+        rng.NextBytes(ram.Slice(CodeBase, CodeSize));
+        var vm = new Vm("fuzz", new CpuTopology(1, 1, 1, 1), mem, new ManualClock());
+        using var backend = new SoftBackend(vm);
+        var vcpu = (SoftVcpu)backend.CreateVcpu(0);
+        var phys = new SoftPhysicalMemory(vm, vcpu.Lapic);
+        var tsc = new HostTsc();
+        var engine = new InstructionEngine(phys)
+        {
+            Cpuid = new SoftCpuid(vm.Topology, 0),
+            Msrs = new SoftMsrs(vcpu.Lapic, tsc, true),
+            Tsc = tsc,
+            MaxRepIterations = 4096,
+            QuietJitCheck = breakAdd,
+        };
+        _ = new Tlb(engine.Memory.Walker);
+        using var jit = new Hyve.X86.Jit.Translator(1 << 20) { CheckAgainstInterpreter = true, BreakAddForTests = breakAdd };
+        engine.Jit = jit;
+        var cpu = new CpuState();
+        Setup(cpu, ram, mode, rng);
+
+        int nextEvent = rng.Next(20, 400);
+        for (int step = 0; step < StepsPerPage;)
+        {
+            if (step >= nextEvent)
+            {
+                nextEvent += rng.Next(20, 400);
+                bool nmi = rng.Next(8) == 0;
+                if (nmi || ((cpu.Rflags & CpuState.FlagIf) != 0 && cpu.InterruptShadow == 0))
+                {
+                    if (!Deliver(engine, cpu, new PendingException(nmi ? (byte)2 : (byte)rng.Next(0x20, 0x100), false, 0, 0), false, stats)) break;
+                    step++;
+                    continue;
+                }
+            }
+            var r = engine.Run(cpu, phys, Math.Max(1, Math.Min(nextEvent, StepsPerPage) - step), out int ran);
+            step += Math.Max(ran, 1);
+            stats.Steps += ran;
+            bool stop = false;
+            switch (r.Status)
+            {
+                case StepStatus.Ok:
+                    break;
+                case StepStatus.Exception:
+                    stop = !Deliver(engine, cpu, r.Exception, true, stats);
+                    break;
+                case StepStatus.Halt:
+                    if ((cpu.Rflags & CpuState.FlagIf) == 0) { stats.Halts++; stop = true; break; }
+                    stop = !Deliver(engine, cpu, new PendingException((byte)rng.Next(0x20, 0x100), false, 0, 0), false, stats);
+                    break;
+                case StepStatus.Unsupported:
+                    stats.Unsupported++;
+                    stop = !Deliver(engine, cpu, PendingException.Ud, true, stats);
+                    break;
+                default:
+                    stats.Unbacked++;
+                    stop = true;
+                    break;
+            }
+            if (stop) break;
+        }
+        return (engine.JitDivergences, jit.InstructionsRun);
+    }
+
     private sealed class Stats
     {
         public long Steps, Delivered, Halts, TripleFaults, Unsupported, Unbacked, Exhausted, ExternalInterrupts, Nmis;
