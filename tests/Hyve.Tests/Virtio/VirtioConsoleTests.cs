@@ -182,13 +182,17 @@ public sealed class VirtioConsoleTests : IDisposable
         drv.Device.SaveState(new BinaryWriter(saved));
 
         using var copy = Console(("a", Path.Combine(_dir, "a2.log")), ("b", Path.Combine(_dir, "b2.log")));
+        // A restore brings guest memory back too: the rings the saved queue indices refer to.
+        int ringBytes = (int)(VirtioTestDriver.DataBase + 0x10000 - VirtioTestDriver.RingBase);
+        drv.Mem(VirtioTestDriver.RingBase, ringBytes).CopyTo(copy.Mem(VirtioTestDriver.RingBase, ringBytes));
         saved.Position = 0;
         copy.Device.LoadState(new BinaryReader(saved), copy.Device.StateVersion);
         copy.Device.Resume();
         Assert.True(((VirtioConsole)copy.Device).GuestOpened(1));
         _controlPosted = 0;
         PostControlBuffers(copy, 4);
-        Assert.True(VirtioTestDriver.WaitFor(() => copy.UsedIdx(VirtioConsole.ControlRxQueue) == 2));
+        Assert.True(VirtioTestDriver.WaitFor(() => copy.UsedIdx(VirtioConsole.ControlRxQueue) == 2),
+            $"control buffers used: {copy.UsedIdx(VirtioConsole.ControlRxQueue)}, status 0x{copy.Status:x}");
         Assert.Equal([(0u, VirtioConsole.EventDeviceAdd, (ushort)1, ""), (1u, VirtioConsole.EventDeviceAdd, (ushort)1, "")],
             ControlReceived(copy, 0, 2));
 
