@@ -172,9 +172,10 @@ public sealed class NetGuestTests
             AssertFetched(o, blob);
             Assert.DoesNotContain("needs reset", vm.Stderr, StringComparison.Ordinal);
             // The guest took TSO (GUEST_TSO4 through TUNSETOFFLOAD): the host sent the 2 MiB in far fewer frames than
-            // 1360-byte segments would need (1542).
+            // 1360-byte segments would need (1542). How far fewer depends on how fast the guest reads (the host's TCP
+            // batches more into one super-frame while the guest's window is full): 708 seen with translation on.
             var stats = ns.Exec("cat /sys/class/net/tap7/statistics/tx_packets");
-            Assert.True(long.Parse(stats.Trim(), System.Globalization.CultureInfo.InvariantCulture) < 700, $"tap tx_packets {stats}");
+            Assert.True(long.Parse(stats.Trim(), System.Globalization.CultureInfo.InvariantCulture) < 1100, $"tap tx_packets {stats}");
         }
         finally
         {
