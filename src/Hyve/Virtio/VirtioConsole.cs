@@ -43,7 +43,6 @@ public sealed class VirtioConsole : VirtioPciDevice
 
     private readonly Port[] _ports;
     private readonly Queue<byte[]> _control = new();
-    private bool _driverReady;
 
     private VirtioConsole(PciDeviceContext ctx, Port[] ports)
         : base(ctx, Type, 0x1003, 0x07, 0x80, queues: ports.Length == 1 ? 2 : 2 * ports.Length + 2, queueSize: 64,
@@ -159,7 +158,6 @@ public sealed class VirtioConsole : VirtioPciDevice
         switch (ev)
         {
             case EventDeviceReady when value == 1:
-                _driverReady = true;
                 for (int i = 0; i < _ports.Length; i++) SendControl(i, EventDeviceAdd, 1);
                 break;
             case EventPortReady when id < (uint)_ports.Length && value == 1:
@@ -211,7 +209,6 @@ public sealed class VirtioConsole : VirtioPciDevice
     /// <inheritdoc/>
     protected override void OnDeviceReset()
     {
-        _driverReady = false;
         _control.Clear();
         lock (_ports)
             foreach (var p in _ports) p.Ready = p.GuestOpen = false;
@@ -257,7 +254,6 @@ public sealed class VirtioConsole : VirtioPciDevice
     protected override void SaveDeviceState(BinaryWriter writer)
     {
         if (!Multiport) return;
-        writer.Write(_driverReady);
         writer.Write(_ports.Length);
         lock (_ports)
             foreach (var p in _ports) { writer.Write(p.Ready); writer.Write(p.GuestOpen); }
@@ -273,7 +269,6 @@ public sealed class VirtioConsole : VirtioPciDevice
             base.LoadDeviceState(reader, length);
             return;
         }
-        bool ready = reader.ReadBoolean();
         int n = reader.ReadInt32();
         if (n != _ports.Length) throw new InvalidDataException($"virtio-console {Where}: {n} ports in the snapshot, {_ports.Length} here");
         var flags = new (bool Ready, bool Open)[n];
@@ -289,7 +284,6 @@ public sealed class VirtioConsole : VirtioPciDevice
             pending[i] = reader.ReadBytes(len);
             if (pending[i].Length != len) throw new InvalidDataException($"virtio-console {Where}: control message cut short");
         }
-        _driverReady = ready;
         lock (_ports)
             for (int i = 0; i < n; i++) (_ports[i].Ready, _ports[i].GuestOpen) = flags[i];
         _control.Clear();

@@ -16,10 +16,7 @@ public class CpuModelGuestTests
     {
         string? kernel = FirmwareTests.CloudKernel();
         Assert.True(kernel is not null, "no /boot/vmlinuz-*-cloud-amd64: scripts/test installs linux-image-cloud-amd64");
-        string initrd = Path.Combine(Path.GetTempPath(), $"hyve-initrd-{Guid.NewGuid():N}.gz");
-        var build = System.Diagnostics.Process.Start(Path.Combine(HyveProcess.RepoRoot, "tests", "guests", "busybox-initramfs"), initrd)!;
-        build.WaitForExit();
-        Assert.True(build.ExitCode == 0, "tests/guests/busybox-initramfs failed: scripts/test installs busybox-static");
+        string initrd = FirmwareTests.BusyboxInitramfs();
         try
         {
             string name = "cm" + Guid.NewGuid().ToString("N")[..8];

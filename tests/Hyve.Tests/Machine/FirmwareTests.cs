@@ -44,6 +44,16 @@ public class FirmwareTests
         Assert.Equal(1, vm.ExitCode);
     }
 
+    /// <summary>Builds tests/guests/busybox-initramfs into a new temporary file and returns its path (the caller deletes it).</summary>
+    public static string BusyboxInitramfs()
+    {
+        string initrd = Path.Combine(Path.GetTempPath(), $"hyve-initrd-{Guid.NewGuid():N}.gz");
+        var build = System.Diagnostics.Process.Start(Path.Combine(HyveProcess.RepoRoot, "tests", "guests", "busybox-initramfs"), initrd)!;
+        build.WaitForExit();
+        Assert.True(build.ExitCode == 0, "tests/guests/busybox-initramfs failed: scripts/test installs busybox-static");
+        return initrd;
+    }
+
     /// <summary>The newest Debian cloud kernel under /boot, or null.</summary>
     public static string? CloudKernel()
     {
@@ -82,10 +92,7 @@ public class FirmwareTests
     {
         string? kernel = CloudKernel();
         Assert.True(kernel is not null, "no /boot/vmlinuz-*-cloud-amd64: scripts/test installs linux-image-cloud-amd64");
-        string initrd = Path.Combine(Path.GetTempPath(), $"hyve-initrd-{Guid.NewGuid():N}.gz");
-        var build = System.Diagnostics.Process.Start(Path.Combine(HyveProcess.RepoRoot, "tests", "guests", "busybox-initramfs"), initrd)!;
-        build.WaitForExit();
-        Assert.True(build.ExitCode == 0, "tests/guests/busybox-initramfs failed: scripts/test installs busybox-static");
+        string initrd = BusyboxInitramfs();
         try
         {
             string name = "bb" + Guid.NewGuid().ToString("N")[..8];
