@@ -246,6 +246,11 @@ public sealed unsafe partial class Translator
     // code while the budget lasts (R12), counting retired instructions in R13, with no flag-changing instruction on the way.
     private void EmitControl(Assembler a, ref Instruction i, int k, ulong blockRip, ulong next, Label top, int n)
     {
+        if (i.Mnemonic is Mnemonic.Call or Mnemonic.Jmp && i.OpCount == 1 && i.Op0Kind is OpKind.Register or OpKind.Memory)
+        {
+            EmitIndirect(a, ref i, k, next); // CALL/JMP r/m64 (Translator.Families.cs)
+            return;
+        }
         switch (i.Mnemonic)
         {
             case Mnemonic.Jmp:

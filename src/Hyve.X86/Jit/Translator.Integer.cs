@@ -22,7 +22,8 @@ public sealed unsafe partial class Translator
     // Which instructions the translator takes. Anything else ends the block before it (the interpreter runs it).
     private static bool Translatable(ref Instruction i, int bits)
     {
-        if (i.HasLockPrefix || i.HasRepPrefix || i.HasRepnePrefix) return false;
+        if (i.HasRepPrefix || i.HasRepnePrefix) return false;
+        if (i.HasLockPrefix && !(Lockable(i.Mnemonic) && i.Op0Kind == OpKind.Memory)) return false;
         if ((s_off & 16) != 0 && bits != 64) return false;
         if ((s_off & 2) != 0 && i.Mnemonic is Mnemonic.Push or Mnemonic.Pop or Mnemonic.Call or Mnemonic.Ret) return false;
         if ((s_off & 4) != 0 && i.FlowControl != FlowControl.Next) return false;
@@ -33,9 +34,9 @@ public sealed unsafe partial class Translator
             case Mnemonic.Nop:
                 return true;
             case Mnemonic.Jmp:
-                return i.Op0Kind is OpKind.NearBranch16 or OpKind.NearBranch32 or OpKind.NearBranch64 && CanonicalTarget(ref i, bits);
+                return i.Op0Kind is OpKind.NearBranch16 or OpKind.NearBranch32 or OpKind.NearBranch64 ? CanonicalTarget(ref i, bits) : FamilyTranslatable(ref i, bits);
             case Mnemonic.Call:
-                return mem64 && i.Code == Code.Call_rel32_64 && CanonicalTarget(ref i, bits);
+                return mem64 && i.Code == Code.Call_rel32_64 ? CanonicalTarget(ref i, bits) : FamilyTranslatable(ref i, bits);
             case Mnemonic.Ret:
                 return mem64 && i.Code == Code.Retnq;
             case Mnemonic.Push:
@@ -53,6 +54,7 @@ public sealed unsafe partial class Translator
                 return i.OpCount >= 2 && OperandsOk(ref i, bits);
             default:
                 if (IsCmov(i.Mnemonic) || IsSetcc(i.Mnemonic)) return OperandsOk(ref i, bits);
+                if (FamilyTranslatable(ref i, bits)) return true;
                 if (i.FlowControl == FlowControl.ConditionalBranch && i.Op0Kind is OpKind.NearBranch16 or OpKind.NearBranch32 or OpKind.NearBranch64
                     && i.ConditionCode != ConditionCode.None && !IsLoopOrJcxz(i.Mnemonic))
                     return CanonicalTarget(ref i, bits);
@@ -213,7 +215,12 @@ public sealed unsafe partial class Translator
     private void EmitInstruction(Assembler a, ref Instruction i, int k, int bits)
     {
         var m = i.Mnemonic;
-        if (m == Mnemonic.Nop) return;
+        if (m == Mnemonic.Nop || IsHint(m)) return;
+        if (IsFamilyForm(m))
+        {
+            EmitFamily(a, ref i, k);
+            return;
+        }
         if (m == Mnemonic.Push)
         {
             ProbeStack(a, ref i, k, -8, write: true);
@@ -238,7 +245,8 @@ public sealed unsafe partial class Translator
         }
 
         var h = i;
-        bool writesOp0 = m is not (Mnemonic.Cmp or Mnemonic.Test);
+        bool writesOp0 = m is not (Mnemonic.Cmp or Mnemonic.Test or Mnemonic.Bt);
+        bool writesOp1 = m is Mnemonic.Xadd or Mnemonic.Xchg;
         bool writeOnly = m is Mnemonic.Mov or Mnemonic.Movzx or Mnemonic.Movsx or Mnemonic.Movsxd || IsSetcc(m);
         int memOp = -1;
         for (int op = 0; op < i.OpCount; op++) if (i.GetOpKind(op) == OpKind.Memory) memOp = op;
@@ -270,10 +278,15 @@ public sealed unsafe partial class Translator
         {
             Code.Inc_r16 => Code.Inc_rm16, Code.Inc_r32 => Code.Inc_rm32,
             Code.Dec_r16 => Code.Dec_rm16, Code.Dec_r32 => Code.Dec_rm32,
+            Code.Xchg_r16_AX => Code.Xchg_rm16_r16, Code.Xchg_r32_EAX => Code.Xchg_rm32_r32, Code.Xchg_r64_RAX => Code.Xchg_rm64_r64,
             _ => h.Code,
         };
         if (BreakAddForTests && m == Mnemonic.Add) h.Code = Enum.Parse<Code>(h.Code.ToString().Replace("Add_", "Sub_", StringComparison.Ordinal));
+        if (m == Mnemonic.Cmpxchg) a.mov(rax, Gpr(0)); // the accumulator (only memory destinations are taken)
         a.AddInstruction(h);
+        if (m == Mnemonic.Cmpxchg) a.mov(Gpr(0), rax);
+        // XADD/XCHG write the source register too; the destination is stored last (XADD r,r with one register: DEST wins).
+        if (writesOp1 && i.Op1Kind == OpKind.Register) a.mov(Gpr(GuestIndex(i.Op1Register)), rcx);
         if (writesOp0 && i.Op0Kind == OpKind.Register) a.mov(Gpr(GuestIndex(i.Op0Register)), rax);
     }
 
