@@ -86,6 +86,8 @@ public class OptionsTests
     [InlineData("300", "300 vCPUs requested but only 255 available")]
     [InlineData("sockets=300,cores=300", "Computed number of vCPUs too high: 90000")]
     [InlineData("foo=3", "invalid cpu topology 'foo=3'")]
+    // Found by the acpi fuzz target: 255 vCPUs whose socket/core bit fields reach APIC ID 338 (84 << 2 | 2).
+    [InlineData("sockets=85,cores=3", "Topology (85 sockets, 3 cores, 1 threads) needs APIC IDs up to 338, above the xAPIC's 254")]
     public void BadTopologiesAreRejected(string spec, string message) => Assert.Equal(message, Fails("-c", spec, "vm"));
 
     // ---- -m ----
