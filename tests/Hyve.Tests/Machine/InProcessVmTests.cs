@@ -52,6 +52,34 @@ public class InProcessVmTests
         }
     }
 
+    // A power-off asked for after the control socket is up but before the vCPUs start (a SIGINT or hyvectl
+    // --force-poweroff in that window; found as a hang in HardeningTests.SignalsEndTheVmCleanly under load) ends the
+    // run that follows; the request does not outlive that run, so the next one (a reboot's) runs the guest.
+    [Fact]
+    public void A_power_off_requested_before_the_run_ends_it_and_not_the_next()
+    {
+        using var clock = new TimerQueue();
+        using var mem = new GuestMemory(16 << 20);
+        var vm = new Vm("t", new CpuTopology(1, 1, 1, 1), mem, clock);
+        var cap = new Capture();
+        vm.Ports.Register(0x3f8, 8, cap);
+        string path = GuestRom.ToFile(GuestRom.RealMode(a => { GuestRom.Print(a, "ran\n"); a.cli(); a.hlt(); }));
+        try
+        {
+            BootRom.Load(mem, path, null);
+            BootRom.ShadowLegacyArea(mem);
+            using var watchdog = new Timer(_ => vm.SetError("timed out"), null, 30_000, Timeout.Infinite);
+            vm.Suspend(SuspendHow.PowerOff);
+            var first = vm.Run(v => new Hyve.Soft.SoftBackend(v));
+            Assert.Equal(SuspendHow.PowerOff, first.How);
+            Assert.Null(first.Error);
+            var second = vm.Run(v => new Hyve.Soft.SoftBackend(v));
+            Assert.Equal(SuspendHow.Halt, second.How);
+            lock (cap.Text) Assert.Contains("ran\n", cap.Text.ToString(), StringComparison.Ordinal);
+        }
+        finally { File.Delete(path); }
+    }
+
     [Theory, KvmData, SoftData]
     public void RomPrintsAndHaltsWithInterruptsDisabled(string accel)
     {
