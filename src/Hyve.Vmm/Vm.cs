@@ -113,6 +113,10 @@ public sealed class Vm : IVmControl
     public bool CpuModelExplicit { get; set; }
     /// <summary>soft.jit: the software CPU translates hot guest code to host code (default true; false interprets only).</summary>
     public bool SoftJit { get; set; } = true;
+
+    /// <summary>bhyve's -x (x86.x2apic): every local APIC comes out of power-on in x2APIC mode (IA32_APIC_BASE.EXTD set)
+    /// instead of xAPIC mode; the CPU model then reports x2APIC.</summary>
+    public bool X2ApicAtStart { get; set; }
     /// <summary>soft.jit_cache: bytes of executable code cache per software vCPU (default 64 MiB).</summary>
     public long SoftJitCacheSize { get; set; } = 64L << 20;
     /// <summary>Host CPUs each vCPU is pinned to (-p), or null.</summary>

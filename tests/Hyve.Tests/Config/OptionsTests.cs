@@ -64,6 +64,19 @@ public class OptionsTests
         Assert.Equal(new Topology(1, 1, 1, 1, 1), r.Topology);
     }
 
+    // -x (x86.x2apic): the local APICs start in x2APIC mode, so the machine's CPU model reports x2APIC even when the
+    // named model does not; removing x2apic at the same time is a contradiction, refused at parse time.
+    [Fact]
+    public void MinusXStartsInX2ApicModeWithAModelThatReportsIt()
+    {
+        var r = Ok("-x", "vm");
+        Assert.True(r.Config.GetBool("x86.x2apic", false));
+        Assert.True(global::Hyve.Machine.CpuModelOption(r.Config).Has("x2apic"));
+        Assert.False(global::Hyve.Machine.CpuModelOption(Ok("vm").Config).Has("x2apic")); // bhyve's default: xAPIC only
+        Assert.Equal("-x (x86.x2apic) starts the local APIC in x2APIC mode, but cpu.features removes x2apic",
+            Fails("-x", "-o", "cpu.features=-x2apic", "vm"));
+    }
+
     [Fact]
     public void DefaultIsOneCpu() => Assert.Equal(new Topology(1, 1, 1, 1, 1), Ok("vm").Topology);
 
