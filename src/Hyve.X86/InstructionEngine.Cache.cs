@@ -163,6 +163,7 @@ public sealed unsafe partial class InstructionEngine
                 // translator declined it, or stopped before it), then up to the next one it can start a block at.
                 if (jit is not null && k > 0 && op.Translatable) { early = true; break; }
                 _repDone = 0;
+                if (Hyve.X86.Jit.JitStats.On && jit is not null) Hyve.X86.Jit.JitStats.Interpreted(op.Insn.Code, bits);
                 var x = op.Handler(this, ref op.Insn);
                 if (x == Exec.Next)
                 {
@@ -208,6 +209,7 @@ public sealed unsafe partial class InstructionEngine
     {
         _lastPages = false; // the uncached path decides everything itself
         var r = GuestDebugActive(cpu) || _heldDebugTrap != 0 ? StepWithDebug(cpu, ports) : Step(cpu, ports);
+        if (Hyve.X86.Jit.JitStats.On && _jit is not null) Hyve.X86.Jit.JitStats.Interpreted(r.Code, cpu.CodeBitness, single: true);
         if (r.Status is StepStatus.Ok or StepStatus.Halt) executed++;
         return r;
     }

@@ -70,6 +70,7 @@ public sealed unsafe partial class InstructionEngine
         executed += ran;
         jit.InstructionsRun += ran;
         if (ran > 0) cpu.InterruptShadow = 0;
+        if (JitStats.On) JitStats.Block(ran, status == Translator.ExitInterpret, JitStats.CodeAt(jb, cpu.Rip, cpu.CodeBitness), cpu.CodeBitness);
         return status == Translator.ExitInterpret;
     }
 

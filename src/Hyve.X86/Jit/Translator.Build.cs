@@ -39,7 +39,11 @@ public sealed unsafe partial class Translator
             _reader.Pos = len;
             dec.Decode(out _insns[n]);
             ref var ins = ref _insns[n];
-            if (dec.LastError != DecoderError.None || !Translatable(ref ins, bits)) break;
+            if (dec.LastError != DecoderError.None || !Translatable(ref ins, bits))
+            {
+                if (JitStats.On) JitStats.Ended(ins.Code, bits);
+                break;
+            }
             if (((rip + (ulong)len) & ipMask) != rip + (ulong)len || ins.NextIP > ipMask) break; // IP wrap: interpreter
             len += ins.Length;
             n++;
@@ -219,8 +223,9 @@ public sealed unsafe partial class Translator
         {
             a.Assemble(_writer, _cache.NextAddress);
         }
-        catch (Exception)
+        catch (Exception e)
         {
+            if (JitStats.On) JitStats.EncodeFailed(_insns[0].Code, bits, e.Message);
             // A form the host encoder refuses (the translatable set should exclude it): the interpreter runs this block.
             _encodeFailed = true;
             return 0;

@@ -187,7 +187,8 @@ public sealed unsafe partial class Translator
             var mb = b == Register.None ? Register.None : a32 ? Register.ESI : Register.RSI;
             var mx = x == Register.None ? Register.None : a32 ? Register.EDI : Register.RDI;
             long disp = a32 ? (int)(uint)i.MemoryDisplacement64 : (long)i.MemoryDisplacement64;
-            var m = new MemoryOperand(mb, mx, i.MemoryIndexScale, disp, disp == 0 ? 0 : (disp >= -128 && disp <= 127 ? 1 : 4));
+            // Iced's displacement size is 8 for a 32-bit displacement under 64-bit addressing (4 is refused: the block failed).
+            var m = new MemoryOperand(mb, mx, i.MemoryIndexScale, disp, disp == 0 ? 0 : disp >= -128 && disp <= 127 ? 1 : a32 ? 4 : 8);
             a.AddInstruction(Instruction.Create(a32 ? Code.Lea_r32_m : Code.Lea_r64_m, a32 ? Register.EDX : Register.RDX, m));
         }
         if (i.MemorySegment == Register.FS) a.add(rdx, __qword_ptr[rbx + StateBlock.FsBaseOffset]);
