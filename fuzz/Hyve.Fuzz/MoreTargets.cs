@@ -23,6 +23,7 @@ public static class MoreTargets
         ["virtqueue"] = VirtqueueChains,
         ["fwcfg"] = FwCfgDma,
         ["snapshot"] = Snapshot,
+        ["acpi"] = AcpiTarget.Run,
     };
 
     /// <summary>Exceptions a target may end with: the ones hyve turns into one line and status 4.</summary>

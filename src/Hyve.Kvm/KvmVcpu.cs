@@ -43,6 +43,23 @@ internal sealed unsafe class KvmVcpu : IVcpuBackend
         }
         _run = (byte*)p;
         SetCpuid();
+        if (_owner.X2ApicAtStart) SetMsr(Hyve.Vmm.Io.LapicRegisters.MsrApicBase, X2ApicStartBase(Id));
+    }
+
+    /// <summary>IA32_APIC_BASE for -x: the default base, enabled, in x2APIC mode, BSP on vCPU 0 (KVM's own power-on
+    /// value plus EXTD, which KVM accepts from the host once CPUID reports x2APIC).</summary>
+    internal static ulong X2ApicStartBase(int vcpu)
+        => 0xFEE0_0000ul | 1ul << 11 | Hyve.Vmm.Io.LapicRegisters.BaseX2Apic | (vcpu == 0 ? 1ul << 8 : 0);
+
+    private void SetMsr(uint index, ulong value)
+    {
+        byte* buf = stackalloc byte[8 + 16];
+        new Span<byte>(buf, 24).Clear();
+        *(uint*)buf = 1;
+        *(uint*)(buf + 8) = index;
+        *(ulong*)(buf + 16) = value;
+        if (Libc.Ioctl(_fd, KvmApi.SetMsrs, buf) != 1)
+            throw new IOException($"KVM_SET_MSRS 0x{index:x} = 0x{value:x} was refused");
     }
 
     public int Id { get; }

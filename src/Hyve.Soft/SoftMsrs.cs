@@ -9,12 +9,15 @@ namespace Hyve.Soft;
 /// x2APIC registers and IA32_TSC_DEADLINE (its <see cref="Vlapic"/>), the TSC (its own offset over the host clock), the
 /// MTRRs (accepted and read back: memory types mean nothing to an emulator), MISC_ENABLE and the read-as-zero machine-check
 /// and microcode registers firmware and kernels probe, and with an AMD model the northbridge configuration register Linux
-/// reads and writes without a fault handler, SYSCFG and HWCR (read as 0, writes ignored, as KVM does). Unknown MSRs raise #GP(0), or with
+/// reads and writes without a fault handler, SYSCFG (read as 0, writes ignored, as KVM does) and HWCR, which reads with
+/// TscFreqSel (bit 24) set as on every AMD CPU since family 10h model 2 (read-only there: the TSC counts at the P0
+/// frequency; Linux warns "TSC doesn't count with P0 frequency" otherwise) and ignores writes. Unknown MSRs raise #GP(0), or with
 /// x86.strictmsr off read as 0 and ignore writes.
 /// </summary>
 public sealed class SoftMsrs(Vlapic lapic, HostTsc tsc, bool strict, bool amd = false) : IMsrHandler
 {
     private const uint AmdNbCfg = 0xc001001f, AmdSyscfg = 0xc0010010, AmdHwcr = 0xc0010015;
+    private const ulong HwcrTscFreqSel = 1ul << 24;
     private const uint MtrrCap = 0xfe, MtrrPhysFirst = 0x200, MtrrPhysLast = 0x20f, MtrrDefType = 0x2ff;
     private const uint MtrrFix64K = 0x250, MtrrFix16K0 = 0x258, MtrrFix16K1 = 0x259, MtrrFix4KFirst = 0x268, MtrrFix4KLast = 0x26f;
     private const uint MiscEnable = 0x1a0, FeatureControl = 0x3a, BiosSignId = 0x8b, PlatformId = 0x17;
@@ -36,7 +39,8 @@ public sealed class SoftMsrs(Vlapic lapic, HostTsc tsc, bool strict, bool amd = 
             case MiscEnable: value = _miscEnable; return true;
             case FeatureControl: value = 1; return true; // locked with VMX off, as a BIOS leaves it
             case BiosSignId: case PlatformId: case McgCap: case McgStatus: value = 0; return true;
-            case AmdNbCfg or AmdSyscfg or AmdHwcr when amd: value = 0; return true;
+            case AmdHwcr when amd: value = HwcrTscFreqSel; return true;
+            case AmdNbCfg or AmdSyscfg when amd: value = 0; return true;
         }
         int slot = MtrrSlot(index);
         if (slot >= 0) { value = _mtrr[slot]; return true; }

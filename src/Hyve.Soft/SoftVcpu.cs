@@ -57,6 +57,7 @@ internal sealed partial class SoftVcpu : IVcpuBackend, ILapicCpu
         var model = _vm.CpuModel;
         Lapic.X2ApicSupported = model.Has("x2apic");
         Lapic.TscDeadlineSupported = model.Has("tsc_deadline_timer");
+        if (_vm.X2ApicAtStart) Lapic.WriteMsr(LapicRegisters.MsrApicBase, Lapic.ApicBase | LapicRegisters.BaseX2Apic);
         _phys = new SoftPhysicalMemory(_vm, Lapic);
         var lapic = Lapic;
         _engine = new InstructionEngine(_phys)

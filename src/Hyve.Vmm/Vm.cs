@@ -113,6 +113,10 @@ public sealed class Vm : IVmControl
     public bool CpuModelExplicit { get; set; }
     /// <summary>soft.jit: the software CPU translates hot guest code to host code (default true; false interprets only).</summary>
     public bool SoftJit { get; set; } = true;
+
+    /// <summary>bhyve's -x (x86.x2apic): every local APIC comes out of power-on in x2APIC mode (IA32_APIC_BASE.EXTD set)
+    /// instead of xAPIC mode; the CPU model then reports x2APIC.</summary>
+    public bool X2ApicAtStart { get; set; }
     /// <summary>soft.jit_cache: bytes of executable code cache per software vCPU (default 64 MiB).</summary>
     public long SoftJitCacheSize { get; set; } = 64L << 20;
     /// <summary>Host CPUs each vCPU is pinned to (-p), or null.</summary>
@@ -155,10 +159,8 @@ public sealed class Vm : IVmControl
     /// </summary>
     public VmStop Run(Func<Vm, ICpuBackend> createBackend)
     {
-        _suspended.Reset();
-        _suspendHow = -1;
-        _error = null;
-        _exitStatus = -1;
+        // The stop request is cleared when a run ends, not when one starts: a signal or hyvectl request that arrives
+        // after the control socket is up but before the vCPUs start must still stop this run.
         var threads = new Thread[_slots.Length];
         ICpuBackend? backend = null;
         try
@@ -193,7 +195,12 @@ public sealed class Vm : IVmControl
             RestoredCpus = null;
             backend?.Dispose();
         }
-        return new VmStop((SuspendHow)Math.Max(_suspendHow, 0), _error, _exitStatus >= 0 ? _exitStatus : null);
+        // Taken atomically, so a request arriving from here on belongs to the next run (a reboot's).
+        var error = Interlocked.Exchange(ref _error, null);
+        int status = Interlocked.Exchange(ref _exitStatus, -1);
+        _suspended.Reset();
+        int how = Interlocked.Exchange(ref _suspendHow, -1);
+        return new VmStop((SuspendHow)Math.Max(how, 0), error, status >= 0 ? status : null);
     }
 
     /// <summary>Resets device state after a guest reset, in the inventory's order (the RTC keeps time and NVRAM: its own

@@ -35,7 +35,9 @@ public static partial class HostSandbox
 
     // Measured with scripts/sandbox-profile (strace -f of hyve once the filter is in, over a Linux boot from virtio-blk
     // with virtio-rng and hvc0, a Linux guest with VNC and the virtio tablet, GDB sessions, checkpoints and a restore,
-    // every hyvectl request, and peers that vanish mid-message), plus what hyve's own P/Invokes and the .NET runtime's
+    // every hyvectl request, and peers that vanish mid-message; then again over networking: Debian on slirp (DHCP, an
+    // outbound HTTP fetch, a hostfwd listener accepting a connection), on a tap in a network namespace, and the GDB and
+    // VNC servers on TCP, which added nothing), plus what hyve's own P/Invokes and the .NET runtime's
     // rarer paths (a GC's memory query, a new socket engine, a sleep) can call. Left out because nothing in hyve makes
     // them after start-up: io_uring, inotify, sendfile and copy_file_range, mlock and mincore, readlink, getdents,
     // mkdir, dup, select, the *mmsg calls, preadv2/pwritev2, credential queries beyond the uid, priorities, fadvise.

@@ -46,6 +46,7 @@ public sealed class Machine : IDisposable
             {
                 StrictMsr = _config.GetBool("x86.strictmsr", true),
                 SoftJit = _config.GetBool("soft.jit", true),
+                X2ApicAtStart = _config.GetBool("x86.x2apic", false),
                 CpuModel = CpuModelOption(_config),
                 CpuModelExplicit = _config.Get("cpu.model") is not null || _config.Get("cpu.features") is not null || _config.Get("cpu.vendor") is not null,
                 SoftJitCacheSize = (long)_config.GetSize("soft.jit_cache", 64ul << 20),
@@ -134,7 +135,10 @@ public sealed class Machine : IDisposable
     {
         try
         {
-            return Hyve.X86.CpuModel.Parse(config.Get("cpu.vendor"), config.Get("cpu.model"), config.Get("cpu.features"));
+            // -x (x86.x2apic): the local APICs start in x2APIC mode, which a model without x2APIC could not be in.
+            string? features = config.Get("cpu.features");
+            if (config.GetBool("x86.x2apic", false)) features = string.IsNullOrEmpty(features) ? "+x2apic" : features + ",+x2apic";
+            return Hyve.X86.CpuModel.Parse(config.Get("cpu.vendor"), config.Get("cpu.model"), features);
         }
         catch (ArgumentException e)
         {

@@ -189,8 +189,10 @@ public static class Options
     // (issue 17 item 7). Remove a line when the code that honours the key lands.
     private static void RefuseUnimplemented(ConfigTree config)
     {
-        if (config.GetBool("x86.x2apic", false))
-            throw new ConfigException("x2APIC mode at start (-x, x86.x2apic=true) is not implemented: the local APIC starts in xAPIC mode and the guest may switch");
+        // -x starts every local APIC in x2APIC mode, so the model must report x2APIC (the machine adds it).
+        if (config.GetBool("x86.x2apic", false)
+            && (config.Get("cpu.features") ?? "").Split(',', StringSplitOptions.TrimEntries).Contains("-x2apic"))
+            throw new ConfigException("-x (x86.x2apic) starts the local APIC in x2APIC mode, but cpu.features removes x2apic");
         if (config.GetBool("x86.vmexit_on_pause", false))
             throw new ConfigException("-P (x86.vmexit_on_pause) is not implemented");
         if (config.GetBool("memory.wired", false))

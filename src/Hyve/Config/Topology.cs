@@ -38,8 +38,16 @@ public readonly record struct Topology(int Cpus, int Sockets, int Cores, int Thr
             throw new ConfigException($"maxcpus ({maxcpus}) is less than the number of vCPUs ({cpus})");
         if (maxcpus > MaxVcpus)
             throw new ConfigException($"{maxcpus} vCPUs requested but only {MaxVcpus} available");
+        // APIC IDs are socket, core and thread bit fields (CpuTopology.ApicId), so counts that are not powers of two
+        // leave gaps; the last vCPU has the highest ID, and it must fit the xAPIC's 8-bit ID register below the
+        // broadcast ID 255, or two vCPUs would answer to one ID.
+        uint highest = (uint)((sockets - 1) << (BitsFor(cores) + BitsFor(threads)) | (cores - 1) << BitsFor(threads) | (threads - 1));
+        if (highest > MaxVcpus - 1)
+            throw new ConfigException($"Topology ({sockets} sockets, {cores} cores, {threads} threads) needs APIC IDs up to {highest}, above the xAPIC's 254");
         return new Topology(cpus, sockets, cores, threads, maxcpus);
     }
+
+    private static int BitsFor(int n) => n <= 1 ? 0 : System.Numerics.BitOperations.Log2((uint)(n - 1)) + 1;
 
     private static int ReadField(ConfigTree config, string key, int defaultValue)
     {

@@ -70,6 +70,9 @@ public abstract class ConsoleBackend : IConsoleBackend
         foreach (var b in live) b.Flush();
     }
 
+    /// <inheritdoc/>
+    public bool OutputFull => Volatile.Read(ref _count) >= OutputCapacity;
+
     /// <summary>Guest output bytes this backend dropped because the host did not take them.</summary>
     public long Dropped => Interlocked.Read(ref _dropped);
 

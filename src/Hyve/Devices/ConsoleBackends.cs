@@ -78,6 +78,7 @@ public static class ConsoleBackends
         public bool HasInput => inner.HasInput;
         public void Attach(IConsoleReceiver receiver) => inner.Attach(receiver);
         public void Write(byte value) => inner.Write(value);
+        public bool OutputFull => inner.OutputFull;
         public void Flush() => inner.Flush();
         public void ReceiverHasRoom() => inner.ReceiverHasRoom();
 

@@ -24,6 +24,10 @@ public interface IConsoleBackend : IDisposable
     /// <summary>Connects the device that receives input and starts delivering it. Called once, by the device.</summary>
     void Attach(IConsoleReceiver receiver);
 
+    /// <summary>True while output would be dropped because the host side has not taken what is queued (a slow or stalled
+    /// reader); a device with flow control (the UART's LSR) shows the guest a busy transmitter meanwhile.</summary>
+    bool OutputFull => false;
+
     /// <summary>Queues one byte of guest output. Called on vCPU threads, possibly under the device's lock: never blocks on input.</summary>
     void Write(byte value);
 

@@ -7,7 +7,8 @@ namespace Hyve.Devices;
 /// <summary>
 /// A National/TI PC16550D UART (16550A) at eight consecutive I/O ports, modelled on the datasheet and on bhyve's
 /// uart_emul.c. Transmission is instant: a byte written to THR goes to the backend at once, so THRE and TEMT read
-/// as set and the THRE interrupt re-arms right after each write. Received bytes wait in a 16-byte FIFO
+/// as set (unless the backend's output buffer is full: flow control for guests that poll LSR) and the THRE interrupt
+/// re-arms right after each write. Received bytes wait in a 16-byte FIFO
 /// (one byte while the FIFO is disabled), pulled from the backend only while there is room.
 /// <para>
 /// Interrupt identification (IIR) follows the datasheet priorities: receiver line status (overrun) > received data
@@ -308,7 +309,9 @@ public sealed class Uart16550 : IPortDevice, IConsoleReceiver, IDeviceState
                 return _mcr;
             case RegLsr:
             {
-                byte lsr = LsrThre | LsrTemt;
+                // The transmitter is busy while the host side holds a full buffer: a guest that polls THRE before each
+                // byte (firmware, Linux's console) then waits instead of losing output, as on QEMU's serial port.
+                byte lsr = _backend is { OutputFull: true } ? (byte)0 : (byte)(LsrThre | LsrTemt);
                 if (_rxCount > 0) lsr |= LsrDr;
                 if (_overrun) lsr |= LsrOe;
                 _overrun = false;

@@ -68,12 +68,14 @@ public class FuzzCorpusTests
         finally { File.Delete(f); }
     }
 
-    // The guest-facing targets (instruction engine, virtqueue chains, fw_cfg DMA) and the snapshot loader.
+    // The guest-facing targets (instruction engine, virtqueue chains, fw_cfg DMA), the snapshot loader and ACPI table
+    // generation from the topologies and slots the options accept.
     [Theory]
     [InlineData("engine")]
     [InlineData("virtqueue")]
     [InlineData("fwcfg")]
     [InlineData("snapshot")]
+    [InlineData("acpi")]
     public void GuestFacingCorpus(string target) => Replay(target, Hyve.Fuzz.MoreTargets.All[target]);
 
     // The servers a peer talks to: the GDB remote protocol, the control socket, the VNC server's client messages.

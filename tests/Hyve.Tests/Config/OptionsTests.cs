@@ -64,6 +64,19 @@ public class OptionsTests
         Assert.Equal(new Topology(1, 1, 1, 1, 1), r.Topology);
     }
 
+    // -x (x86.x2apic): the local APICs start in x2APIC mode, so the machine's CPU model reports x2APIC even when the
+    // named model does not; removing x2apic at the same time is a contradiction, refused at parse time.
+    [Fact]
+    public void MinusXStartsInX2ApicModeWithAModelThatReportsIt()
+    {
+        var r = Ok("-x", "vm");
+        Assert.True(r.Config.GetBool("x86.x2apic", false));
+        Assert.True(global::Hyve.Machine.CpuModelOption(r.Config).Has("x2apic"));
+        Assert.False(global::Hyve.Machine.CpuModelOption(Ok("vm").Config).Has("x2apic")); // bhyve's default: xAPIC only
+        Assert.Equal("-x (x86.x2apic) starts the local APIC in x2APIC mode, but cpu.features removes x2apic",
+            Fails("-x", "-o", "cpu.features=-x2apic", "vm"));
+    }
+
     [Fact]
     public void DefaultIsOneCpu() => Assert.Equal(new Topology(1, 1, 1, 1, 1), Ok("vm").Topology);
 
@@ -86,6 +99,8 @@ public class OptionsTests
     [InlineData("300", "300 vCPUs requested but only 255 available")]
     [InlineData("sockets=300,cores=300", "Computed number of vCPUs too high: 90000")]
     [InlineData("foo=3", "invalid cpu topology 'foo=3'")]
+    // Found by the acpi fuzz target: 255 vCPUs whose socket/core bit fields reach APIC ID 338 (84 << 2 | 2).
+    [InlineData("sockets=85,cores=3", "Topology (85 sockets, 3 cores, 1 threads) needs APIC IDs up to 338, above the xAPIC's 254")]
     public void BadTopologiesAreRejected(string spec, string message) => Assert.Equal(message, Fails("-c", spec, "vm"));
 
     // ---- -m ----

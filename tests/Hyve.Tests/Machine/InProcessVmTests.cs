@@ -21,11 +21,11 @@ public class InProcessVmTests
         public void PortWrite(ushort port, int size, uint value) { if (port == 0x3f8) lock (Text) Text.Append((char)value); }
     }
 
-    private static (VmStop Stop, string Out, byte[] Low) RunRom(string accel, byte[] rom, int cpus = 1, Hyve.X86.CpuModel? model = null)
+    private static (VmStop Stop, string Out, byte[] Low) RunRom(string accel, byte[] rom, int cpus = 1, Hyve.X86.CpuModel? model = null, bool x2apicAtStart = false)
     {
         using var clock = new TimerQueue();
         using var mem = new GuestMemory(16 << 20);
-        var vm = new Vm("t", new CpuTopology(cpus, 1, 1, cpus), mem, clock) { CpuModel = model ?? Hyve.X86.CpuModel.Default };
+        var vm = new Vm("t", new CpuTopology(cpus, 1, 1, cpus), mem, clock) { CpuModel = model ?? Hyve.X86.CpuModel.Default, X2ApicAtStart = x2apicAtStart };
         var cap = new Capture();
         vm.Ports.Register(0x3f8, 8, cap);
         string path = GuestRom.ToFile(rom);
@@ -50,6 +50,34 @@ public class InProcessVmTests
             if (flat) a.mov(__byte_ptr[address + (uint)k], bytes[k]);
             else a.mov(__byte_ptr[(ushort)(address + (uint)k)], bytes[k]);
         }
+    }
+
+    // A power-off asked for after the control socket is up but before the vCPUs start (a SIGINT or hyvectl
+    // --force-poweroff in that window; found as a hang in HardeningTests.SignalsEndTheVmCleanly under load) ends the
+    // run that follows; the request does not outlive that run, so the next one (a reboot's) runs the guest.
+    [Fact]
+    public void A_power_off_requested_before_the_run_ends_it_and_not_the_next()
+    {
+        using var clock = new TimerQueue();
+        using var mem = new GuestMemory(16 << 20);
+        var vm = new Vm("t", new CpuTopology(1, 1, 1, 1), mem, clock);
+        var cap = new Capture();
+        vm.Ports.Register(0x3f8, 8, cap);
+        string path = GuestRom.ToFile(GuestRom.RealMode(a => { GuestRom.Print(a, "ran\n"); a.cli(); a.hlt(); }));
+        try
+        {
+            BootRom.Load(mem, path, null);
+            BootRom.ShadowLegacyArea(mem);
+            using var watchdog = new Timer(_ => vm.SetError("timed out"), null, 30_000, Timeout.Infinite);
+            vm.Suspend(SuspendHow.PowerOff);
+            var first = vm.Run(v => new Hyve.Soft.SoftBackend(v));
+            Assert.Equal(SuspendHow.PowerOff, first.How);
+            Assert.Null(first.Error);
+            var second = vm.Run(v => new Hyve.Soft.SoftBackend(v));
+            Assert.Equal(SuspendHow.Halt, second.How);
+            lock (cap.Text) Assert.Contains("ran\n", cap.Text.ToString(), StringComparison.Ordinal);
+        }
+        finally { File.Delete(path); }
     }
 
     [Theory, KvmData, SoftData]
@@ -137,6 +165,54 @@ public class InProcessVmTests
         Assert.Null(r.Stop.Error);
         Assert.True(r.Out == "A", $"{r.Stop} out={r.Out} flag={r.Low[0x900]:x} ap0={r.Low[0x8000]:x}");
         Assert.Equal(SuspendHow.Halt, r.Stop.How);
+    }
+
+    // bhyve's -x: every local APIC comes out of power-on in x2APIC mode. IA32_APIC_BASE reads EN and EXTD (and BSP on
+    // vCPU 0), and the x2APIC MSRs answer at once: the AP is started through the x2APIC ICR without any mode switch,
+    // and each vCPU reads its x2APIC ID from MSR 0x802 (SDM Vol. 3 11.12).
+    [Theory, KvmData, SoftData]
+    public void With_minus_x_every_local_apic_starts_in_x2apic_mode(string accel)
+    {
+        // The AP at 0800:0000: mov ecx,1bh; rdmsr; mov [0904h],eax; mov ecx,802h; rdmsr; mov [0908h],eax;
+        // mov byte [0900h],5ah; cli; hlt.
+        byte[] ap =
+        [
+            0x66, 0xb9, 0x1b, 0, 0, 0, 0x0f, 0x32, 0x66, 0xa3, 0x04, 0x09,
+            0x66, 0xb9, 0x02, 0x08, 0, 0, 0x0f, 0x32, 0x66, 0xa3, 0x08, 0x09,
+            0xc6, 0x06, 0x00, 0x09, 0x5a, 0xfa, 0xf4,
+        ];
+        var r = RunRom(accel, GuestRom.RealMode(a =>
+        {
+            a.xor(ax, ax);
+            a.mov(ds, ax);
+            StoreBytes(a, 0x8000, ap, false);
+            a.mov(ecx, 0x1b);
+            a.rdmsr();
+            a.mov(__dword_ptr[0x910], eax);
+            a.xor(edx, edx);
+            a.mov(ecx, 0x80f);                // SVR: software-enable, straight through the x2APIC MSR
+            a.mov(eax, 0x1ff);
+            a.wrmsr();
+            a.mov(ecx, 0x830);                // ICR: INIT, then start-up vector 8, to all but self
+            a.mov(eax, 0x000c4500);
+            a.wrmsr();
+            a.mov(eax, 0x000c4608);
+            a.wrmsr();
+            var spin = a.CreateLabel();
+            a.Label(ref spin);
+            a.pause();
+            a.cmp(__byte_ptr[0x900], 0x5a);
+            a.jne(spin);
+            GuestRom.Print(a, "A");
+            a.cli();
+            a.hlt();
+        }), cpus: 2, x2apicAtStart: true, model: Hyve.X86.CpuModel.Parse(null, null, "+x2apic"));
+        Assert.Null(r.Stop.Error);
+        Assert.True(r.Out == "A", $"{r.Stop} out={r.Out} flag={r.Low[0x900]:x}");
+        uint bspBase = BitConverter.ToUInt32(r.Low, 0x910), apBase = BitConverter.ToUInt32(r.Low, 0x904);
+        Assert.Equal(0xfee00d00u, bspBase); // base, EN (bit 11), EXTD (bit 10), BSP (bit 8)
+        Assert.Equal(0xfee00c00u, apBase);
+        Assert.Equal(1u, BitConverter.ToUInt32(r.Low, 0x908)); // the AP's x2APIC ID
     }
 
     [Theory, KvmData, SoftData]

@@ -104,6 +104,43 @@ public unsafe class ConsoleBackendTests
         finally { File.Delete(path); }
     }
 
+    // Output flow control: while the host reader lags and the backend's buffer is full, LSR shows the transmitter busy
+    // (THRE and TEMT clear), so a guest that polls LSR before each byte, as firmware and Linux's console do, waits
+    // instead of losing lines; once the reader catches up THRE is back and every byte arrives in order.
+    [Fact]
+    public void A_lagging_reader_makes_the_transmitter_busy_and_a_polling_guest_loses_nothing()
+    {
+        var output = Pipe();
+        var backend = new FdConsoleBackend(-1, output.write, ownsFds: false, makeRaw: false);
+        try
+        {
+            var uart = new Uart16550(Base, null, backend);
+            var sent = new StringBuilder();
+            int n = 0;
+            // The pipe (64 KiB) and the backend's buffer both fill: the guest then sees a busy transmitter.
+            var sw = System.Diagnostics.Stopwatch.StartNew();
+            while ((uart.PortRead(Base + LSR, 1) & 0x60) == 0x60)
+            {
+                Assert.True(sw.Elapsed < TimeSpan.FromSeconds(10), "THRE never cleared");
+                char c = (char)('a' + n++ % 26);
+                uart.PortWrite(Base + THR, 1, c);
+                sent.Append(c);
+            }
+            Assert.True(sent.Length >= ConsoleBackend.OutputCapacity, $"busy after only {sent.Length} bytes");
+            Assert.Equal(0, (int)uart.PortRead(Base + LSR, 1) & 0x60);
+            // The reader drains; a polling guest goes on once THRE is back.
+            string got = FdRead(output.read, sent.Length);
+            WaitFor(() => (uart.PortRead(Base + LSR, 1) & 0x60) == 0x60, "THRE after the reader caught up");
+            Assert.Equal(sent.ToString(), got);
+            Assert.Equal(0, backend.Dropped);
+        }
+        finally
+        {
+            backend.Dispose();
+            ConsoleNative.close(output.read); ConsoleNative.close(output.write);
+        }
+    }
+
     [Fact]
     public void FdBackendCarriesBothDirectionsWithFlowControl()
     {

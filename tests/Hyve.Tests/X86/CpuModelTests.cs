@@ -261,8 +261,13 @@ public sealed class CpuModelTests
         var cpu = new CpuState();
         foreach (uint msr in new uint[] { 0xc001001f /* NB_CFG */, 0xc0010010 /* SYSCFG */, 0xc0010015 /* HWCR */ })
         {
-            Assert.True(new SoftMsrs(lapic, new HostTsc(), true, amd: true).TryRead(cpu, msr, out ulong v));
-            Assert.Equal(0ul, v);
+            var msrs = new SoftMsrs(lapic, new HostTsc(), true, amd: true);
+            Assert.True(msrs.TryRead(cpu, msr, out ulong v));
+            // HWCR.TscFreqSel (bit 24) is read-only 1 on AMD CPUs since family 10h model 2; writes leave it set.
+            Assert.Equal(msr == 0xc0010015 ? 1ul << 24 : 0ul, v);
+            Assert.True(msrs.TryWrite(cpu, msr, 0));
+            Assert.True(msrs.TryRead(cpu, msr, out v));
+            Assert.Equal(msr == 0xc0010015 ? 1ul << 24 : 0ul, v);
             Assert.False(new SoftMsrs(lapic, new HostTsc(), true, amd: false).TryRead(cpu, msr, out _)); // #GP on Intel
         }
     }
