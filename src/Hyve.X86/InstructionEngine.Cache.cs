@@ -105,7 +105,7 @@ public sealed unsafe partial class InstructionEngine
         var jit = Jit;
         if (jit is not null && (_mem.Observer is not null
             || ((cpu.Cr0 & CpuState.Cr0Am) != 0 && (cpu.Rflags & CpuState.FlagAc) != 0 && cpu.Cpl == 3))) jit = null;
-        bool skipJit = false;
+        bool skipJit = false, cold = false;
         if (jit is not null)
         {
             PrepareTranslated(cpu, jit, tlb);
@@ -135,12 +135,14 @@ public sealed unsafe partial class InstructionEngine
                 epoch = tlb.Epoch;
             }
             ulong gpa = gpaPage | (la & 0xfff);
+            cold = false; // a block not yet hot enough to translate is interpreted whole, not up to its next translatable instruction
             if (jit is not null)
             {
                 if (skipJit) skipJit = false;
                 else
                 {
                     var jb = jit.Find(gpa, rip, bits, pageHost);
+                    cold = jb is null;
                     if (jb is not null && jb.Count > 0 && (bits == 64 || jb.MaxIp <= limit))
                     {
                         jit.LinkNoted(jb);
@@ -167,7 +169,7 @@ public sealed unsafe partial class InstructionEngine
                 ref var op = ref ops[k];
                 // With a translator, the interpreter runs only what it cannot translate: the first instruction here (the
                 // translator declined it, or stopped before it), then up to the next one it can start a block at.
-                if (jit is not null && k > 0 && op.Translatable) { early = true; break; }
+                if (jit is not null && k > 0 && op.Translatable && !cold) { early = true; break; }
                 _repDone = 0;
                 if (Hyve.X86.Jit.JitStats.On && jit is not null) Hyve.X86.Jit.JitStats.Interpreted(op.Insn.Code, bits);
                 var x = op.Handler(this, ref op.Insn);

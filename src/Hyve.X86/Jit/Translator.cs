@@ -105,6 +105,15 @@ public sealed unsafe partial class Translator : IDisposable
         public ulong Old;
     }
 
+    /// <summary>Entries into a block's address before it is translated (1: translate on the first; tests use that).</summary>
+    public int HotThreshold { get; set; } = DefaultHotThreshold;
+
+    /// <summary>The default <see cref="HotThreshold"/> (chosen with bench/linux).</summary>
+    public static readonly int DefaultHotThreshold = int.TryParse(Environment.GetEnvironmentVariable("HYVE_JIT_HOT"), out int h) && h > 0 ? h : 16;
+
+    private const int MaxHeatEntries = 1 << 20;
+    private readonly Dictionary<BlockKey, int> _heat = [];
+
     /// <summary>Test hook: chained entries compare no guest bytes, to check that the chaining tests can fail.</summary>
     public bool BreakGuardForTests { get; set; }
 
@@ -132,6 +141,15 @@ public sealed unsafe partial class Translator : IDisposable
         {
             _slots[slot] = old;
             return old;
+        }
+        if (old is null && HotThreshold > 1)
+        {
+            // Code that has not run often yet stays with the interpreter: a translation costs as much as interpreting a
+            // few thousand instructions, and most of what an OS runs while booting runs once.
+            if (_heat.Count >= MaxHeatEntries) _heat.Clear();
+            ref int heat = ref CollectionsMarshal.GetValueRefOrAddDefault(_heat, new BlockKey(gpa, rip, bits), out _);
+            if (++heat < HotThreshold) return null;
+            _heat.Remove(new BlockKey(gpa, rip, bits));
         }
         if (JitStats.On) JitStats.Translation(old is not null);
         return Translate(slot, gpa, rip, bits, page);
@@ -192,6 +210,7 @@ public sealed unsafe partial class Translator : IDisposable
         if (JitStats.On) JitStats.Flush();
         Array.Clear(_slots);
         _all.Clear();
+        _heat.Clear();
         _linked.Clear();
         _pendingSlot = 0;
         _codePages.Clear();

@@ -127,7 +127,7 @@ public class RandomCodeTests(ITestOutputHelper output)
             QuietJitCheck = breakAdd,
         };
         _ = new Tlb(engine.Memory.Walker);
-        using var jit = new Hyve.X86.Jit.Translator(1 << 20) { CheckAgainstInterpreter = true, BreakAddForTests = breakAdd };
+        using var jit = new Hyve.X86.Jit.Translator(1 << 20) { HotThreshold = 1, CheckAgainstInterpreter = true, BreakAddForTests = breakAdd };
         engine.Jit = jit;
         var cpu = new CpuState();
         Setup(cpu, ram, mode, rng);

@@ -43,7 +43,7 @@ public sealed unsafe class JitTests(ITestOutputHelper output)
     {
         var e = new InstructionEngine(m);
         _ = new Tlb(e.Memory.Walker);
-        var t = new Translator(1 << 20);
+        var t = new Translator(1 << 20) { HotThreshold = 1 };
         e.Jit = t;
         return (e, t);
     }
@@ -515,6 +515,38 @@ public sealed unsafe class JitTests(ITestOutputHelper output)
         c.Rip = second; // enter at the second block, so the first is reached only through its link
         Assert.Equal(StepStatus.Halt, RunAll(e, c, 100000).Status);
         Assert.Equal(0x50000ul * 999, c.Gpr[0]);
+        jit.Dispose();
+    }
+
+    // Code is interpreted until it has been entered HotThreshold times, then translated once.
+    [Fact]
+    public void ABlockIsTranslatedOnceItIsHot()
+    {
+        using var m = new NativeTestRam();
+        var (e, jit) = JitEngine(m);
+        jit.HotThreshold = 5;
+        var code = Assemble(64, CodeAt, a =>
+        {
+            var loop = a.CreateLabel();
+            a.Label(ref loop);
+            a.add(eax, 7);
+            a.dec(ecx);
+            a.jnz(loop);
+            a.hlt();
+        });
+        code.CopyTo(m.Ram[(int)CodeAt..]);
+        var c = new CpuState();
+        LongMode(m, c);
+        c.Gpr[1] = 4;
+        Assert.Equal(StepStatus.Halt, RunAll(e, c).Status);
+        Assert.Equal(28ul, c.Gpr[0]);
+        Assert.Equal(0, jit.BlocksTranslated); // four entries: still cold
+        c.Gpr[1] = 100;
+        c.Rip = CodeAt;
+        Assert.Equal(StepStatus.Halt, RunAll(e, c).Status);
+        Assert.Equal(28ul + 700, c.Gpr[0]);
+        Assert.Equal(1, jit.BlocksTranslated);
+        Assert.True(jit.InstructionsRun >= 3 * 95, $"only {jit.InstructionsRun} instructions ran translated");
         jit.Dispose();
     }
 
