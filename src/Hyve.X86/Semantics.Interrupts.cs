@@ -7,8 +7,8 @@ public sealed unsafe partial class InstructionEngine
 {
     // Interrupt and exception delivery through the IVT (real mode) or the IDT (protected and IA-32e mode), and IRET
     // (SDM Vol. 3 6.10-6.14 and Vol. 2 INT n / IRET). Same-privilege and inner-privilege (stack switch through the TSS,
-    // IST in IA-32e mode) interrupt and trap gates, virtual-8086 mode entry (IRETD) and exit (interrupts and exceptions to
-    // ring 0) with its IOPL and VME rules are modelled. Nothing changes in the CPU state unless delivery completes.
+    // IST in IA-32e mode) interrupt and trap gates, task gates (Semantics.Tasks.cs), virtual-8086 mode entry (IRETD) and
+    // exit (interrupts and exceptions to ring 0) with its IOPL and VME rules are modelled. Nothing changes in the CPU state unless delivery completes.
 
     /// <summary>
     /// Delivers an event to the guest with the current RIP as the return address: an exception or external interrupt
@@ -147,8 +147,14 @@ public sealed unsafe partial class InstructionEngine
         }
         else
         {
-            if (type == 5) return Exec.Unsupported; // task gate: a task switch
-            if (type is not (6 or 7 or 0xe or 0xf)) return Raise(IdtFault(vector, ext));
+            if (type is not (5 or 6 or 7 or 0xe or 0xf)) return Raise(IdtFault(vector, ext));
+            if (type == 5)
+            {
+                // A task gate: the gate's DPL and presence are checked as for other gates, then the task switch.
+                if (software && gateDpl < c.Cpl) return Raise(IdtFault(vector, false));
+                if (!present) return Raise(new PendingException(Vector.NP, true, (uint)(vector * 8 + 2) + extBit, 0));
+                return DeliverThroughTaskGate(gate, extBit, hasError, error, returnIp);
+            }
             is32 = (type & 8) != 0; trap = (type & 1) != 0;
         }
         int cpl = c.Cpl;
@@ -337,7 +343,7 @@ public sealed unsafe partial class InstructionEngine
             vmeIret = true;
         }
         if (mode != CpuMode.Real && mode != CpuMode.Virtual8086 && (old & CpuState.FlagNt) != 0)
-            return (c.Efer & CpuState.EferLma) != 0 ? e.Raise(PendingException.Gp0) : Exec.Unsupported; // task return
+            return (c.Efer & CpuState.EferLma) != 0 ? e.Raise(PendingException.Gp0) : e.TaskReturn(i.NextIP & Mask(e._bitness / 8));
         int ss = e.StackAddrSize();
         ulong sm = Mask(ss);
         ulong sp = c.Gpr[4] & sm;
