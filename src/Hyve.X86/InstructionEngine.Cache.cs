@@ -106,7 +106,11 @@ public sealed unsafe partial class InstructionEngine
         if (jit is not null && (_mem.Observer is not null
             || ((cpu.Cr0 & CpuState.Cr0Am) != 0 && (cpu.Rflags & CpuState.FlagAc) != 0 && cpu.Cpl == 3))) jit = null;
         bool skipJit = false;
-        if (jit is not null) PrepareTranslated(cpu, jit, tlb);
+        if (jit is not null)
+        {
+            PrepareTranslated(cpu, jit, tlb);
+            jit.DropExit(); // a slot noted in an earlier call must not be linked to wherever an interrupt led since
+        }
         while (executed < budget)
         {
             ulong rip = cpu.Rip;
@@ -139,12 +143,14 @@ public sealed unsafe partial class InstructionEngine
                     var jb = jit.Find(gpa, rip, bits, pageHost);
                     if (jb is not null && jb.Count > 0 && (bits == 64 || jb.MaxIp <= limit))
                     {
+                        jit.LinkNoted(jb);
                         if (RunTranslated(cpu, jit, jb, budget - executed, tlb, ref executed, ports)) skipJit = true;
                         result = new StepResult(StepStatus.Ok, default, 0, Code.INVALID);
                         continue;
                     }
                 }
             }
+            jit?.DropExit();
             var b = FindBlock(gpa, rip, bits, pageHost);
             if (b is null || rip + (ulong)b.ByteLen - 1 > limit) return StepOne(cpu, ports, ref executed);
 

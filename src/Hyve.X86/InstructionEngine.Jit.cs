@@ -32,6 +32,7 @@ public sealed unsafe partial class InstructionEngine
         // 64-bit mode uses only the FS and GS bases, and no segment load happens inside a Run call's translated code.
         s->FsBase = cpu.Segs[(int)Seg.Fs].Descriptor.Base;
         s->GsBase = cpu.Segs[(int)Seg.Gs].Descriptor.Base;
+        if (_mem.Walker.Memory is IGuestHostMemory host) jit.SeeMapVersion(Volatile.Read(ref host.Version.Value));
         int key = cpu.Cpl | ((cpu.Rflags & CpuState.FlagAc) != 0 ? 4 : 0);
         if (tlb.Epoch != _jitTlbEpoch || key != _jitTlbKey || !tlb.MapUnchanged || _jitTlbCpu != cpu)
         {
@@ -67,6 +68,7 @@ public sealed unsafe partial class InstructionEngine
         s->Retired = 0;
         int status = ((delegate* unmanaged<StateBlock*, long, int>)jb.Entry)(s, iterations - 1);
         int ran = (int)s->Retired;
+        if (status == Translator.ExitNext) jit.NoteExit(s->ChainSlot, s->Rip);
         executed += ran;
         jit.InstructionsRun += ran;
         if (ran > 0) cpu.InterruptShadow = 0;

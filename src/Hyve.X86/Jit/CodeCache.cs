@@ -71,6 +71,23 @@ public sealed unsafe partial class CodeCache : IDisposable
         return at;
     }
 
+    /// <summary>Writes the 8-byte <paramref name="value"/> at executable address <paramref name="address"/> (a chaining slot:
+    /// data the code reads, written through the read-write view).</summary>
+    public void Patch(nint address, ulong value)
+    {
+        long off = (byte*)address - _rx;
+        if (off < 0 || off + 8 > _used) throw new ArgumentOutOfRangeException(nameof(address));
+        *(ulong*)(_rw + off) = value;
+    }
+
+    /// <summary>The 8 bytes at executable address <paramref name="address"/>.</summary>
+    public ulong Read(nint address)
+    {
+        long off = (byte*)address - _rx;
+        if (off < 0 || off + 8 > _used) throw new ArgumentOutOfRangeException(nameof(address));
+        return *(ulong*)(_rw + off);
+    }
+
     /// <summary>Forgets every translation's code (the caller has dropped all pointers into it).</summary>
     public void Reset()
     {

@@ -22,6 +22,11 @@ internal sealed class JitBlock
     public ulong MaxIp;
     /// <summary>Host entry point in the code cache's executable view.</summary>
     public nint Entry;
+    /// <summary>Where another block's code may jump in (64-bit blocks only, else 0): compares the guest bytes with
+    /// <see cref="Bytes"/> and goes on into the body, or leaves to the dispatcher with RIP at the block.</summary>
+    public nint ChainEntry;
+    /// <summary>The code cache generation the block's code belongs to (<see cref="CodeCache.Flushes"/>).</summary>
+    public long Generation;
     /// <summary>The guest bytes the block was made from.</summary>
     public readonly byte[] Bytes = new byte[Translator.MaxInstructions * 15];
 }

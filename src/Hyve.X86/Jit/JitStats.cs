@@ -18,7 +18,7 @@ public static class JitStats
     private static readonly long[] s_interp = new long[4 * Codes];
     private static readonly long[] s_ended = new long[4 * Codes];
     private static readonly long[] s_missed = new long[4 * Codes];
-    private static long s_translated, s_blockEntries, s_bailouts;
+    private static long s_translated, s_blockEntries, s_bailouts, s_translations, s_stale, s_flushes;
     private static int s_registered;
 
     private static int Mode(int bits, bool single = false) => single ? 3 : bits == 64 ? 2 : bits == 32 ? 1 : 0;
@@ -35,6 +35,22 @@ public static class JitStats
     {
         Register();
         s_ended[Mode(bits) * Codes + (int)code]++;
+    }
+
+    /// <summary>A block was translated; <paramref name="stale"/> when one for the same address existed but the guest's bytes
+    /// there had changed (self-modifying code, a page reused for other code).</summary>
+    public static void Translation(bool stale)
+    {
+        Register();
+        s_translations++;
+        if (stale) s_stale++;
+    }
+
+    /// <summary>The code cache filled up and every translation was dropped.</summary>
+    public static void Flush()
+    {
+        Register();
+        s_flushes++;
     }
 
     /// <summary>The host encoder refused a block starting with <paramref name="code"/>.</summary>
@@ -84,7 +100,8 @@ public static class JitStats
         var sb = new StringBuilder();
         long total = interp + s_translated;
         sb.AppendLine($"jit-stats: {total} instructions, {s_translated} translated ({(total == 0 ? 0 : 100.0 * s_translated / total):F1}%), "
-            + $"{interp} interpreted; {s_blockEntries} block entries, {s_bailouts} left to the interpreter on a miss");
+            + $"{interp} interpreted; {s_blockEntries} block entries, {s_bailouts} left to the interpreter on a miss; "
+            + $"{s_translations} translations ({s_stale} of changed code), {s_flushes} code cache flushes");
         Table(sb, "interpreted", s_interp, interp);
         Table(sb, "ended translation (per translation)", s_ended, 0);
         Table(sb, "bailed out on a miss", s_missed, s_bailouts);

@@ -32,8 +32,9 @@ public unsafe struct StateBlock
     public ulong GsBase;
     /// <summary>Host RFLAGS saved around a TLB probe (the probe's compare clobbers the live guest flags).</summary>
     public ulong FlagSave;
-    /// <summary>Blocks translated code may still run by chaining to itself before returning (interrupts are seen then).</summary>
-    public long Budget;
+    /// <summary>Executable address of the chaining slot of the exit translated code last left through (0: an exit that
+    /// cannot be chained); the dispatcher points the slot at the next block (see <see cref="Translator"/>).</summary>
+    public ulong ChainSlot;
     /// <summary>GCHandle of the <see cref="Translator"/> running on this state, for the slow path to find it.</summary>
     public nint Owner;
     /// <summary>Guest instructions retired by the translated code since the dispatcher last cleared it.</summary>
@@ -54,8 +55,8 @@ public unsafe struct StateBlock
     public const int GsBaseOffset = 152;
     /// <summary>Offset of <see cref="FlagSave"/>.</summary>
     public const int FlagSaveOffset = 160;
-    /// <summary>Offset of <see cref="Budget"/>.</summary>
-    public const int BudgetOffset = 168;
+    /// <summary>Offset of <see cref="ChainSlot"/>.</summary>
+    public const int ChainSlotOffset = 168;
     /// <summary>Offset of <see cref="Owner"/>.</summary>
     public const int OwnerOffset = 176;
     /// <summary>Offset of <see cref="Retired"/>.</summary>

@@ -13,11 +13,14 @@ public sealed unsafe partial class Translator
 
     // An exit stub to emit after the block body: set RIP (or keep the one the code stored), count k instructions, and
     // leave with the status; flags come from the host (Live) or from the probe's save slot.
-    private readonly record struct Exit(Label Label, ulong Rip, bool DynamicRip, int Retired, bool FlagsSaved, int Status);
+    private readonly record struct Exit(Label Label, ulong Rip, bool DynamicRip, int Retired, bool FlagsSaved, int Status, bool Chain);
     // A TLB miss stub: call the slow path for the address in RDX; back to Join with the host address in RDX, or exit.
     private readonly record struct Miss(Label Label, Label Join, Label Fail, int Size, bool Write);
 
     private readonly List<Exit> _exits = [];
+    private readonly List<(Label Slot, Label Stop)> _chainSlots = [];
+    private ulong _blockRip;
+    private bool _chainable;
     private readonly List<Miss> _misses = [];
 
     private JitBlock? Translate(int slot, ulong gpa, ulong rip, int bits, byte* page)
@@ -67,7 +70,7 @@ public sealed unsafe partial class Translator
         _all[new BlockKey(gpa, rip, bits)] = b;
         if (n == 0) return b;
 
-        nint entry = Emit(n, rip, bits);
+        nint entry = Emit(n, rip, bits, page + off, keep, out nint chainEntry);
         if (entry == 0 && _encodeFailed) return b; // left to the interpreter
         if (entry == 0)
         {
@@ -77,10 +80,12 @@ public sealed unsafe partial class Translator
             new ReadOnlySpan<byte>(page + off, keep).CopyTo(b.Bytes);
             b.Gpa = gpa; b.Rip = rip; b.Bitness = bits; b.ByteLen = keep; b.MaxIp = maxIp;
             _all[new BlockKey(gpa, rip, bits)] = b;
-            entry = Emit(n, rip, bits);
+            entry = Emit(n, rip, bits, page + off, keep, out chainEntry);
             if (entry == 0) return b;
         }
         b.Entry = entry;
+        b.ChainEntry = chainEntry;
+        b.Generation = _cache.Flushes;
         b.Count = n;
         BlocksTranslated++;
         if (_codePages.Add(gpa >> 12) && Cpu is { } cpu) JitTlb.FlushWrites(cpu.Block); // its stores must now miss
@@ -132,13 +137,19 @@ public sealed unsafe partial class Translator
 
     private bool _encodeFailed;
 
-    private nint Emit(int n, ulong rip, int bits)
+    private nint Emit(int n, ulong rip, int bits, byte* guest, int byteLen, out nint chainEntry)
     {
+        chainEntry = 0;
         _encodeFailed = false;
         Liveness(n);
         var a = new Assembler(64);
         _exits.Clear();
         _misses.Clear();
+        _chainSlots.Clear();
+        _blockRip = rip;
+        // Chaining is for 64-bit code (no CS limit to check on the way) and for exits to the block's own page: the page's
+        // translation, rights and the guest bytes' host address are then those the dispatcher checked on entry.
+        _chainable = bits == 64 && (s_off & 32) == 0;
         var epilogueLive = a.CreateLabel();
         var epilogueSaved = a.CreateLabel();
 
@@ -193,6 +204,12 @@ public sealed unsafe partial class Translator
         {
             var l = x.Label;
             a.Label(ref l);
+            if (x.Chain)
+            {
+                EmitChainExit(a, x, epilogueLive);
+                continue;
+            }
+            a.mov(__qword_ptr[rbx + StateBlock.ChainSlotOffset], 0);
             if (!x.DynamicRip)
             {
                 a.mov(rax, x.Rip);
@@ -218,10 +235,30 @@ public sealed unsafe partial class Translator
         a.pop(r15); a.pop(r14); a.pop(r13); a.pop(r12); a.pop(rbp); a.pop(rbx);
         a.ret();
 
+        var guard = a.CreateLabel();
+        if (_chainable) EmitGuard(a, ref guard, top, epilogueLive, rip, guest, byteLen);
+        // The chaining slots: data the exit stubs jump through, first pointing at their own stop path.
+        for (int k = 0; k < _chainSlots.Count; k++)
+        {
+            var (slot, stop) = _chainSlots[k];
+            a.Label(ref slot);
+            a.dq(0UL);
+            _chainSlots[k] = (slot, stop); // the copy that knows where it was placed
+        }
+
         _writer.Len = 0;
+        ulong at = _cache.NextAddress;
         try
         {
-            a.Assemble(_writer, _cache.NextAddress);
+            var result = a.Assemble(_writer, at, BlockEncoderOptions.ReturnNewInstructionOffsets);
+            foreach (var (slot, stop) in _chainSlots)
+            {
+                var sl = slot;
+                var st = stop;
+                int pos = (int)(result.GetLabelRIP(in sl) - at);
+                BitConverter.TryWriteBytes(new Span<byte>(_writer.Buf, pos, 8), result.GetLabelRIP(in st));
+            }
+            if (_chainable) chainEntry = (nint)result.GetLabelRIP(in guard);
         }
         catch (Exception e)
         {
@@ -236,8 +273,78 @@ public sealed unsafe partial class Translator
     private Label NewExit(Assembler a, ulong rip, bool dynamicRip, int retired, bool flagsSaved, int status)
     {
         var l = a.CreateLabel();
-        _exits.Add(new Exit(l, rip, dynamicRip, retired, flagsSaved, status));
+        bool chain = _chainable && !dynamicRip && !flagsSaved && status == ExitNext && ((rip ^ _blockRip) >> 12) == 0;
+        _exits.Add(new Exit(l, rip, dynamicRip, retired, flagsSaved, status, chain));
         return l;
+    }
+
+    // An exit to a known RIP in the block's own page: count the instructions, publish the slot for the dispatcher to
+    // link, and while the budget (R12) lasts jump through the slot: to the next block's guard once linked, else to the
+    // plain exit below it. Nothing here changes the live guest flags (LEA, MOV, JRCXZ).
+    private void EmitChainExit(Assembler a, Exit x, Label epilogueLive)
+    {
+        var slot = a.CreateLabel();
+        var stop = a.CreateLabel();
+        a.lea(r13, __qword_ptr[r13 + x.Retired]);
+        a.lea(rax, __qword_ptr[slot]);
+        a.mov(__qword_ptr[rbx + StateBlock.ChainSlotOffset], rax);
+        a.mov(rcx, r12);
+        a.jrcxz(stop);
+        a.lea(r12, __qword_ptr[r12 - 1]);
+        a.jmp(__qword_ptr[slot]);
+        a.Label(ref stop);
+        a.mov(rax, x.Rip);
+        a.mov(__qword_ptr[rbx + StateBlock.RipOffset], rax);
+        a.mov(__qword_ptr[rbx + StateBlock.RetiredOffset], r13);
+        a.mov(ecx, (uint)ExitNext);
+        a.jmp(epilogueLive);
+        _chainSlots.Add((slot, stop));
+    }
+
+    // The chained entry: the guest bytes the block was made from must still be there (as the dispatcher's Find checks),
+    // compared through the host address of the page, which the chaining block shares. The compares need the flags, so
+    // the live guest flags are kept in R9 meanwhile (LAHF and SETO; restored with ADD AL,7F for OF and SAHF). On a
+    // difference the block leaves with RIP at its start and the slot it was entered through still published, so the
+    // dispatcher translates the new code and points that slot at it.
+    private void EmitGuard(Assembler a, ref Label guard, Label top, Label epilogueLive, ulong rip, byte* guest, int byteLen)
+    {
+        var fail = a.CreateLabel();
+        a.Label(ref guard);
+        if (BreakGuardForTests) byteLen = 0;
+        a.lahf();
+        a.seto(al);
+        a.mov(r9d, eax);
+        a.mov(rsi, (ulong)guest);
+        if (byteLen >= 8)
+        {
+            for (int o = 0; o < byteLen; o += 8)
+            {
+                int at = Math.Min(o, byteLen - 8); // the last compare overlaps the one before rather than reading past the block
+                a.mov(rax, *(ulong*)(guest + at));
+                a.cmp(__qword_ptr[rsi + at], rax);
+                a.jne(fail);
+            }
+        }
+        else
+        {
+            int o = 0;
+            if (byteLen - o >= 4) { a.cmp(__dword_ptr[rsi + o], *(int*)(guest + o)); a.jne(fail); o += 4; }
+            if (byteLen - o >= 2) { a.cmp(__word_ptr[rsi + o], *(short*)(guest + o)); a.jne(fail); o += 2; }
+            if (byteLen - o >= 1) { a.cmp(__byte_ptr[rsi + o], guest[o]); a.jne(fail); }
+        }
+        a.mov(eax, r9d);
+        a.add(al, 0x7f);
+        a.sahf();
+        a.jmp(top);
+        a.Label(ref fail);
+        a.mov(eax, r9d);
+        a.add(al, 0x7f);
+        a.sahf();
+        a.mov(rax, rip);
+        a.mov(__qword_ptr[rbx + StateBlock.RipOffset], rax);
+        a.mov(__qword_ptr[rbx + StateBlock.RetiredOffset], r13);
+        a.mov(ecx, (uint)ExitNext);
+        a.jmp(epilogueLive);
     }
 
     private void ExitTo(Assembler a, ulong rip, int retired, bool flagsSaved, int status) => a.jmp(NewExit(a, rip, false, retired, flagsSaved, status));

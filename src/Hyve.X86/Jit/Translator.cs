@@ -105,6 +105,9 @@ public sealed unsafe partial class Translator : IDisposable
         public ulong Old;
     }
 
+    /// <summary>Test hook: chained entries compare no guest bytes, to check that the chaining tests can fail.</summary>
+    public bool BreakGuardForTests { get; set; }
+
     /// <summary>Test hook: emit SUB for ADD, to check that the differential tests can fail.</summary>
     public bool BreakAddForTests { get; set; }
 
@@ -130,14 +133,67 @@ public sealed unsafe partial class Translator : IDisposable
             _slots[slot] = old;
             return old;
         }
+        if (JitStats.On) JitStats.Translation(old is not null);
         return Translate(slot, gpa, rip, bits, page);
+    }
+
+    // ---- chaining -----------------------------------------------------------------------------------------------
+
+    private ulong _pendingSlot, _pendingRip;
+    private long _pendingGeneration;
+
+    /// <summary>Blocks linked to a successor so far.</summary>
+    public long Links { get; private set; }
+
+    /// <summary>Notes the chaining slot of the exit a block just left through (from the state block), to be pointed at the
+    /// block the dispatcher runs next if that block starts at <paramref name="rip"/>.</summary>
+    internal void NoteExit(ulong slot, ulong rip)
+    {
+        _pendingSlot = slot;
+        _pendingRip = rip;
+        _pendingGeneration = _cache.Flushes;
+    }
+
+    /// <summary>Forgets the noted slot (the dispatcher did something else first: the interpreter, an interrupt).</summary>
+    internal void DropExit() => _pendingSlot = 0;
+
+    /// <summary>Points the noted slot at <paramref name="next"/>'s guard when <paramref name="next"/> is the block at the
+    /// noted RIP and both belong to the code cache's current generation. The slot's exit is to its own block's page, so
+    /// the two blocks share a page and with it the translation the dispatcher checked.</summary>
+    internal void LinkNoted(JitBlock next)
+    {
+        ulong slot = _pendingSlot;
+        _pendingSlot = 0;
+        if (slot == 0 || next.ChainEntry == 0 || next.Rip != _pendingRip || CheckAgainstInterpreter
+            || _pendingGeneration != _cache.Flushes || next.Generation != _cache.Flushes) return;
+        _linked.TryAdd(slot, _cache.Read((nint)slot)); // the first value is the slot's own stop path
+        _cache.Patch((nint)slot, (ulong)next.ChainEntry);
+        Links++;
+    }
+
+    private readonly Dictionary<ulong, ulong> _linked = [];
+    private int _mapVersion = int.MinValue;
+
+    /// <summary>Undoes every link when the guest-physical map has changed since <paramref name="version"/> was last seen: a
+    /// guard compares through the host address its page had when translated, which is only the page's while the map is
+    /// the same (host memory never moves, but a remap can put other memory at the address). Blocks stay translated: the
+    /// dispatcher checks them against the current map and links them again.</summary>
+    internal void SeeMapVersion(int version)
+    {
+        if (version == _mapVersion) return;
+        _mapVersion = version;
+        foreach (var (slot, stop) in _linked) _cache.Patch((nint)slot, stop);
+        _linked.Clear();
     }
 
     /// <summary>Drops every translation (cache full, or asked by a test or the debugger).</summary>
     public void FlushAll()
     {
+        if (JitStats.On) JitStats.Flush();
         Array.Clear(_slots);
         _all.Clear();
+        _linked.Clear();
+        _pendingSlot = 0;
         _codePages.Clear();
         _cache.Reset();
     }

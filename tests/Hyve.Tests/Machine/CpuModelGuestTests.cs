@@ -27,8 +27,14 @@ public class CpuModelGuestTests
             Assert.Contains("x86/cpu: User Mode Instruction Prevention (UMIP) activated", vm.Stdout, StringComparison.Ordinal);
             Assert.DoesNotContain("unchecked MSR access error", vm.Stdout, StringComparison.Ordinal);
             Assert.DoesNotContain("Oops", vm.Stdout, StringComparison.Ordinal);
-            // The AMD side of issue 17 item 9: HWCR.TscFreqSel is set and the clocks calibrate without a complaint.
-            foreach (var complaint in FirmwareTests.ClockComplaints) Assert.DoesNotContain(complaint, vm.Stdout, StringComparison.Ordinal);
+            // The AMD side of issue 17 item 9: HWCR.TscFreqSel is set and the clocks calibrate without a complaint. One
+            // exception: Linux reads the TSC rate from CPUID 0x15 only on Intel, so on AMD it first tries the quick PIT
+            // calibration, which gives up ("Fast TSC calibration failed") when the host preempts the vCPU thread for more
+            // than about 12 us at either end of its 50 ms window (as on an overcommitted KVM host; it happened here with
+            // the suite's other guests running). Linux then calibrates against the PIT the slow way, and that one must
+            // agree ("Unable to calibrate against PIT" and "PIT calibration deviates" stay complaints).
+            foreach (var complaint in FirmwareTests.ClockComplaints)
+                if (complaint != "Fast TSC calibration failed") Assert.DoesNotContain(complaint, vm.Stdout, StringComparison.Ordinal);
             Assert.Contains("HYVE-INITRAMFS-OK", vm.Stdout, StringComparison.Ordinal);
             Assert.Equal(1, vm.ExitCode); // powered off
         }

@@ -459,6 +459,65 @@ public sealed unsafe class JitTests(ITestOutputHelper output)
         jit.Dispose();
     }
 
+    // Two blocks in one page that jump to each other: once linked, control passes between them in host code (the
+    // dispatcher is not asked), within the budget, and a block entered that way still checks its guest bytes, so code
+    // changed behind the translator's back (DMA, another vCPU, the loader: here a direct write to RAM) runs as written.
+    [Fact]
+    public void ChainedBlocksRunWithinTheBudgetAndSeeCodeChangedBehindThem()
+    {
+        ChainedBlocks(breakGuard: false);
+        Assert.ThrowsAny<Xunit.Sdk.XunitException>(() => ChainedBlocks(breakGuard: true)); // without the guard: the old code
+    }
+
+    private static void ChainedBlocks(bool breakGuard)
+    {
+        using var m = new NativeTestRam();
+        var (e, jit) = JitEngine(m);
+        jit.BreakGuardForTests = breakGuard;
+        ulong immAt = 0;
+        var code = Assemble(64, CodeAt, a =>
+        {
+            var l1 = a.CreateLabel();
+            var l2 = a.CreateLabel();
+            a.Label(ref l1);
+            a.add(eax, 0x30000); // 05 imm32: the immediate is at byte 1
+            a.jmp(l2);
+            a.nop(); a.nop();   // keep the blocks apart
+            a.Label(ref l2);
+            a.add(ebx, eax);
+            a.dec(ecx);
+            a.jnz(l1);
+            a.hlt();
+        });
+        immAt = CodeAt + 1;
+        code.CopyTo(m.Ram[(int)CodeAt..]);
+        Assert.Equal(0x30000u, MemoryMarshal.Read<uint>(m.Ram[(int)immAt..]));
+        var d = Decoder.Create(64, code, CodeAt);
+        ulong second = 0;
+        for (int k = 0; k < 5; k++) { d.Decode(out var ins); second = ins.IP; } // add, jmp, nop, nop, then the second block
+        var c = new CpuState();
+        LongMode(m, c);
+        c.Gpr[1] = 1_000_000;
+        var r = e.Run(c, null, 4096, out int ran);
+        Assert.Equal(StepStatus.Ok, r.Status);
+        Assert.InRange(ran, 1, 4096 * 3); // budget / block size chained steps of at most a few instructions each
+        Assert.True(jit.Links >= 2, $"only {jit.Links} links");
+        c.Gpr[1] = 1000;
+        c.Gpr[0] = c.Gpr[3] = 0;
+        c.Rip = CodeAt;
+        Assert.Equal(StepStatus.Halt, RunAll(e, c, 100000).Status);
+        Assert.Equal(0x30000ul * 1000, c.Gpr[0]);
+        Assert.Equal(unchecked((uint)(0x30000ul * 1000 * 1001 / 2)), (uint)c.Gpr[3]);
+
+        MemoryMarshal.Write(m.Ram[(int)immAt..], 0x50000u); // not through the CPU: nothing tells the translator
+        c.Gpr[1] = 1000;
+        c.Gpr[0] = c.Gpr[3] = 0;
+        c.Rip = second; // enter at the second block, so the first is reached only through its link
+        Assert.Equal(StepStatus.Halt, RunAll(e, c, 100000).Status);
+        Assert.Equal(0x50000ul * 999, c.Gpr[0]);
+        jit.Dispose();
+    }
+
     // CALL/RET and PUSH/POP through the stack with translation, as the interpreter does them.
     [Fact]
     public void CallAndReturnMatchTheInterpreter()
