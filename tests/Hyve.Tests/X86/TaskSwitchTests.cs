@@ -152,4 +152,24 @@ public class TaskSwitchTests
         Assert.Equal(new PendingException(Vector.TS, true, SelC, 0), _engine.Step(c2).Exception);
         Assert.Equal(SelA, c2.Tr.Selector);
     }
+
+    /// <summary>A task whose TSS EFLAGS has VM set starts in virtual-8086 mode with real-mode style segments.</summary>
+    [Fact]
+    public void A_task_switch_can_enter_virtual_8086_mode()
+    {
+        var cpu = TaskA();
+        _mem.Write32(TssB + 0x24, 0x20002);     // EFLAGS: VM
+        _mem.Write32(TssB + 0x20, 0x0010);      // IP
+        _mem.Write32(TssB + 0x4c, 0x1000);      // CS
+        _mem.Write32(TssB + 0x50, 0x2000);      // SS
+        _mem.Write32(TssB + 0x54, 0x3000);      // DS
+        _mem.Write(0x4000, new byte[] { 0xea, 0, 0, 0, 0, (byte)SelB, 0 }); // jmp far SelB:0
+        Assert.Equal(StepStatus.Ok, _engine.Step(cpu).Status);
+        Assert.Equal(CpuMode.Virtual8086, cpu.Mode);
+        Assert.Equal(3, cpu.Cpl);
+        Assert.Equal(0x10000ul, cpu.Segs[(int)Seg.Cs].Descriptor.Base);
+        Assert.Equal(0x30000ul, cpu.Segs[(int)Seg.Ds].Descriptor.Base);
+        Assert.Equal(0xffffu, cpu.Segs[(int)Seg.Ss].Descriptor.Limit);
+        Assert.Equal(0x10ul, cpu.Rip);
+    }
 }
