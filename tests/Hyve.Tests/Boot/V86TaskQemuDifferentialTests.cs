@@ -8,10 +8,10 @@ using static Iced.Intel.AssemblerRegisters;
 namespace Hyve.Tests.Boot;
 
 /// <summary>
-/// Issue 17 item 1, checked against QEMU TCG: one Multiboot test kernel enters virtual-8086 mode with IRETD, leaves it
+/// Issue 17 item 1, checked against QEMU TCG (virtual-8086 mode and hardware task switches): one Multiboot test kernel enters virtual-8086 mode with IRETD, leaves it
 /// by INT 0x21 and by a #GP (HLT), and prints both ring-0 frames; Hyve's software CPU and qemu-system-i386 must print the same.
 /// </summary>
-public class V86QemuDifferentialTests
+public class V86TaskQemuDifferentialTests
 {
     private const uint Base = 0x100000, Pass = 0x21;
 
@@ -115,5 +115,86 @@ public class V86QemuDifferentialTests
         // QEMU TCG pushes RF as it is for faults (0 here), where the SDM (Vol. 3 17.3.1.1) pushes 1: compared with RF masked.
         string hyveRfMasked = run.Text.Replace("gp 00000000 00000002 00000800 00033003", "gp 00000000 00000002 00000800 00023003");
         Assert.Equal(hyveRfMasked, RunQemu(kernel));
+    }
+
+    /// <summary>
+    /// A kernel that CALLs a TSS and returns with IRET (NT): each task prints EFLAGS, TR, the back link, both TSS
+    /// descriptors' type bytes, CR0.TS and the EIPs saved in the TSSs; Hyve and QEMU TCG must print the same.
+    /// </summary>
+    private static byte[] TaskKernel()
+    {
+        const uint Gdt = Base + 0x1000, Pseudo = Base + 0x1100, TssA = Base + 0x1c00, TssB = Base + 0x1d00;
+        byte[] code = BootKit.Assemble(32, Base + 32, (a, g) =>
+        {
+            a.cli();
+            a.lgdt(__[Pseudo]);
+            a.mov(eax, 0x18u); a.mov(ds, ax); a.mov(es, ax); a.mov(ss, ax); a.mov(fs, ax); a.mov(gs, ax);
+            a.mov(esp, Base + 0x9000);
+            a.mov(eax, 0x20u); a.ltr(ax);
+            a.mov(ebx, 0xa0a0a0a0u); // (EBX held the loader's Multiboot information address, which differs from QEMU's)
+            a.db(0x9a, 0, 0, 0, 0, 0x28, 0); // call far 0x28:0 (task B)
+            void Report(string name)
+            {
+                a.mov(ebp, esp);
+                g.Print(name);
+                g.Print(" fl="); a.pushfd(); a.pop(eax); g.Hex();
+                g.Print(" tr="); a.str(ax); a.movzx(eax, ax); g.Hex();
+                g.Print(" link="); a.mov(eax, __dword_ptr[TssB]); g.Hex();
+                g.Print(" a="); a.mov(eax, __dword_ptr[Gdt + 0x24]); g.Hex();
+                g.Print(" b="); a.mov(eax, __dword_ptr[Gdt + 0x2c]); g.Hex();
+                g.Print(" ts="); a.mov(eax, cr0); a.and(eax, 8u); g.Hex();
+                g.Print(" eipa="); a.mov(eax, __dword_ptr[TssA + 0x20]); g.Hex();
+                g.Print(" eipb="); a.mov(eax, __dword_ptr[TssB + 0x20]); g.Hex();
+                g.Print(" ebx="); a.mov(eax, ebx); g.Hex();
+                g.Print("\n");
+            }
+            Report("A");
+            g.Exit(Pass);
+            // Task B (its TSS points here).
+            a.mov(ebp, esp);
+            a.mov(eax, (uint)'B'); a.nop();
+            Report("B");
+            a.iretd();
+        });
+        var k = new byte[0x3000];
+        uint flags = 0x00010003;
+        BootKit.Dwords(0x1BADB002, flags, unchecked(0u - 0x1BADB002u - flags), Base, Base, 0, Base + 0x10000, Base + 32).CopyTo(k, 0);
+        code.CopyTo(k, 32);
+        void Put64(uint at, ulong v) => BitConverter.GetBytes(v).CopyTo(k, (int)(at - Base));
+        void Put32(uint at, uint v) => BitConverter.GetBytes(v).CopyTo(k, (int)(at - Base));
+        Put64(Gdt + 0x08, 0x00cf9b000000ffff);
+        Put64(Gdt + 0x10, 0x00cf9b000000ffff);
+        Put64(Gdt + 0x18, 0x00cf93000000ffff);
+        Put64(Gdt + 0x20, 0x67ul | (ulong)(TssA & 0xffffff) << 16 | 0x89ul << 40 | (ulong)(TssA >> 24) << 56);
+        Put64(Gdt + 0x28, 0x67ul | (ulong)(TssB & 0xffffff) << 16 | 0x89ul << 40 | (ulong)(TssB >> 24) << 56);
+        BitConverter.GetBytes((ushort)0x2f).CopyTo(k, (int)(Pseudo - Base)); Put32(Pseudo + 2, Gdt);
+        // Task B's entry: the "mov ebp, esp; mov eax, 'B'; nop" marker.
+        int entry = -1;
+        for (int i = 0; i + 8 <= code.Length; i++)
+            if (code[i] == 0x89 && code[i + 1] == 0xe5 && code[i + 2] == 0xb8 && code[i + 3] == (byte)'B' && code[i + 7] == 0x90) { entry = i; break; }
+        Assert.True(entry > 0);
+        Put32(TssB + 0x20, Base + 32 + (uint)entry); // EIP
+        Put32(TssB + 0x24, 2);                        // EFLAGS
+        Put32(TssB + 0x34, 0xb0b0b0b0);               // EBX
+        Put32(TssB + 0x38, Base + 0xa000);            // ESP
+        Put32(TssB + 0x4c, 0x10);                     // CS
+        foreach (uint off in new uint[] { 0x48, 0x50, 0x54, 0x58, 0x5c }) Put32(TssB + off, 0x18);
+        return k;
+    }
+
+    [Fact]
+    public void Task_switch_by_call_and_iret_matches_qemu_tcg()
+    {
+        var kernel = TaskKernel();
+        var run = BootKit.Run("soft", kernel);
+        Assert.True(run.Stop.Error is null, $"{run.Stop.Error}; output: {run.Text}");
+        Assert.Equal((int)(Pass << 1 | 1), run.ExitStatus);
+        var lines = run.Text.Split('\n', StringSplitOptions.RemoveEmptyEntries);
+        Assert.Equal(2, lines.Length);
+        // In task B: NT set, TR = B, link = A, both descriptors busy (type 0xB), CR0.TS set, EBX from B's TSS.
+        Assert.Matches("^B fl=00004002 tr=00000028 link=00000020 a=00008b10 b=00008b10 ts=00000008 eipa=[0-9a-f]{8} eipb=[0-9a-f]{8} ebx=b0b0b0b0$", lines[0]);
+        // Back in A: NT clear, TR = A, B no longer busy, A's EBX restored.
+        Assert.Matches("^A fl=00000002 tr=00000020 link=00000020 a=00008b10 b=00008910 ts=00000008 eipa=[0-9a-f]{8} eipb=[0-9a-f]{8} ebx=a0a0a0a0$", lines[1]);
+        Assert.Equal(run.Text, RunQemu(kernel));
     }
 }
