@@ -97,7 +97,8 @@ public sealed unsafe partial class InstructionEngine
         ulong cr3 = 0, eip, fl, ldt;
         if (!TssRead(nb + (new32 ? 0x20u : 0xeu), w, out eip) || !TssRead(nb + (new32 ? 0x24u : 0x10u), w, out fl)
             || !TssRead(nb + (new32 ? 0x60u : 0x2au), 2, out ldt)) return Exec.Fault;
-        if (new32 && !TssRead(nb + 0x1c, 4, out cr3)) return Exec.Fault;
+        ulong tFlag = 0;
+        if (new32 && (!TssRead(nb + 0x1c, 4, out cr3) || !TssRead(nb + 0x64, 2, out tFlag))) return Exec.Fault;
         for (int r = 0; r < 8; r++) if (!TssRead(nb + (new32 ? Tss32Gpr[r] : Tss16Gpr[r]), w, out gpr[r])) return Exec.Fault;
         for (int s = 0; s < 6; s++) { if (!TssRead(nb + TssSegOffset(new32, s), 2, out ulong v)) return Exec.Fault; segs[s] = (ushort)v; }
 
@@ -153,6 +154,13 @@ public sealed unsafe partial class InstructionEngine
         }
         if (hasError && !PushValueSized(error, new32 ? 4 : 2)) return Exec.Fault;
         if (c.Rip > c.Segs[(int)Seg.Cs].Descriptor.Limit) return Raise(new PendingException(Vector.GP, true, extBit, 0));
+        if ((tFlag & 1) != 0)
+        {
+            // The new TSS's T flag: a debug trap once the switch is done, taken in the new task with DR6.BT set
+            // (SDM Vol. 3 7.2.1 and 17.2.3).
+            c.Dr[6] |= 1ul << 15;
+            return Raise(new PendingException(Vector.DB, false, 0, 0));
+        }
         return Exec.Branch;
     }
 

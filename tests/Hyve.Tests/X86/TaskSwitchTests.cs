@@ -172,4 +172,18 @@ public class TaskSwitchTests
         Assert.Equal(0xffffu, cpu.Segs[(int)Seg.Ss].Descriptor.Limit);
         Assert.Equal(0x10ul, cpu.Rip);
     }
+
+    /// <summary>The T flag in the new TSS raises a #DB trap in the new task after the switch, with DR6.BT set.</summary>
+    [Fact]
+    public void The_TSS_T_flag_traps_into_the_new_task()
+    {
+        var cpu = TaskA();
+        _mem.Write32(TssB + 0x64, 1);
+        _mem.Write(0x4000, new byte[] { 0x9a, 0, 0, 0, 0, (byte)SelB, 0 });
+        var r = _engine.Step(cpu);
+        Assert.Equal(new PendingException(Vector.DB, false, 0, 0), r.Exception);
+        Assert.Equal(SelB, cpu.Tr.Selector);
+        Assert.Equal(0x6000ul, cpu.Rip);
+        Assert.NotEqual(0ul, cpu.Dr[6] & 1ul << 15);
+    }
 }
