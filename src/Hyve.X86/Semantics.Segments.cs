@@ -302,7 +302,7 @@ public sealed unsafe partial class InstructionEngine
         return Exec.Branch;
     }
 
-    /// <summary>RETF / RETF imm16 to the same privilege level (a return to an outer level is Unsupported for now).</summary>
+    /// <summary>RETF / RETF imm16 to the same or an outer privilege level (SS:rSP popped for the outer return).</summary>
     private static Exec FarRet(InstructionEngine e, ref Instruction i)
     {
         var c = e._cpu;
