@@ -304,7 +304,7 @@ internal sealed partial class SoftVcpu : IVcpuBackend, ILapicCpu
                 case StepStatus.Unbacked:
                     return Fail($"delivering vector {e.Vector} touched unbacked address 0x{r.Address:x}");
                 default:
-                    return Fail($"cannot deliver vector {e.Vector} in this mode (task gates and virtual-8086 mode are not modelled) at {Where()}");
+                    return Fail($"cannot deliver vector {e.Vector} at {Where()}");
             }
             var next = r.Exception;
             if (first < 0)

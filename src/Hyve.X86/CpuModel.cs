@@ -103,7 +103,7 @@ public sealed class CpuModel
     // What max adds: every feature whose instructions, registers and checks the engine and the software vCPU implement.
     private static readonly string[] MaxExtra =
     [
-        "de", "mtrr", "cx16", "movbe", "x2apic", "tsc_deadline_timer", "pcid", "fsgsbase", "bmi1", "smep", "erms", "invpcid", "smap",
+        "vme", "de", "mtrr", "cx16", "movbe", "x2apic", "tsc_deadline_timer", "pcid", "fsgsbase", "bmi1", "smep", "erms", "invpcid", "smap",
         "clflushopt", "umip", "pku", "la57", "rdpid", "fsrm", "serialize", "abm", "3dnowprefetch", "pdpe1gb", "rdtscp",
     ];
 
@@ -210,8 +210,9 @@ public sealed class CpuModel
         get
         {
             // Bits of features every model has (or whose absence no guest probes by writing CR4) stay writable.
-            ulong v = CpuState.Cr4Vme | CpuState.Cr4Pvi | CpuState.Cr4Tsd | CpuState.Cr4De | CpuState.Cr4Pse | CpuState.Cr4Pae
+            ulong v = CpuState.Cr4Tsd | CpuState.Cr4De | CpuState.Cr4Pse | CpuState.Cr4Pae
                 | 1ul << 6 /* MCE */ | 1ul << 7 /* PGE */ | 1ul << 8 /* PCE */ | CpuState.Cr4Osfxsr | 1ul << 10 /* OSXMMEXCPT */;
+            if (Has("vme")) v |= CpuState.Cr4Vme | CpuState.Cr4Pvi; // CPUID.01H:EDX.VME covers both (SDM Vol. 3 2.5)
             if (Has("umip")) v |= CpuState.Cr4Umip;
             if (Has("la57")) v |= CpuState.Cr4La57;
             if (Has("fsgsbase")) v |= 1ul << 16;

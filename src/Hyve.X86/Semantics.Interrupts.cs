@@ -7,8 +7,8 @@ public sealed unsafe partial class InstructionEngine
 {
     // Interrupt and exception delivery through the IVT (real mode) or the IDT (protected and IA-32e mode), and IRET
     // (SDM Vol. 3 6.10-6.14 and Vol. 2 INT n / IRET). Same-privilege and inner-privilege (stack switch through the TSS,
-    // IST in IA-32e mode) interrupt and trap gates are modelled; task gates, virtual-8086 mode and task returns are
-    // reported as Unsupported. Nothing changes in the CPU state unless delivery completes.
+    // IST in IA-32e mode) interrupt and trap gates, task gates (Semantics.Tasks.cs), virtual-8086 mode entry (IRETD) and
+    // exit (interrupts and exceptions to ring 0) with its IOPL and VME rules are modelled. Nothing changes in the CPU state unless delivery completes.
 
     /// <summary>
     /// Delivers an event to the guest with the current RIP as the return address: an exception or external interrupt
@@ -60,13 +60,62 @@ public sealed unsafe partial class InstructionEngine
         var c = e._cpu;
         byte vector = i.Code switch { Code.Int3 => 3, Code.Into => 4, _ => i.Immediate8 };
         if (i.Code == Code.Into && (c.Rflags & OF) == 0) return Exec.Next;
-        if (c.Mode == CpuMode.Virtual8086)
+        if (c.Mode == CpuMode.Virtual8086 && i.Code == Code.Int_imm8)
         {
-            // INT n in virtual-8086 mode needs IOPL 3 (INT3/INTO do not) and then a ring-0 handler: not modelled.
-            if (i.Code == Code.Int_imm8 && e.IopL != 3) return e.Raise(PendingException.Gp0);
-            return Exec.Unsupported;
+            // INT n (CD ib) in virtual-8086 mode (SDM Vol. 3 20.3.3, Table 20-2). INT3, INTO and INT1 are not
+            // IOPL-sensitive and are never redirected: they go to the protected-mode handler.
+            bool vme = (c.Cr4 & CpuState.Cr4Vme) != 0;
+            if (vme)
+            {
+                if (!e.RedirectedInV86(vector, out bool redirect)) return Exec.Fault;
+                if (redirect) return e.DeliverV86Redirected(vector, i.NextIP & 0xffff);
+            }
+            if (e.IopL != 3) return e.Raise(PendingException.Gp0);
         }
         return e.DeliverCore(vector, true, false, 0, i.NextIP & Mask(e._bitness / 8));
+    }
+
+    /// <summary>
+    /// Reads bit <paramref name="vector"/> of the TSS's software interrupt redirection bitmap, the 32 bytes just below the
+    /// I/O map base (SDM Vol. 3 20.3.3.5); a clear bit redirects INT n to the 8086 handler. Outside a 32-bit TSS or its limit: #GP(0).
+    /// </summary>
+    private bool RedirectedInV86(byte vector, out bool redirect)
+    {
+        var c = _cpu;
+        redirect = false;
+        var tr = c.Tr.Descriptor;
+        if ((tr.Access & 0xf) is not (9 or 0xb) || tr.Limit < 0x67) return RaiseFalse(PendingException.Gp0);
+        var r = _mem.Read(c, tr.Base + 0x66, 2, PageAccess.Implicit, out ulong ioBase);
+        if (!r.IsOk) { _fault = r; return false; }
+        ulong at = ioBase - 32 + (ulong)(vector >> 3);
+        if (ioBase < 32 || at > tr.Limit) return RaiseFalse(PendingException.Gp0);
+        r = _mem.Read(c, tr.Base + at, 1, PageAccess.Implicit, out ulong b);
+        if (!r.IsOk) { _fault = r; return false; }
+        redirect = ((b >> (vector & 7)) & 1) == 0;
+        return true;
+    }
+
+    /// <summary>
+    /// INT n redirected to the virtual-8086 program's own handler through the IVT at linear 0 (VME methods 5 and 6):
+    /// FLAGS, CS, IP pushed on the 8086 stack; with IOPL &lt; 3 the FLAGS image shows IOPL 3 and VIF as IF and VIF is
+    /// cleared instead of IF. TF and RF are cleared.
+    /// </summary>
+    private Exec DeliverV86Redirected(byte vector, ulong returnIp)
+    {
+        var c = _cpu;
+        var r = _mem.Read(c, (ulong)vector * 4, 4, PageAccess.Read, out ulong ivt);
+        if (!r.IsOk) return Fail(r);
+        bool iopl3 = IopL == 3;
+        ulong flags = c.Rflags & 0xffff;
+        if (!iopl3) flags = (flags & ~CpuState.FlagIf) | CpuState.FlagIopl | ((c.Rflags & CpuState.FlagVif) != 0 ? CpuState.FlagIf : 0);
+        ulong rsp = c.Gpr[4];
+        if (!PushValueSized(flags, 2) || !PushValueSized(c.Segs[(int)Seg.Cs].Selector, 2) || !PushValueSized(returnIp, 2))
+        { c.Gpr[4] = rsp; return Exec.Fault; }
+        ushort sel = (ushort)(ivt >> 16);
+        c.Segs[(int)Seg.Cs] = new SegmentRegister(sel, new SegmentDescriptor((ulong)sel << 4, 0xffff, 0xf3));
+        c.Rip = ivt & 0xffff;
+        c.Rflags &= ~(CpuState.FlagTf | CpuState.FlagRf | (iopl3 ? CpuState.FlagIf : CpuState.FlagVif));
+        return Exec.Branch;
     }
 
     private static PendingException IdtFault(byte vector, bool ext) => new(Vector.GP, true, (uint)(vector * 8 + 2 + (ext ? 1 : 0)), 0);
@@ -78,7 +127,7 @@ public sealed unsafe partial class InstructionEngine
         uint extBit = ext ? 1u : 0;
         var mode = c.Mode;
         if (mode == CpuMode.Real) return DeliverReal(vector, returnIp);
-        if (mode == CpuMode.Virtual8086) return Exec.Unsupported;
+        bool v86 = mode == CpuMode.Virtual8086;
         bool ia32e = (c.Efer & CpuState.EferLma) != 0;
         int entry = ia32e ? 16 : 8;
         if ((ulong)(vector * entry + entry - 1) > c.Idtr.Limit) return Raise(IdtFault(vector, ext));
@@ -98,8 +147,14 @@ public sealed unsafe partial class InstructionEngine
         }
         else
         {
-            if (type == 5) return Exec.Unsupported; // task gate: a task switch
-            if (type is not (6 or 7 or 0xe or 0xf)) return Raise(IdtFault(vector, ext));
+            if (type is not (5 or 6 or 7 or 0xe or 0xf)) return Raise(IdtFault(vector, ext));
+            if (type == 5)
+            {
+                // A task gate: the gate's DPL and presence are checked as for other gates, then the task switch.
+                if (software && gateDpl < c.Cpl) return Raise(IdtFault(vector, false));
+                if (!present) return Raise(new PendingException(Vector.NP, true, (uint)(vector * 8 + 2) + extBit, 0));
+                return DeliverThroughTaskGate(gate, extBit, hasError, error, returnIp);
+            }
             is32 = (type & 8) != 0; trap = (type & 1) != 0;
         }
         int cpl = c.Cpl;
@@ -120,9 +175,12 @@ public sealed unsafe partial class InstructionEngine
         var cd = Segmentation.FromRaw(raw);
         var selFault = new PendingException(Vector.GP, true, (uint)(sel & 0xfffc) | extBit, 0);
         if ((cd.Access & DescS) == 0 || (cd.Access & TypeCode) == 0 || cd.Dpl > cpl) return Raise(selFault);
+        bool conforming = (cd.Access & TypeConforming) != 0;
+        // From virtual-8086 mode only a ring-0 non-conforming handler can be reached (SDM INT n: "IF VM = 1 and new
+        // code-segment DPL ≠ 0, or conforming: #GP(new code-segment selector)").
+        if (v86 && (conforming || cd.Dpl != 0)) return Raise(selFault);
         if (!cd.Present) return Raise(new PendingException(Vector.NP, true, (uint)(sel & 0xfffc) | extBit, 0));
         if (ia32e && (!cd.Long || cd.Default32)) return Raise(selFault);
-        bool conforming = (cd.Access & TypeConforming) != 0;
         int newCpl = conforming ? cpl : cd.Dpl;
         var newCs = new SegmentRegister((ushort)((sel & 0xfffc) | newCpl), cd with { Access = cd.Access | TypeAccessed });
         if (ia32e ? !Segmentation.IsCanonical(c, offset) : offset > cd.Limit) return Raise(new PendingException(Vector.GP, true, extBit, 0));
@@ -142,12 +200,21 @@ public sealed unsafe partial class InstructionEngine
         if (ia32e) newRsp &= ~0xful; // the 64-bit frame is 16-byte aligned
         // Build the frame on the new stack; undo everything if a push faults.
         var oldCs = c.Segs[(int)Seg.Cs];
+        ulong savedFlags = c.Rflags;
         ulong oldFlags = c.Rflags | (_pushRf ? CpuState.FlagRf : 0);
         int size = ia32e ? 8 : is32 ? 4 : 2;
         c.Segs[(int)Seg.Ss] = newSs;
         c.Gpr[4] = newRsp;
         bool ok = true;
-        if (ia32e || switchStack)
+        if (v86)
+        {
+            // Leaving virtual-8086 mode: the frame is written at CPL 0 (VM clear), and GS, FS, DS, ES come first
+            // (SDM INT n, INTERRUPT-FROM-VIRTUAL-8086-MODE), each as a zero-extended gate-size slot.
+            c.Rflags &= ~CpuState.FlagVm;
+            ok = FramePush(false, c.Segs[(int)Seg.Gs].Selector, size) && FramePush(false, c.Segs[(int)Seg.Fs].Selector, size)
+                && FramePush(false, c.Segs[(int)Seg.Ds].Selector, size) && FramePush(false, c.Segs[(int)Seg.Es].Selector, size);
+        }
+        if (ok && (ia32e || switchStack))
         {
             ok = FramePush(ia32e, oldSs.Selector, size) && FramePush(ia32e, oldRsp, size);
         }
@@ -157,6 +224,7 @@ public sealed unsafe partial class InstructionEngine
         {
             c.Segs[(int)Seg.Ss] = oldSs;
             c.Gpr[4] = oldRsp;
+            c.Rflags = savedFlags;
             if (switchStack && !ia32e && _fault.Exception.Vector == Vector.SS)
                 _fault = AccessResult.Fault(new PendingException(Vector.SS, true, (uint)(newSs.Selector & 0xfffc) | extBit, 0));
             return Exec.Fault;
@@ -164,6 +232,12 @@ public sealed unsafe partial class InstructionEngine
         c.Segs[(int)Seg.Cs] = newCs;
         c.Rip = offset;
         c.Rflags &= ~(CpuState.FlagTf | CpuState.FlagNt | CpuState.FlagRf | CpuState.FlagVm | (trap ? 0 : CpuState.FlagIf));
+        if (v86)
+        {
+            // The data segment registers are loaded with null selectors.
+            for (int s = 0; s < 6; s++)
+                if (s is not ((int)Seg.Cs or (int)Seg.Ss)) c.Segs[s] = new SegmentRegister(0, new SegmentDescriptor(0, 0, SegmentDescriptor.Unusable));
+        }
         return Exec.Branch;
     }
 
@@ -261,9 +335,15 @@ public sealed unsafe partial class InstructionEngine
         int size = i.Code switch { Code.Iretw => 2, Code.Iretd => 4, _ => 8 };
         var mode = c.Mode;
         ulong old = c.Rflags;
-        if (mode == CpuMode.Virtual8086 && e.IopL != 3) return (c.Cr4 & CpuState.Cr4Vme) != 0 ? Exec.Unsupported : e.Raise(PendingException.Gp0);
+        bool vmeIret = false;
+        if (mode == CpuMode.Virtual8086 && e.IopL != 3)
+        {
+            // Only a 16-bit IRET under CR4.VME is allowed (SDM IRET, virtual-8086 mode with VME).
+            if ((c.Cr4 & CpuState.Cr4Vme) == 0 || size != 2) return e.Raise(PendingException.Gp0);
+            vmeIret = true;
+        }
         if (mode != CpuMode.Real && mode != CpuMode.Virtual8086 && (old & CpuState.FlagNt) != 0)
-            return (c.Efer & CpuState.EferLma) != 0 ? e.Raise(PendingException.Gp0) : Exec.Unsupported; // task return
+            return (c.Efer & CpuState.EferLma) != 0 ? e.Raise(PendingException.Gp0) : e.TaskReturn(i.NextIP & Mask(e._bitness / 8));
         int ss = e.StackAddrSize();
         ulong sm = Mask(ss);
         ulong sp = c.Gpr[4] & sm;
@@ -277,6 +357,17 @@ public sealed unsafe partial class InstructionEngine
             var ncs = mode == CpuMode.Real ? new SegmentRegister(sel, cs.Descriptor with { Base = (ulong)sel << 4 })
                 : new SegmentRegister(sel, new SegmentDescriptor((ulong)sel << 4, 0xffff, 0xf3));
             if (target > ncs.Descriptor.Limit) return e.Raise(PendingException.Gp0);
+            if (vmeIret)
+            {
+                // IF goes to VIF; IOPL and IF stay. A set IF with VIP pending, or a set TF, is #GP(0).
+                if (((fl & CpuState.FlagIf) != 0 && (old & CpuState.FlagVip) != 0) || (fl & CpuState.FlagTf) != 0) return e.Raise(PendingException.Gp0);
+                ulong m = 0xfffful & ~(CpuState.FlagIf | CpuState.FlagIopl);
+                c.Rflags = (old & ~(m | CpuState.FlagVif)) | (fl & m) | ((fl & CpuState.FlagIf) != 0 ? CpuState.FlagVif : 0) | 2;
+                cs = ncs;
+                c.Rip = target;
+                SetGprSized(c, 4, ss, sp + 6);
+                return Exec.Branch;
+            }
             // VM, VIF and VIP never change here; virtual-8086 mode keeps IOPL too.
             ulong keep = CpuState.FlagVm | CpuState.FlagVif | CpuState.FlagVip | (mode == CpuMode.Virtual8086 ? CpuState.FlagIopl : 0);
             ulong mask = size == 2 ? 0xfffful : 0x257fd5ul; // SDM IRET: real-address mode EFLAGS mask
@@ -289,7 +380,7 @@ public sealed unsafe partial class InstructionEngine
         }
         int cpl = c.Cpl;
         bool ia32e = (c.Efer & CpuState.EferLma) != 0;
-        if (!ia32e && size == 4 && (fl & CpuState.FlagVm) != 0 && cpl == 0) return Exec.Unsupported; // return to virtual-8086 mode
+        if (!ia32e && size == 4 && (fl & CpuState.FlagVm) != 0 && cpl == 0) return e.IretToV86(sp, sm, ip, sel, fl);
         if ((sel & 0xfffc) == 0) return e.Raise(PendingException.Gp0);
         if (!e.ReadDescriptor(sel, out ulong raw, out ulong csAddr)) return Exec.Fault;
         int rpl = sel & 3;
@@ -333,6 +424,31 @@ public sealed unsafe partial class InstructionEngine
         if (outer) e.NullInaccessibleDataSegments(rpl);
         return Exec.Branch;
     }
+
+    /// <summary>
+    /// IRETD from CPL 0 with VM set in the popped EFLAGS (SDM IRET, RETURN-TO-VIRTUAL-8086-MODE): after EIP, CS and EFLAGS
+    /// come ESP, SS, ES, DS, FS, GS (32-bit slots, upper halves ignored); every segment becomes real-mode style
+    /// (base = selector × 16, limit 0xFFFF, DPL 3) and the whole EFLAGS image is loaded. Nothing changes if a pop faults.
+    /// </summary>
+    private Exec IretToV86(ulong sp, ulong sm, ulong ip, ushort cs, ulong fl)
+    {
+        var c = _cpu;
+        Span<ulong> v = stackalloc ulong[6];
+        for (int k = 0; k < 6; k++)
+            if (!StackRead((sp + 12 + 4 * (ulong)k) & sm, 4, out v[k])) return Exec.Fault;
+        c.Rflags = (fl & 0x3f7fd5) | 2;
+        c.Gpr[4] = (uint)v[0];
+        SetV86Segment(Seg.Ss, (ushort)v[1]);
+        SetV86Segment(Seg.Es, (ushort)v[2]);
+        SetV86Segment(Seg.Ds, (ushort)v[3]);
+        SetV86Segment(Seg.Fs, (ushort)v[4]);
+        SetV86Segment(Seg.Gs, (ushort)v[5]);
+        SetV86Segment(Seg.Cs, cs);
+        c.Rip = (uint)ip;
+        return Exec.Branch;
+    }
+
+    private void SetV86Segment(Seg s, ushort sel) => _cpu.Segs[(int)s] = new SegmentRegister(sel, new SegmentDescriptor((ulong)sel << 4, 0xffff, 0xf3));
 
     /// <summary>
     /// Checks the SS popped by a return to privilege <paramref name="rpl"/> (IRET, RETF): null only into 64-bit mode below

@@ -154,7 +154,6 @@ public sealed unsafe partial class InstructionEngine
     /// <summary>ICEBP (INT1): a #DB delivered like a hardware exception (no gate-DPL check), returning past the instruction.</summary>
     private static Exec Icebp(InstructionEngine e, ref Instruction i)
     {
-        if (e._cpu.Mode == CpuMode.Virtual8086) return Exec.Unsupported;
         return e.DeliverCore(Vector.DB, false, false, 0, i.NextIP & Mask(e._bitness / 8));
     }
 

@@ -122,8 +122,8 @@ public sealed unsafe partial class InstructionEngine
     }
 
     /// <summary>
-    /// Checks a direct far JMP/CALL target selector (same privilege only; gates and task switches are Unsupported) and
-    /// computes the new CS. Exec.Next = go ahead.
+    /// Checks a direct far JMP/CALL target selector and computes the new CS. Exec.Next = go ahead; Exec.Restart = a call
+    /// gate, task gate or TSS descriptor (cs holds its selector and descriptor).
     /// </summary>
     private Exec CheckFarCode(ushort sel, out SegmentRegister cs, out ulong address, out ulong raw)
     {
@@ -147,10 +147,10 @@ public sealed unsafe partial class InstructionEngine
         {
             uint st = d.Access & 0xf;
             // Call gates (4, or 0xC: 32-bit, 64-bit in IA-32e mode) are followed by FarViaCallGate; task gates (5) and
-            // available TSSs (1, 9) mean a task switch, which is not modelled.
+            // TSSs (1, 9; busy ones fail FarToTask's checks) by FarToTask.
             bool longMode = (c.Efer & CpuState.EferLma) != 0;
             if (st == 0xc || (!longMode && st == 4)) { cs = new SegmentRegister(sel, d); return Exec.Restart; }
-            if (!longMode && st is 1 or 5 or 9) return Exec.Unsupported;
+            if (!longMode && st is 1 or 5 or 9) { cs = new SegmentRegister(sel, d); return Exec.Restart; } // a task switch
             return Raise(GpSel(sel));
         }
         return CheckCodeDescriptor(sel, d, c.Cpl, false, out cs);
@@ -219,7 +219,7 @@ public sealed unsafe partial class InstructionEngine
             default: return Exec.Unsupported;
         }
         var x = e.CheckFarCode(sel, out var cs, out ulong addr, out ulong raw);
-        if (x == Exec.Restart) return e.FarViaCallGate(ref i, sel, raw, addr);
+        if (x == Exec.Restart) return ((raw >> 40) & 0xf) is 1 or 5 or 9 ? e.FarToTask(ref i, sel, raw) : e.FarViaCallGate(ref i, sel, raw, addr);
         if (x != Exec.Next) return x;
         if (!e.FarTargetOk(cs, offset)) return Exec.Fault;
         ulong rsp = c.Gpr[4];
@@ -302,7 +302,7 @@ public sealed unsafe partial class InstructionEngine
         return Exec.Branch;
     }
 
-    /// <summary>RETF / RETF imm16 to the same privilege level (a return to an outer level is Unsupported for now).</summary>
+    /// <summary>RETF / RETF imm16 to the same or an outer privilege level (SS:rSP popped for the outer return).</summary>
     private static Exec FarRet(InstructionEngine e, ref Instruction i)
     {
         var c = e._cpu;

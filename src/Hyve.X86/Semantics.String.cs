@@ -23,7 +23,15 @@ public sealed unsafe partial class InstructionEngine
     {
         if (!rep) return true;
         if ((_cpu.Gpr[1] & Mask(asz)) == 0) { exit = Exec.Next; return false; }
-        if (_repDone >= MaxRepIterations) { exit = Exec.Restart; return false; }
+        if (_repDone >= MaxRepIterations)
+        {
+            // Stopped between iterations with RIP on the instruction: RF is set, so the RFLAGS image pushed for an
+            // interrupt or a trap taken here has RF = 1 ("any iteration ... but the last", SDM Vol. 3 17.3.1.1) and the
+            // resumed instruction is not hit by its own instruction breakpoint again. The resumed step clears it.
+            _cpu.Rflags |= CpuState.FlagRf;
+            exit = Exec.Restart;
+            return false;
+        }
         return true;
     }
 

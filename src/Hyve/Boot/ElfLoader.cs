@@ -136,36 +136,37 @@ internal static class ElfLoader
     {
         if (entry >= 1ul << 32) throw ctx.Fail($"PVH entry 0x{entry:x} is above 4 GiB");
         var (start, end) = elf.LoadInto(ctx);
+        ctx.PlaceBootData();
         ctx.WriteCmdline(KernelLoader.MaxCmdline);
         ulong initrd = ctx.PlaceInitrd(end, 1ul << 32);
 
         // hvm_start_info (xen/include/public/arch-x86/hvm/start_info.h), version 1 with the memory map.
-        var si = ctx.Span(KernelLoader.InfoAddress, StartInfoSize, "hvm_start_info");
+        var si = ctx.Span(ctx.At(KernelLoader.InfoAddress), StartInfoSize, "hvm_start_info");
         si.Clear();
         BinaryPrimitives.WriteUInt32LittleEndian(si, HvmStartMagic);
         BinaryPrimitives.WriteUInt32LittleEndian(si[4..], 1); // version
         BinaryPrimitives.WriteUInt32LittleEndian(si[8..], 0); // flags
         if (ctx.Initrd is not null)
         {
-            var mod = ctx.Span(ModlistAddress, ModlistEntrySize, "PVH module list");
+            var mod = ctx.Span(ctx.At(ModlistAddress), ModlistEntrySize, "PVH module list");
             mod.Clear();
             BinaryPrimitives.WriteUInt64LittleEndian(mod, initrd);
             BinaryPrimitives.WriteUInt64LittleEndian(mod[8..], (ulong)ctx.Initrd.Length);
             BinaryPrimitives.WriteUInt32LittleEndian(si[0x0c..], 1); // nr_modules
-            BinaryPrimitives.WriteUInt64LittleEndian(si[0x10..], ModlistAddress);
+            BinaryPrimitives.WriteUInt64LittleEndian(si[0x10..], ctx.At(ModlistAddress));
         }
-        BinaryPrimitives.WriteUInt64LittleEndian(si[0x18..], KernelLoader.CmdlineAddress);
+        BinaryPrimitives.WriteUInt64LittleEndian(si[0x18..], ctx.At(KernelLoader.CmdlineAddress));
         BinaryPrimitives.WriteUInt64LittleEndian(si[0x20..], ctx.AcpiRsdp);
-        int n = ctx.WriteMemmap24(ctx.Span(MemmapAddress, MaxMemmapEntries * 24, "PVH memory map"));
-        BinaryPrimitives.WriteUInt64LittleEndian(si[0x28..], MemmapAddress);
+        int n = ctx.WriteMemmap24(ctx.Span(ctx.At(MemmapAddress), MaxMemmapEntries * 24, "PVH memory map"));
+        BinaryPrimitives.WriteUInt64LittleEndian(si[0x28..], ctx.At(MemmapAddress));
         BinaryPrimitives.WriteUInt32LittleEndian(si[0x30..], (uint)n);
 
         // PVH (xen/include/public/arch-x86/hvm/start_info.h and Xen's pvh.pandoc): 32-bit flat protected mode,
         // paging off, CR4 zero, EBX = start_info, TR a 32-bit TSS with base 0 and limit 0x67.
-        var cpu = BootCpuState.Flat32(ctx.Memory, entry, KernelLoader.GdtAddress, KernelLoader.StackTop);
+        var cpu = BootCpuState.Flat32(ctx.Memory, entry, ctx.At(KernelLoader.GdtAddress), ctx.At(KernelLoader.StackTop));
         cpu.Tr = cpu.Tr with { Descriptor = cpu.Tr.Descriptor with { Base = 0 } };
-        cpu[Reg.Rbx] = KernelLoader.InfoAddress;
-        return new LoadedKernel(KernelFormat.Pvh, cpu, start, end, initrd, ctx.Initrd is null ? 0 : (ulong)ctx.Initrd.Length, KernelLoader.InfoAddress);
+        cpu[Reg.Rbx] = ctx.At(KernelLoader.InfoAddress);
+        return new LoadedKernel(KernelFormat.Pvh, cpu, start, end, initrd, ctx.Initrd is null ? 0 : (ulong)ctx.Initrd.Length, ctx.At(KernelLoader.InfoAddress));
     }
 
     private static LoadedKernel LoadPlain(BootContext ctx, ElfImage elf)
@@ -174,11 +175,12 @@ internal static class ElfLoader
         if (ctx.Initrd is not null) throw ctx.Fail("a plain ELF kernel (no PVH note, no Multiboot header) cannot take an initrd");
         if (ctx.Cmdline.Length > 0) throw ctx.Fail("a plain ELF kernel (no PVH note, no Multiboot header) cannot take a command line");
         var (start, end) = elf.LoadInto(ctx);
+        ctx.PlaceBootData();
         ulong entry = elf.PhysicalEntry();
         if (entry >= 1ul << 32) throw ctx.Fail($"entry point 0x{elf.Entry:x} is not in the identity-mapped first 4 GiB nor inside a loaded segment");
         var cpu = elf.Is64
-            ? BootCpuState.Long64(ctx.Memory, entry, KernelLoader.PageTableAddress, KernelLoader.GdtAddress, KernelLoader.StackTop)
-            : BootCpuState.Flat32(ctx.Memory, entry, KernelLoader.GdtAddress, KernelLoader.StackTop);
+            ? BootCpuState.Long64(ctx.Memory, entry, ctx.At(KernelLoader.PageTableAddress), ctx.At(KernelLoader.GdtAddress), ctx.At(KernelLoader.StackTop))
+            : BootCpuState.Flat32(ctx.Memory, entry, ctx.At(KernelLoader.GdtAddress), ctx.At(KernelLoader.StackTop));
         return new LoadedKernel(elf.Is64 ? KernelFormat.Elf64 : KernelFormat.Elf32, cpu, start, end, 0, 0, 0);
     }
 }

@@ -47,7 +47,10 @@ public sealed record LoadedKernel(KernelFormat Format, BootCpuState Cpu, ulong K
 /// Fixed low-memory layout shared by every format (all below the 1 MiB where kernels load):
 /// GDT and TSS at 0x500, long-mode page tables at 0x1000-0x6FFF, the boot information block at 0x7000,
 /// a boot stack below 0x9000, memory maps, module lists and strings at 0x9000-0xFFFF, the Multiboot 2
-/// information at 0x10000, the command line at 0x20000. Kernels may not load below <see cref="BootDataEnd"/>.
+/// information at 0x10000, the command line at 0x20000. An ELF or Multiboot kernel that loads anywhere in that block
+/// (low memory the guest owns) moves the whole block, same layout, to the lowest page-aligned RAM below 4 GiB that the
+/// kernel does not occupy (<see cref="BootContext.PlaceBootData"/>); the E820 map is unchanged and the block only ever lies
+/// in ranges it reports as RAM.
 /// The initrd goes as high as possible in RAM below 4 GiB (and below the kernel's initrd_addr_max), above the kernel.
 /// </remarks>
 public static class KernelLoader
@@ -68,7 +71,7 @@ public static class KernelLoader
     public const ulong CmdlineAddress = 0x20000;
     /// <summary>Longest command line accepted by any format, excluding the terminating NUL.</summary>
     public const int MaxCmdline = 0x8000 - 1;
-    /// <summary>End of the loader's boot data: kernels must load above it.</summary>
+    /// <summary>End of the loader's boot data in the fixed layout (the block is [0, BootDataEnd) plus its relocation).</summary>
     public const ulong BootDataEnd = 0x30000;
     /// <summary>Largest kernel or initrd file read (2 GiB minus a page).</summary>
     public const long MaxFileSize = int.MaxValue - 4095;
@@ -214,11 +217,43 @@ internal sealed class BootContext(GuestMemory memory, E820Map e820, byte[] kerne
         return z;
     }
 
-    /// <summary>Writes the command line at <see cref="KernelLoader.CmdlineAddress"/>.</summary>
-    public void WriteCmdline(int limit) => Write(KernelLoader.CmdlineAddress, CmdlineBytes(limit), "command line");
+    /// <summary>Writes the command line at <see cref="KernelLoader.CmdlineAddress"/> (relocated).</summary>
+    public void WriteCmdline(int limit) => Write(At(KernelLoader.CmdlineAddress), CmdlineBytes(limit), "command line");
 
-    /// <summary>Writes the Multiboot command line (path first) at <see cref="KernelLoader.CmdlineAddress"/>.</summary>
-    public void WriteMultibootCmdline(int limit) => Write(KernelLoader.CmdlineAddress, MultibootCmdlineBytes(limit), "command line");
+    /// <summary>Writes the Multiboot command line (path first) at <see cref="KernelLoader.CmdlineAddress"/> (relocated).</summary>
+    public void WriteMultibootCmdline(int limit) => Write(At(KernelLoader.CmdlineAddress), MultibootCmdlineBytes(limit), "command line");
+
+    /// <summary>How far the boot data block moved from its fixed layout: 0 unless the kernel loads over [0, BootDataEnd).</summary>
+    public ulong DataBase { get; private set; }
+
+    /// <summary>The address of a fixed-layout boot data item (a KernelLoader constant) after relocation.</summary>
+    public ulong At(ulong fixedAddress) => fixedAddress + DataBase;
+
+    private readonly List<(ulong Start, ulong End)> _kernelRanges = new();
+
+    /// <summary>
+    /// Called once the kernel is in memory and before any boot data is written: keeps the fixed layout when the kernel
+    /// left [0, <see cref="KernelLoader.BootDataEnd"/>) alone, otherwise moves the block to the lowest page-aligned base
+    /// whose whole block lies in E820 RAM below 4 GiB (outside the PCI hole) and clear of every kernel segment.
+    /// </summary>
+    public void PlaceBootData()
+    {
+        var candidates = new List<ulong> { 0 };
+        foreach (var r in _kernelRanges) candidates.Add((r.End + 0xfff) & ~0xffful);
+        foreach (var e in E820.Entries) if (e.Type == E820Type.Ram) candidates.Add((e.Base + 0xfff) & ~0xffful);
+        candidates.Sort();
+        const ulong size = KernelLoader.BootDataEnd;
+        foreach (ulong c in candidates)
+        {
+            if (c + size > GuestMemory.LowMemLimit || !E820.IsRam(c, size)) continue;
+            bool clear = true;
+            foreach (var r in _kernelRanges) if (r.Start < c + size && c < r.End) { clear = false; break; }
+            if (!clear) continue;
+            DataBase = c;
+            return;
+        }
+        throw Fail($"no room for the loader's boot data (0x{size:x} bytes) in guest RAM below 3 GiB outside the kernel");
+    }
 
     /// <summary>Host span for a range of guest RAM (boot data: small, inside lowmem).</summary>
     public Span<byte> Span(ulong gpa, int length, string what)
@@ -231,19 +266,18 @@ internal sealed class BootContext(GuestMemory memory, E820Map e820, byte[] kerne
     /// <summary>Copies bytes to guest RAM.</summary>
     public void Write(ulong gpa, ReadOnlySpan<byte> data, string what) => data.CopyTo(Span(gpa, data.Length, what));
 
-    /// <summary>Checks that a kernel part lies in usable RAM above the boot data.</summary>
+    /// <summary>Checks that a kernel part lies in usable RAM below 4 GiB and records it for <see cref="PlaceBootData"/>.</summary>
     public void CheckKernelRange(ulong gpa, ulong length, string what)
     {
         if (length == 0) return;
         if (gpa + length < gpa || gpa + length > 1ul << 32)
             throw Fail($"{what} at 0x{gpa:x} ({length} bytes) does not lie below 4 GiB");
-        if (gpa < KernelLoader.BootDataEnd)
-            throw Fail($"{what} at 0x{gpa:x} overlaps the loader's boot data below 0x{KernelLoader.BootDataEnd:x}");
         ulong end = gpa + length;
         if (end > GuestMemory.LowMemLimit && gpa < 1ul << 32)
             throw Fail($"{what} at 0x{gpa:x}-0x{end - 1:x} falls in the PCI hole between 3 GiB and 4 GiB, where no guest RAM can be");
         if (!E820.IsRam(gpa, length))
             throw Fail($"{what} at 0x{gpa:x}-0x{end - 1:x} is not in guest RAM ({Memory.Size >> 20} MiB): the kernel needs more memory than given");
+        _kernelRanges.Add((gpa, end));
     }
 
     /// <summary>Copies <paramref name="data"/> to <paramref name="gpa"/> and zeroes up to <paramref name="memSize"/> (a loadable segment).</summary>
@@ -268,7 +302,7 @@ internal sealed class BootContext(GuestMemory memory, E820Map e820, byte[] kerne
     {
         if (Initrd is null) return 0;
         ulong size = (ulong)Initrd.Length;
-        floor = Math.Max((floor + 0xfff) & ~0xffful, KernelLoader.BootDataEnd);
+        floor = Math.Max((floor + 0xfff) & ~0xffful, DataBase + KernelLoader.BootDataEnd);
         ceiling = Math.Min(ceiling, 1ul << 32);
         var entries = E820.Entries;
         for (int i = entries.Count - 1; i >= 0; i--)

@@ -152,6 +152,9 @@ public static class LinuxLoader
             return addr;
         }
         ulong fixedAddr = h.Code32Start == 0 ? E820Map.HighStart : h.Code32Start;
+        // The Linux boot protocol fixes the zero page and command line in low memory: they do not move.
+        if (fixedAddr < KernelLoader.BootDataEnd)
+            throw ctx.Fail($"kernel at 0x{fixedAddr:x} overlaps the loader's boot data below 0x{KernelLoader.BootDataEnd:x}");
         ctx.CheckKernelRange(fixedAddr, need, $"kernel (needs {need >> 20} MiB from its load address)");
         return fixedAddr;
     }

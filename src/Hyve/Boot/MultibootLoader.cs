@@ -84,29 +84,30 @@ internal static class MultibootLoader
             entry = elf.PhysicalEntry();
         }
         CheckEntry(ctx, entry, start, end);
+        ctx.PlaceBootData();
 
         ctx.WriteMultibootCmdline(KernelLoader.MaxCmdline);
         ulong initrd = ctx.PlaceInitrd(end, 1ul << 32);
-        var info = ctx.Span(KernelLoader.InfoAddress, Info1Size, "Multiboot information");
+        var info = ctx.Span(ctx.At(KernelLoader.InfoAddress), Info1Size, "Multiboot information");
         info.Clear();
         uint mbiFlags = MbiMemory | MbiCmdline | MbiMods | MbiMmap | MbiLoaderName;
         var (lower, upper) = ctx.BasicMemInfo();
         BinaryPrimitives.WriteUInt32LittleEndian(info[4..], lower);
         BinaryPrimitives.WriteUInt32LittleEndian(info[8..], upper);
-        BinaryPrimitives.WriteUInt32LittleEndian(info[16..], (uint)KernelLoader.CmdlineAddress);
+        BinaryPrimitives.WriteUInt32LittleEndian(info[16..], (uint)ctx.At(KernelLoader.CmdlineAddress));
         if (ctx.Initrd is not null)
         {
-            var mod = ctx.Span(Mods1Address, 16, "Multiboot module list");
+            var mod = ctx.Span(ctx.At(Mods1Address), 16, "Multiboot module list");
             BinaryPrimitives.WriteUInt32LittleEndian(mod, (uint)initrd);
             BinaryPrimitives.WriteUInt32LittleEndian(mod[4..], (uint)(initrd + (ulong)ctx.Initrd.Length));
-            BinaryPrimitives.WriteUInt32LittleEndian(mod[8..], (uint)ModString1Address);
+            BinaryPrimitives.WriteUInt32LittleEndian(mod[8..], (uint)ctx.At(ModString1Address));
             BinaryPrimitives.WriteUInt32LittleEndian(mod[12..], 0);
-            ctx.Write(ModString1Address, ModuleString(ctx), "module string");
+            ctx.Write(ctx.At(ModString1Address), ModuleString(ctx), "module string");
             BinaryPrimitives.WriteUInt32LittleEndian(info[20..], 1);
-            BinaryPrimitives.WriteUInt32LittleEndian(info[24..], (uint)Mods1Address);
+            BinaryPrimitives.WriteUInt32LittleEndian(info[24..], (uint)ctx.At(Mods1Address));
         }
         // mmap entries carry a size prefix that does not count itself (20).
-        var mm = ctx.Span(Mmap1Address, MaxMmapEntries * 24, "Multiboot memory map");
+        var mm = ctx.Span(ctx.At(Mmap1Address), MaxMmapEntries * 24, "Multiboot memory map");
         int n = 0;
         foreach (var e in ctx.E820.Entries)
         {
@@ -119,16 +120,16 @@ internal static class MultibootLoader
             n++;
         }
         BinaryPrimitives.WriteUInt32LittleEndian(info[44..], (uint)(n * 24));
-        BinaryPrimitives.WriteUInt32LittleEndian(info[48..], (uint)Mmap1Address);
-        ctx.Write(LoaderNameAddress, Encoding.ASCII.GetBytes(LoaderName + "\0"), "boot loader name");
-        BinaryPrimitives.WriteUInt32LittleEndian(info[64..], (uint)LoaderNameAddress);
+        BinaryPrimitives.WriteUInt32LittleEndian(info[48..], (uint)ctx.At(Mmap1Address));
+        ctx.Write(ctx.At(LoaderNameAddress), Encoding.ASCII.GetBytes(LoaderName + "\0"), "boot loader name");
+        BinaryPrimitives.WriteUInt32LittleEndian(info[64..], (uint)ctx.At(LoaderNameAddress));
         BinaryPrimitives.WriteUInt32LittleEndian(info, mbiFlags);
 
         // 32-bit protected mode, paging off, EAX = magic, EBX = info (A20 is always on in a VM).
-        var cpu = BootCpuState.Flat32(ctx.Memory, entry, KernelLoader.GdtAddress, KernelLoader.StackTop);
+        var cpu = BootCpuState.Flat32(ctx.Memory, entry, ctx.At(KernelLoader.GdtAddress), ctx.At(KernelLoader.StackTop));
         cpu[Reg.Rax] = BootMagic1;
-        cpu[Reg.Rbx] = KernelLoader.InfoAddress;
-        return new LoadedKernel(KernelFormat.Multiboot1, cpu, start, end, initrd, ctx.Initrd is null ? 0 : (ulong)ctx.Initrd.Length, KernelLoader.InfoAddress);
+        cpu[Reg.Rbx] = ctx.At(KernelLoader.InfoAddress);
+        return new LoadedKernel(KernelFormat.Multiboot1, cpu, start, end, initrd, ctx.Initrd is null ? 0 : (ulong)ctx.Initrd.Length, ctx.At(KernelLoader.InfoAddress));
     }
 
     // The a.out kludge (Multiboot 1 flag 16, Multiboot 2 address tag): the file from the header's offset minus
@@ -244,19 +245,20 @@ internal static class MultibootLoader
             entry = entryTag ?? elf.PhysicalEntry();
         }
         CheckEntry(ctx, entry, start, end);
+        ctx.PlaceBootData();
         ulong initrd = ctx.PlaceInitrd(end, 1ul << 32);
         WriteInfo2(ctx, initrd);
 
-        var cpu = BootCpuState.Flat32(ctx.Memory, entry, KernelLoader.GdtAddress, KernelLoader.StackTop);
+        var cpu = BootCpuState.Flat32(ctx.Memory, entry, ctx.At(KernelLoader.GdtAddress), ctx.At(KernelLoader.StackTop));
         cpu[Reg.Rax] = BootMagic2;
-        cpu[Reg.Rbx] = KernelLoader.Multiboot2InfoAddress;
-        return new LoadedKernel(KernelFormat.Multiboot2, cpu, start, end, initrd, ctx.Initrd is null ? 0 : (ulong)ctx.Initrd.Length, KernelLoader.Multiboot2InfoAddress);
+        cpu[Reg.Rbx] = ctx.At(KernelLoader.Multiboot2InfoAddress);
+        return new LoadedKernel(KernelFormat.Multiboot2, cpu, start, end, initrd, ctx.Initrd is null ? 0 : (ulong)ctx.Initrd.Length, ctx.At(KernelLoader.Multiboot2InfoAddress));
     }
 
     // Boot information: total_size, reserved, then 8-byte aligned tags ending with type 0.
     private static void WriteInfo2(BootContext ctx, ulong initrd)
     {
-        var buf = ctx.Span(KernelLoader.Multiboot2InfoAddress, Info2Max, "Multiboot 2 information");
+        var buf = ctx.Span(ctx.At(KernelLoader.Multiboot2InfoAddress), Info2Max, "Multiboot 2 information");
         buf.Clear();
         int pos = 8;
         byte[] cmdline = ctx.MultibootCmdlineBytes(KernelLoader.MaxCmdline);

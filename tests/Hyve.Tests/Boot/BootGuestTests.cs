@@ -28,6 +28,51 @@ public class BootGuestTests
 
     private static ulong Hex(string s) => ulong.Parse(s, NumberStyles.HexNumber, CultureInfo.InvariantCulture);
 
+    /// <summary>
+    /// Issue 17 item 6: a Multiboot kernel whose image and bss cover 0x8000-0x37FFF, the whole of the loader's fixed
+    /// boot-data block, boots: the information, command line, memory map and stack are placed above it, and nothing the
+    /// loader writes lands in the kernel's zeroed bss.
+    /// </summary>
+    [Theory, KvmData, SoftData]
+    public void Multiboot1KernelInLowMemoryBootsWithTheBootDataMovedAboveIt(string accel)
+    {
+        const uint Base = 0x8000, BssEnd = Base + 0x30000;
+        byte[] code = BootKit.Assemble(32, Base + 32, (a, g) =>
+        {
+            var bad = a.CreateLabel();
+            a.cmp(eax, 0x2BADB002); a.jne(bad);
+            a.mov(ebp, ebx);
+            g.Print("info="); a.mov(eax, ebp); g.Hex(); g.Print("\n");
+            g.Print("esp="); a.mov(eax, esp); g.Hex(); g.Print("\n");
+            g.Print("cmdline="); a.mov(esi, __dword_ptr[ebp + 16]); g.Puts(); g.Print("\n");
+            a.mov(edi, __dword_ptr[ebp + 24]);
+            g.Print("module="); a.mov(esi, __dword_ptr[edi]); a.mov(ecx, __dword_ptr[edi + 4]); a.sub(ecx, esi); g.Putn(); g.Print("\n");
+            g.Print("mmaplen="); a.mov(eax, __dword_ptr[ebp + 44]); g.Hex(); g.Print("\n");
+            // Where the fixed layout would have put the memory map (0x9800) and the command line (0x20000): still bss.
+            g.Print("bss="); a.mov(eax, __dword_ptr[0x9800]); a.or(eax, __dword_ptr[0x20000]); a.or(eax, __dword_ptr[BssEnd - 4]); g.Hex(); g.Print("\n");
+            g.Exit(Pass);
+            a.Label(ref bad);
+            g.Exit(Fail);
+        });
+        uint flags = 0x00010003;
+        var header = BootKit.Dwords(0x1BADB002, flags, unchecked(0u - 0x1BADB002u - flags), Base, Base, 0, BssEnd, Base + 32);
+        var kernel = new byte[32 + code.Length];
+        header.CopyTo(kernel, 0);
+        code.CopyTo(kernel, 32);
+
+        var run = BootKit.Run(accel, kernel, Encoding.ASCII.GetBytes("LOW MODULE"), "console=ttyS0");
+
+        Assert.True(run.Stop.Error is null, $"{run.Stop.Error}; output: {run.Text}");
+        var f = Fields(run.Text);
+        Assert.Equal(BssEnd + KernelLoader.InfoAddress, Hex(f["info"]));
+        Assert.InRange(Hex(f["esp"]), BssEnd + 0x8000, BssEnd + KernelLoader.StackTop);
+        Assert.Equal("/boot/kernel console=ttyS0", f["cmdline"]);
+        Assert.Equal("LOW MODULE", f["module"]);
+        Assert.Equal(4ul * 24, Hex(f["mmaplen"]));
+        Assert.Equal(0ul, Hex(f["bss"]));
+        Assert.Equal((int)(Pass << 1 | 1), run.ExitStatus);
+    }
+
     [Theory, KvmData, SoftData]
     public void Multiboot1AoutKernelGetsCmdlineModuleAndMemoryInfo(string accel)
     {

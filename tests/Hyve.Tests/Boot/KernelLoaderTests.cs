@@ -13,7 +13,7 @@ public class KernelLoaderTests
 {
     /// <summary>A minimal bzImage: one setup sector, the setup header, then <paramref name="pm"/> as the protected-mode kernel.</summary>
     internal static byte[] BzImage(byte[] pm, bool kernel64, ushort version = 0x20f, uint initSize = 0x100000,
-        uint cmdlineSize = 2047, bool relocatable = true, ulong prefAddress = 0x1000000, uint? sysSize = null)
+        uint cmdlineSize = 2047, bool relocatable = true, ulong prefAddress = 0x1000000, uint? sysSize = null, uint code32Start = 0x100000)
     {
         var f = new byte[1024 + pm.Length];
         var s = f.AsSpan();
@@ -24,7 +24,7 @@ public class KernelLoaderTests
         BinaryPrimitives.WriteUInt32LittleEndian(s[0x202..], 0x53726448);              // "HdrS"
         BinaryPrimitives.WriteUInt16LittleEndian(s[0x206..], version);
         s[0x211] = 0x01;                                                               // LOADED_HIGH
-        BinaryPrimitives.WriteUInt32LittleEndian(s[0x214..], 0x100000);
+        BinaryPrimitives.WriteUInt32LittleEndian(s[0x214..], code32Start);
         BinaryPrimitives.WriteUInt32LittleEndian(s[0x22c..], 0x7fffffff);              // initrd_addr_max
         BinaryPrimitives.WriteUInt32LittleEndian(s[0x230..], 0x200000);                // kernel_alignment
         s[0x234] = relocatable ? (byte)1 : (byte)0;
@@ -117,7 +117,7 @@ public class KernelLoaderTests
         yield return ["ELF beyond memory", BootKit.Elf(false, 0x4000000, 0x4000000, new byte[64], 0x4000000), null!, null!, 32, "more memory"];
         // issue 18 #8: a segment in the 3-4 GiB hole says so (it once said the kernel needed more memory).
         yield return ["ELF in the PCI hole", BootKit.Elf(false, 0xc8000000, 0xc8000000, new byte[64], 0xc8000000), null!, null!, 32, "PCI hole between 3 GiB and 4 GiB"];
-        yield return ["ELF over the boot data", BootKit.Elf(false, 0x7000, 0x7000, new byte[64], 0x7000), null!, null!, 32, "boot data"];
+        yield return ["fixed bzImage over the boot data", BzImage(new byte[512], true, relocatable: false, code32Start: 0x10000), null!, null!, 32, "boot data"];
         var bigBss = BootKit.Elf(true, 0x100000, 0x100000, new byte[64], 0x100000, bss: 1ul << 40);
         yield return ["ELF with huge bss", bigBss, null!, null!, 32, "below 4 GiB"];
     }
@@ -133,6 +133,55 @@ public class KernelLoaderTests
         Assert.Contains(expected, e.Message);
         Assert.DoesNotContain('\n', e.Message);
         Assert.False(string.IsNullOrEmpty(what));
+    }
+
+    /// <summary>
+    /// Issue 17 item 6: a Multiboot ELF loading at 0x8000, inside the loader's fixed boot data block, loads; the block
+    /// (GDT, stack, Multiboot information, command line, memory map) moves to the first page above the kernel, the kernel's
+    /// bytes are left intact, and the memory map still reports the reserved ranges.
+    /// </summary>
+    [Fact]
+    public void MultibootElfInLowMemoryLoadsAndTheBootDataMovesOutOfItsWay()
+    {
+        using var mem = new GuestMemory(32 << 20);
+        var code = new byte[0x20000]; // 0x8000-0x27fff
+        for (int i = 0; i < code.Length; i++) code[i] = (byte)(i * 7 + 1);
+        BootKit.Dwords(0x1BADB002, 0x3, unchecked(0u - 0x1BADB002u - 3u)).CopyTo(code, 0);
+        var k = KernelLoader.Load(mem, BootKit.Elf(false, 0x8000, 0x8000, code, 0x8010), null, "x");
+        Assert.Equal(KernelFormat.Multiboot1, k.Format);
+        Assert.Equal(0x8010ul, k.Cpu.Rip);
+        Assert.Equal(code, Span(mem, 0x8000, code.Length));
+        const ulong moved = 0x28000;
+        Assert.Equal(moved + KernelLoader.InfoAddress, k.Cpu[Reg.Rbx]);
+        Assert.Equal(moved + KernelLoader.InfoAddress, k.InfoAddress);
+        Assert.Equal(moved + KernelLoader.GdtAddress, k.Cpu.Gdtr.Base);
+        Assert.InRange(k.Cpu[Reg.Rsp], moved + 0x8000, moved + KernelLoader.StackTop);
+        var info = Span(mem, k.Cpu[Reg.Rbx], 116);
+        uint cmd = BinaryPrimitives.ReadUInt32LittleEndian(info.AsSpan(16));
+        Assert.Equal(moved + KernelLoader.CmdlineAddress, cmd);
+        Assert.Equal("image x\0"u8.ToArray(), Span(mem, cmd, 8));
+        uint mmapLen = BinaryPrimitives.ReadUInt32LittleEndian(info.AsSpan(44)), mmapAt = BinaryPrimitives.ReadUInt32LittleEndian(info.AsSpan(48));
+        Assert.InRange(mmapAt, moved, moved + KernelLoader.BootDataEnd - 1);
+        var mm = Span(mem, mmapAt, (int)mmapLen);
+        var entries = Enumerable.Range(0, (int)mmapLen / 24).Select(n => (Base: BinaryPrimitives.ReadUInt64LittleEndian(mm.AsSpan(n * 24 + 4)),
+            Type: BinaryPrimitives.ReadUInt32LittleEndian(mm.AsSpan(n * 24 + 20)))).ToList();
+        Assert.Contains((0ul, 1u), entries);                      // RAM from 0, as before
+        Assert.Contains((E820Map.EbdaStart, 2u), entries);         // the EBDA and BIOS area still reserved
+        Assert.Contains((E820Map.BiosStart, 2u), entries);
+    }
+
+    /// <summary>A plain 64-bit ELF over the page-table area: the identity page tables move too, and CR3 follows them.</summary>
+    [Fact]
+    public void Elf64AtThePageTableAreaLoadsWithPageTablesMoved()
+    {
+        using var mem = new GuestMemory(32 << 20);
+        var code = new byte[0x3000];
+        code.AsSpan().Fill(0xf4);
+        var k = KernelLoader.Load(mem, BootKit.Elf(true, 0x1000, 0x1000, code, 0x1000), null, null);
+        Assert.Equal(code, Span(mem, 0x1000, code.Length));
+        ulong cr3 = k.Cpu.Cr3;
+        Assert.Equal(0x4000ul + KernelLoader.PageTableAddress, cr3);
+        Assert.Equal((cr3 + 0x1000) | 3, BinaryPrimitives.ReadUInt64LittleEndian(Span(mem, cr3, 8)));
     }
 
     [Fact]

@@ -170,4 +170,69 @@ public sealed class GuestDebugTests
         Assert.True(_engine.Deliver(c, new PendingException(0x30, false, 0, 0)).IsOk);
         Assert.Equal(0u, _mem.Read32(c.Gpr[4] + 8) & (uint)CpuState.FlagRf);
     }
+
+    /// <summary>
+    /// SDM Vol. 3 17.3.1.1: RF is 1 in the image pushed for an interrupt arriving after any iteration of a REP string
+    /// instruction but the last, and for a trap raised by such an iteration; after the last iteration it is pushed as it is.
+    /// </summary>
+    [Fact]
+    public void Rf_is_pushed_for_events_between_REP_iterations_but_not_after_the_last()
+    {
+        var cpu = Protected32();
+        cpu.Segs[(int)Seg.Ds] = cpu.Segs[(int)Seg.Es] = cpu.Segs[(int)Seg.Ss];
+        _mem.Write64(Idt + 8 * 0x30, 0x5000 | (ulong)Code0 << 16 | 0x8eul << 40);
+        _mem.Write64(Idt + 8 * Vector.DB, 0x5000 | (ulong)Code0 << 16 | 0x8eul << 40);
+        _mem.Write(0x5000, new byte[] { 0xcf }); // iretd
+        cpu.Gpr[1] = 10;      // ECX
+        cpu.Gpr[7] = 0x20000; // EDI
+        _engine.MaxRepIterations = 4;
+        _mem.Write(0x4000, new byte[] { 0xf3, 0xaa }); // rep stosb
+        // An instruction breakpoint on the REP itself: taken once, before the first iteration.
+        cpu.Dr[0] = 0x4000;
+        cpu.Dr[7] = 0x400 | 1;
+        AssertDb(_engine.StepWithDebug(cpu, null));
+        Assert.True(_engine.DeliverException(cpu, new PendingException(Vector.DB, false, 0, 0)).IsOk);
+        Assert.Equal(0u, _mem.Read32(0x9000 - 4) & (uint)CpuState.FlagRf); // instruction breakpoint: RF as it was
+        Assert.True(_engine.StepWithDebug(cpu, null).IsOk);                  // iretd
+        cpu.Rflags |= CpuState.FlagRf;                                      // the handler returns with RF set, as Linux does
+        Assert.True(_engine.StepWithDebug(cpu, null).IsOk);                  // iterations 1-4
+        Assert.Equal(0x4000ul, cpu.Rip);
+        Assert.Equal(6ul, cpu.Gpr[1]);
+        Assert.True(_engine.Deliver(cpu, new PendingException(0x30, false, 0, 0)).IsOk);
+        Assert.NotEqual(0u, _mem.Read32(0x9000 - 4) & (uint)CpuState.FlagRf); // interrupt between iterations: RF = 1
+        Assert.True(_engine.StepWithDebug(cpu, null).IsOk);                    // iretd restores RF = 1
+        Assert.True(_engine.StepWithDebug(cpu, null).IsOk);                    // iterations 5-8: no second breakpoint hit
+        Assert.Equal(2ul, cpu.Gpr[1]);
+        Assert.True(_engine.StepWithDebug(cpu, null).IsOk);                    // iterations 9-10: done
+        Assert.Equal(0x4002ul, cpu.Rip);
+        Assert.Equal(0ul, cpu.Rflags & CpuState.FlagRf);
+        Assert.True(_engine.Deliver(cpu, new PendingException(0x30, false, 0, 0)).IsOk);
+        Assert.Equal(0u, _mem.Read32(0x9000 - 4) & (uint)CpuState.FlagRf);    // after the last iteration: RF = 0
+
+        // A data breakpoint trap raised by a middle iteration pushes RF = 1; by the last one, RF = 0.
+        var c2 = Protected32();
+        c2.Segs[(int)Seg.Ds] = c2.Segs[(int)Seg.Es] = c2.Segs[(int)Seg.Ss];
+        _engine.MaxRepIterations = 1 << 20;
+        c2.Gpr[1] = 3;
+        c2.Gpr[7] = 0x20000;
+        c2.Dr[1] = 0x20001;
+        c2.Dr[7] = 0x400 | 1ul << 2 /* L1 */ | 1ul << 20 /* RW1 = write */;
+        Assert.True(_engine.StepWithDebug(c2, null).IsOk);    // iteration 1 writes 0x20000
+        AssertDb(_engine.StepWithDebug(c2, null));           // iteration 2 hits DR1
+        Assert.Equal(1ul, c2.Gpr[1]);
+        Assert.Equal(0x4000ul, c2.Rip);
+        Assert.True(_engine.DeliverException(c2, new PendingException(Vector.DB, false, 0, 0)).IsOk);
+        Assert.NotEqual(0u, _mem.Read32(0x9000 - 4) & (uint)CpuState.FlagRf);
+        var c3 = Protected32();
+        c3.Segs[(int)Seg.Ds] = c3.Segs[(int)Seg.Es] = c3.Segs[(int)Seg.Ss];
+        c3.Gpr[1] = 2;
+        c3.Gpr[7] = 0x20000;
+        c3.Dr[1] = 0x20001;
+        c3.Dr[7] = c2.Dr[7];
+        Assert.True(_engine.StepWithDebug(c3, null).IsOk);
+        AssertDb(_engine.StepWithDebug(c3, null));           // the last iteration hits DR1
+        Assert.Equal(0x4002ul, c3.Rip);
+        Assert.True(_engine.DeliverException(c3, new PendingException(Vector.DB, false, 0, 0)).IsOk);
+        Assert.Equal(0u, _mem.Read32(0x9000 - 4) & (uint)CpuState.FlagRf);
+    }
 }
