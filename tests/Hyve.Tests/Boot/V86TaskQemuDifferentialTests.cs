@@ -17,7 +17,7 @@ public class V86TaskQemuDifferentialTests
 
     private static byte[] Kernel()
     {
-        const uint Gdt = Base + 0x1000, Pseudo = Base + 0x1100, Idt = Base + 0x1400, Tss = Base + 0x1c00, Blob = Base + 0x2000;
+        const uint Pseudo = Base + 0x1100, Idt = Base + 0x1400, Tss = Base + 0x1c00, Blob = Base + 0x2000;
         var intHandler = default(Label);
         var gpHandler = default(Label);
         byte[] code = BootKit.Assemble(32, Base + 32, (a, g) =>
@@ -48,17 +48,10 @@ public class V86TaskQemuDifferentialTests
             Frame("gp", 10);
             g.Exit(Pass);
         });
-        var k = new byte[0x3000];
-        uint flags = 0x00010003;
-        BootKit.Dwords(0x1BADB002, flags, unchecked(0u - 0x1BADB002u - flags), Base, Base, 0, Base + 0x10000, Base + 32).CopyTo(k, 0);
-        Assert.True(code.Length < 0x1000 - 32);
-        code.CopyTo(k, 32);
+        var k = MultibootKernel(code);
         void Put64(uint at, ulong v) => BitConverter.GetBytes(v).CopyTo(k, (int)(at - Base));
         void Put32(uint at, uint v) => BitConverter.GetBytes(v).CopyTo(k, (int)(at - Base));
-        // GDT: 0x08 ring-0 code (the gates' target), 0x10 ring-0 code (the loader's CS selector), 0x18 data, 0x20 TSS.
-        Put64(Gdt + 0x08, 0x00cf9b000000ffff);
-        Put64(Gdt + 0x10, 0x00cf9b000000ffff);
-        Put64(Gdt + 0x18, 0x00cf93000000ffff);
+        // GDT (see MultibootKernel): 0x08 and 0x10 ring-0 code, 0x18 data; 0x20 the TSS.
         Put64(Gdt + 0x20, 0x67ul | (ulong)(Tss & 0xffffff) << 16 | 0x89ul << 40 | (ulong)(Tss >> 24) << 56);
         BitConverter.GetBytes((ushort)0x27).CopyTo(k, (int)(Pseudo - Base)); Put32(Pseudo + 2, Gdt);
         BitConverter.GetBytes((ushort)(0x22 * 8 - 1)).CopyTo(k, (int)(Pseudo + 8 - Base)); Put32(Pseudo + 10, Idt);
@@ -123,7 +116,7 @@ public class V86TaskQemuDifferentialTests
     /// </summary>
     private static byte[] TaskKernel()
     {
-        const uint Gdt = Base + 0x1000, Pseudo = Base + 0x1100, TssA = Base + 0x1c00, TssB = Base + 0x1d00;
+        const uint Pseudo = Base + 0x1100, TssA = Base + 0x1c00, TssB = Base + 0x1d00;
         byte[] code = BootKit.Assemble(32, Base + 32, (a, g) =>
         {
             a.cli();
@@ -156,15 +149,9 @@ public class V86TaskQemuDifferentialTests
             Report("B");
             a.iretd();
         });
-        var k = new byte[0x3000];
-        uint flags = 0x00010003;
-        BootKit.Dwords(0x1BADB002, flags, unchecked(0u - 0x1BADB002u - flags), Base, Base, 0, Base + 0x10000, Base + 32).CopyTo(k, 0);
-        code.CopyTo(k, 32);
+        var k = MultibootKernel(code);
         void Put64(uint at, ulong v) => BitConverter.GetBytes(v).CopyTo(k, (int)(at - Base));
         void Put32(uint at, uint v) => BitConverter.GetBytes(v).CopyTo(k, (int)(at - Base));
-        Put64(Gdt + 0x08, 0x00cf9b000000ffff);
-        Put64(Gdt + 0x10, 0x00cf9b000000ffff);
-        Put64(Gdt + 0x18, 0x00cf93000000ffff);
         Put64(Gdt + 0x20, 0x67ul | (ulong)(TssA & 0xffffff) << 16 | 0x89ul << 40 | (ulong)(TssA >> 24) << 56);
         Put64(Gdt + 0x28, 0x67ul | (ulong)(TssB & 0xffffff) << 16 | 0x89ul << 40 | (ulong)(TssB >> 24) << 56);
         BitConverter.GetBytes((ushort)0x2f).CopyTo(k, (int)(Pseudo - Base)); Put32(Pseudo + 2, Gdt);
@@ -196,5 +183,21 @@ public class V86TaskQemuDifferentialTests
         // Back in A: NT clear, TR = A, B no longer busy, A's EBX restored.
         Assert.Matches("^A fl=00000002 tr=00000020 link=00000020 a=00008b10 b=00008910 ts=00000008 eipa=[0-9a-f]{8} eipb=[0-9a-f]{8} ebx=a0a0a0a0$", lines[1]);
         Assert.Equal(run.Text, RunQemu(kernel));
+    }
+
+    // A Multiboot 1 image loaded at Base: the header, the code after it, and the flat GDT entries both kernels use
+    // (0x08 ring-0 code, the gates' target; 0x10 ring-0 code, the loader's CS selector; 0x18 data).
+    private const uint Gdt = Base + 0x1000;
+
+    private static byte[] MultibootKernel(byte[] code)
+    {
+        Assert.True(code.Length < 0x1000 - 32);
+        var k = new byte[0x3000];
+        uint flags = 0x00010003;
+        BootKit.Dwords(0x1BADB002, flags, unchecked(0u - 0x1BADB002u - flags), Base, Base, 0, Base + 0x10000, Base + 32).CopyTo(k, 0);
+        code.CopyTo(k, 32);
+        foreach (var (at, v) in new[] { (Gdt + 0x08, 0x00cf9b000000ffffUL), (Gdt + 0x10, 0x00cf9b000000ffffUL), (Gdt + 0x18, 0x00cf93000000ffffUL) })
+            BitConverter.GetBytes(v).CopyTo(k, (int)(at - Base));
+        return k;
     }
 }
